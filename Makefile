@@ -1,0 +1,41 @@
+# inception_jax: every target installs what it needs first, so each works alone on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_ENABLE_ONEDNN_OPTS ?= 0
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
+TEST_WORKERS ?= 2
+
+.PHONY: install test lint run parity bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+run: install
+	$(PY) -m inception_jax.main --config=configs/ablation_scale.py
+
+parity: install
+	$(VENV)/bin/pip install -q -e '.[parity]'
+	$(PY) -m pytest -q -m parity tests
+
+bench: install
+	$(PY) benchmarks/model_compile.py
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache

@@ -1,0 +1,242 @@
+"""Inception modules described as data: a module is a tuple of branches, a branch a tuple of layer specs.
+
+The family files (`inception_v4.py`, `inception_resnet_v1.py`, `inception_resnet_v2.py`) write the tables of
+ARCHITECTURE.md as these specs; the classes here turn a spec into Flax NNX modules whose attribute names are the
+spec's module names (`b{j}_{k}`), so parameter paths match §0.4 and the importers' name maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from inception_jax.models.layers import ConvBN, LayerContext, avg_pool_3x3_same, avg_pool_valid, max_pool_3x3_s2
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A CBR unit named `name`; its filter count comes from the model's filter table."""
+
+    name: str
+    kernel: tuple[int, int]
+    stride: int = 1
+    padding: str = "SAME"
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool:
+    """MaxPool(3, 2, VALID); passes its input channels through."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool:
+    """AvgPool(3, 1, SAME), padding excluded from the divisor; passes its input channels through."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fork:
+    """Parallel CBR heads on the same input, concatenated in order (the v4 Inception-C branches)."""
+
+    heads: tuple[Conv, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedSpec:
+    """A named multi-branch module inside the stem (`mixed3a`, `mixed5b`, ...)."""
+
+    name: str
+    branches: tuple[tuple, ...]
+
+
+Layer = Conv | MaxPool | AvgPool | Fork
+Branch = tuple[Layer, ...]
+
+
+def conv(name: str, kernel: int | tuple[int, int], stride: int = 1, padding: str = "SAME") -> Conv:
+    """Shorthand for the tables: `conv('b1_1', (1, 7))` is CBR with kh = 1, kw = 7."""
+    k = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    return Conv(name, k, stride, padding)
+
+
+def conv_names(branches: tuple[Branch, ...]) -> list[str]:
+    """The CBR module names of a multi-branch module, in creation (= concatenation) order."""
+    names = []
+    for branch in branches:
+        for layer in branch:
+            if isinstance(layer, Conv):
+                names.append(layer.name)
+            elif isinstance(layer, Fork):
+                names.extend(h.name for h in layer.heads)
+    return names
+
+
+def sub_filters(filters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The entries of a flat dotted filter table under `prefix.`, with the prefix removed."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in filters.items() if k.startswith(p)}
+
+
+class Mixed(nnx.Module):
+    """Concatenation of branches (ARCHITECTURE.md §1.5: the order is part of the architecture)."""
+
+    def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
+                 ctx: LayerContext, rngs: nnx.Rngs):
+        self.branches = branches
+        total = 0
+        for branch in branches:
+            c = in_channels
+            for layer in branch:
+                if isinstance(layer, Conv):
+                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs))
+                    c = filters[layer.name]
+                elif isinstance(layer, Fork):
+                    for head in layer.heads:
+                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs))
+                    c = sum(filters[h.name] for h in layer.heads)
+            total += c
+        self.mixed_channels = total
+
+    @staticmethod
+    def _unit(c_in: int, layer: Conv, filters: Mapping[str, int], ctx: LayerContext, rngs: nnx.Rngs) -> ConvBN:
+        return ConvBN(c_in, filters[layer.name], layer.kernel, stride=layer.stride, padding=layer.padding,
+                      ctx=ctx, rngs=rngs)
+
+    def mixed(self, x: jax.Array, *, train: bool) -> jax.Array:
+        outs = []
+        for branch in self.branches:
+            h = x
+            for layer in branch:
+                if isinstance(layer, Conv):
+                    h = getattr(self, layer.name)(h, train=train)
+                elif isinstance(layer, MaxPool):
+                    h = max_pool_3x3_s2(h)
+                elif isinstance(layer, AvgPool):
+                    h = avg_pool_3x3_same(h)
+                else:
+                    h = jnp.concatenate([getattr(self, hd.name)(h, train=train) for hd in layer.heads], axis=-1)
+            outs.append(h)
+        return jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.mixed(x, train=train)
+
+
+def zero_fraction(x: jax.Array) -> jax.Array:
+    return jnp.mean((x == 0).astype(jnp.float32))
+
+
+def rms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
+class InceptionBlock(Mixed):
+    """A repeated Inception-v4 block (no shortcut): its output is the concatenation itself."""
+
+    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
+        y = self.mixed(x, train=train)
+        return y, ({"zero_frac": zero_fraction(y)} if diagnostics else None)
+
+
+SCALE_MODES = ("constant", "learnable", "learnable_channel")
+
+
+class ResidualBlock(Mixed):
+    """Inception-ResNet block (§1.6): y = act(x + scale * UP(concat(branches))), UP a biased linear 1x1 conv.
+
+    `residual=False` is the plain block of §1.10: y = act(plain_scale * UP(...)), same parameters, no shortcut.
+    The scale is a static float (`constant`) or a trainable scalar / per-channel vector initialised at the given
+    value (`learnable` / `learnable_channel`: the LayerScale / ReZero / SkipInit family).
+    """
+
+    def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
+                 residual: bool, scale: float, scale_mode: str, plain_scale: float, activation: bool,
+                 ctx: LayerContext, rngs: nnx.Rngs):
+        super().__init__(in_channels, branches, filters, ctx=ctx, rngs=rngs)
+        self.up = nnx.Conv(self.mixed_channels, in_channels, (1, 1), use_bias=True, kernel_init=ctx.up_init,
+                           dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+        self.residual = residual
+        self.activation = activation
+        self.plain_scale = plain_scale
+        if scale_mode == "constant":
+            self.residual_scale = float(scale)
+        else:
+            shape = () if scale_mode == "learnable" else (in_channels,)
+            self.residual_scale = nnx.Param(jnp.full(shape, scale, ctx.param_dtype))
+
+    def scale_value(self) -> jax.Array | float:
+        s = self.residual_scale
+        return s[...] if isinstance(s, nnx.Param) else s
+
+    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
+        r = self.up(self.mixed(x, train=train))
+        if self.residual:
+            branch = r * jnp.asarray(self.scale_value(), r.dtype)
+            y = x + branch
+        else:
+            branch = r * jnp.asarray(self.plain_scale, r.dtype)
+            y = branch
+        if self.activation:
+            y = jax.nn.relu(y)
+        if not diagnostics:
+            return y, None
+        stats = {"zero_frac": zero_fraction(y), "branch_rms": rms(branch), "shortcut_rms": rms(x)}
+        if isinstance(self.residual_scale, nnx.Param):
+            stats["scale"] = jnp.mean(self.residual_scale[...].astype(jnp.float32))
+        return y, stats
+
+
+class Stem(nnx.Module):
+    """The layers before the first repeated block: CBR units, max pools and named mixed modules."""
+
+    def __init__(self, layers: tuple, filters: Mapping[str, int], *, ctx: LayerContext, rngs: nnx.Rngs):
+        self.layers = layers
+        c = 3
+        for layer in layers:
+            if isinstance(layer, Conv):
+                setattr(self, layer.name, Mixed._unit(c, layer, filters, ctx, rngs))
+                c = filters[layer.name]
+            elif isinstance(layer, MixedSpec):
+                module = Mixed(c, layer.branches, sub_filters(filters, layer.name), ctx=ctx, rngs=rngs)
+                setattr(self, layer.name, module)
+                c = module.mixed_channels
+        self.out_channels = c
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        for layer in self.layers:
+            if isinstance(layer, MaxPool):
+                x = max_pool_3x3_s2(x)
+            else:
+                x = getattr(self, layer.name)(x, train=train)
+        return x
+
+
+class AuxHead(nnx.Module):
+    """slim's auxiliary classifier (§2.8, §4.2.8) on the last 17-grid block: pool 5/3 -> CBR 1x1 -> CBR kxk VALID
+    (k = the pooled grid at the configured image size) -> Dense. Used only in training."""
+
+    def __init__(self, in_channels: int, conv1: int, conv2: int, kernel: int, num_classes: int, *,
+                 ctx: LayerContext, rngs: nnx.Rngs):
+        self.kernel = kernel
+        self.conv1 = ConvBN(in_channels, conv1, (1, 1), ctx=ctx, rngs=rngs)
+        self.conv2 = ConvBN(conv1, conv2, (kernel, kernel), padding="VALID", ctx=ctx, rngs=rngs)
+        self.fc = nnx.Linear(conv2, num_classes, kernel_init=ctx.dense_init, dtype=ctx.dtype,
+                             param_dtype=ctx.param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = self.conv2(self.conv1(avg_pool_valid(x, 5, 3), train=train), train=train)
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+class Head(nnx.Module):
+    """Classifier (§1.7): the Dense after global average pooling and dropout (both done by the network)."""
+
+    def __init__(self, in_features: int, num_classes: int, *, ctx: LayerContext, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(in_features, num_classes, kernel_init=ctx.dense_init, dtype=ctx.dtype,
+                             param_dtype=ctx.param_dtype, rngs=rngs)
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        return self.fc(features)

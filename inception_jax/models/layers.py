@@ -1,0 +1,158 @@
+"""The units every network is made of: the conv unit (conv -> BatchNorm -> ReLU), BatchNorm with an explicit
+normalization group, the two poolings of the spec, and the initializers the knobs name.
+
+Nothing here knows about a particular network; the filter counts and layouts live in the family files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+# ARCHITECTURE.md §1.8: He / fan-in truncated normal for the CBR convs, Glorot uniform for UP and Dense.
+INITIALIZERS: dict[str, Initializer] = {
+    "he_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
+    "glorot_uniform": nnx.initializers.xavier_uniform(),
+    "lecun_normal": nnx.initializers.lecun_normal(),
+    "zeros": nnx.initializers.zeros_init(),
+}
+
+
+def scaled_initializer(name: str, scale: float = 1.0) -> Initializer:
+    """The named initializer, its draws multiplied by `scale` (used to separate init size from the residual scale)."""
+    base = INITIALIZERS[name]
+    if scale == 1.0:
+        return base
+
+    def init(key, shape, dtype=jnp.float32):
+        return base(key, shape, dtype) * jnp.asarray(scale, dtype)
+
+    return init
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerContext:
+    """The settings every ConvBN / UP / Dense of one network shares (derived once from the model options)."""
+
+    dtype: Any
+    param_dtype: Any
+    bn_momentum: float
+    bn_eps: float
+    bn_scale: bool
+    bn_group_size: int | None
+    conv_init: Initializer
+    up_init: Initializer
+    dense_init: Initializer
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over N, H, W with TF/Flax momentum semantics (`ra <- m * ra + (1 - m) * batch_stat`).
+
+    `group_size` makes the normalization group explicit: None normalizes over the whole batch the step sees
+    (under `jax.jit` on a mesh that is the *global* batch: sync-BN), an integer g normalizes each consecutive
+    group of g examples on its own ("ghost" BN, as each replica did in the paper's asynchronous training).
+    Running statistics are the mean of the groups' statistics. Statistics are always float32.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float, epsilon: float, use_scale: bool,
+                 group_size: int | None, param_dtype, dtype):
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.group_size = group_size
+        self.dtype = dtype
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_scale else None
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+
+    def _batch_moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-group mean and variance, shaped (groups, 1, 1, 1, C) so they broadcast over a grouped x."""
+        n = x.shape[0]
+        g = n if self.group_size is None else self.group_size
+        if n % g:
+            raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples this BatchNorm sees; "
+                             "use a group size that divides the per-step batch, or None for the whole batch")
+        xf = x.astype(jnp.float32).reshape((n // g, g) + x.shape[1:])
+        mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
+        # One pass (E[x^2] - E[x]^2), as flax's use_fast_variance; clipped at 0 against rounding.
+        var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(1, 2, 3), keepdims=True) - jnp.square(mean), 0.0)
+        return mean, var
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if train:
+            mean, var = self._batch_moments(x)
+            m = self.momentum
+            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * jnp.mean(mean, axis=(0, 1, 2, 3)))
+            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * jnp.mean(var, axis=(0, 1, 2, 3)))
+        else:
+            mean, var = self.mean[...], self.var[...]
+        inv = jax.lax.rsqrt(var + self.epsilon)
+        if self.scale is not None:
+            inv = inv * self.scale[...].astype(jnp.float32)
+        shift = self.bias[...].astype(jnp.float32) - mean * inv
+        if train:
+            # Fold normalize + affine into one multiply-add per element on the grouped view.
+            shape = x.shape
+            xg = x.reshape(mean.shape[:1] + (-1,) + shape[1:])
+            return (xg * inv.astype(self.dtype) + shift.astype(self.dtype)).reshape(shape)
+        return x * inv.astype(self.dtype) + shift.astype(self.dtype)
+
+
+class ConvBN(nnx.Module):
+    """The spec's CBR unit: convolution without bias -> BatchNorm -> ReLU (ARCHITECTURE.md §1.1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], *, stride: int = 1,
+                 padding: str = "SAME", ctx: LayerContext, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(in_channels, out_channels, kernel, strides=stride, padding=padding, use_bias=False,
+                             kernel_init=ctx.conv_init, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+        self.bn = BatchNorm(out_channels, momentum=ctx.bn_momentum, epsilon=ctx.bn_eps, use_scale=ctx.bn_scale,
+                            group_size=ctx.bn_group_size, param_dtype=ctx.param_dtype, dtype=ctx.dtype)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return jax.nn.relu(self.bn(self.conv(x), train=train))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """MaxPool(3, 2, VALID): every stride-2 pooling of the five networks."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+
+
+@functools.lru_cache(maxsize=64)
+def _same_pool_counts(height: int, width: int) -> np.ndarray:
+    """How many real (non-padding) pixels each output of a 3x3 stride-1 SAME window covers."""
+    rows = np.minimum(np.arange(height) + 1, height - 1) - np.maximum(np.arange(height) - 1, 0) + 1
+    cols = np.minimum(np.arange(width) + 1, width - 1) - np.maximum(np.arange(width) - 1, 0) + 1
+    return (rows[:, None] * cols[None, :]).astype(np.float32)[None, :, :, None]
+
+
+def avg_pool_3x3_same(x: jax.Array) -> jax.Array:
+    """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4)."""
+    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+    counts = _same_pool_counts(x.shape[1], x.shape[2])
+    return total * jnp.asarray(1.0 / counts, x.dtype)
+
+
+def avg_pool_valid(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """Average pooling with VALID padding (the aux head's 5x5 / 3 pool; no padding, so no divisor question)."""
+    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, window, window, 1),
+                                  (1, stride, stride, 1), "VALID")
+    return total / jnp.asarray(window * window, x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout driven by an explicit key (no RNG state in the model, so resumed runs draw the same)."""
+    if rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError(f"training with dropout_rate={rate} needs a dropout_key; pass one, or dropout_rate=0")
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
