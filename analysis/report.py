@@ -1,0 +1,228 @@
+"""Build the report (HTML, PNG, SVG, CSV) from run folders alone.
+
+    python -m analysis.report --runs=<sweep_dir | runs dir | folder of sweeps> [--out=<dir>] \\
+        [--thresholds=0.3,0.4,0.5] [--smooth=10]
+
+The main job calls `generate_report(sweep_dir, command=...)` when it ends. The output goes to `<runs>/report/` unless
+--out says otherwise: report.html (self-contained), every figure as .png and .svg, every table as .csv, and
+manifest.json (the files written, so a rerun removes figures of groups that no longer exist). Missing, partial and
+broken runs are listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import shlex
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.convergence import convergence_figure
+from analysis.curves import SMOOTHING_WINDOW
+from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, learnable_scale_figure, verdict_heatmap
+from analysis.grouping import GROUP_FIELDS, Group, group_runs
+from analysis.html import FigureFile, Provenance, render_report
+from analysis.plotting import save_figure
+from analysis.runs import SkippedRun, load_runs
+from analysis.tables import (
+    DEFAULT_THRESHOLDS,
+    SOURCE_EVAL,
+    SOURCE_TRAIN,
+    runs_table,
+    skipped_table,
+    thresholds_table,
+    verdict_cells,
+    verdicts_table,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResult:
+    html: Path
+    out_dir: Path
+    figures: tuple[FigureFile, ...]
+    tables: dict[str, Path]  # table name -> CSV file
+    frames: dict[str, pd.DataFrame]  # table name -> its exact values
+    runs_used: tuple[str, ...]  # run labels (run ids unless two runs share one)
+    runs_skipped: tuple[SkippedRun, ...]
+    groups: tuple[str, ...]  # group labels
+    errors: tuple[str, ...]  # figures that could not be drawn (the report is written anyway)
+
+
+def methods(thresholds: Sequence[float], window: int) -> list[str]:
+    """The rules behind the numbers, stated in the report."""
+    fields = ", ".join(field for field, _ in GROUP_FIELDS)
+    return [
+        f"Groups: runs share a figure only when they agree on {fields}. A curve is one (model, filter count = "
+        "derived.deepest_width, variant = derived.variant) with all its seeds. Other config values that differ "
+        "inside a group or a curve are listed as warnings under the group.",
+        f"Smoothing: train loss and train accuracy are a trailing mean over the last {window} train log lines; a "
+        "window holding a non-finite value is left empty, so a diverged run's curve stops at the divergence. "
+        "Pre-pool zero and dead-channel fractions are not smoothed.",
+        "Seeds: the line is the mean over the seeds that have a finite value at that step; the shaded band is "
+        "their min–max. Against wall time, x is the mean over those seeds of the time of that step.",
+        "Errors: eval top1/top5 and train accuracy are accuracies in [0, 1]; the figures plot 100·(1 − accuracy).",
+        f"Steps to accuracy (thresholds {', '.join(f'{t:g}' for t in thresholds)}): '{SOURCE_EVAL}' (unsmoothed) "
+        f"when every run of the comparison logged eval top-1, else '{SOURCE_TRAIN}' (the {window}-line trailing "
+        "mean, counted only once a full window exists). A curve's value is the median over its seeds, a seed that "
+        "never reached counting as infinitely late; ratio = residual / plain at the same filter count, only when "
+        "both reached.",
+        "Verdicts are read from verdict.json (else result.json), never recomputed. A heatmap cell's colour is the "
+        "majority verdict over its seeds, a tie going to the more severe one (healthy < transient_death < damaged "
+        "< died < diverged); the cell lists every verdict's count and the mean final eval top-1 (train accuracy "
+        "when a seed has no eval; diverged seeds are left out of the mean).",
+        "Runs used: those with result.json, and diverged runs (verdict.json 'diverged') even without it. Runs "
+        "without result.json are partial (unfinished or still running): listed under Skipped runs, never plotted.",
+    ]
+
+
+def _figures_for(group: Group, cells: pd.DataFrame, window: int) -> list[tuple[str, str, Callable[[], Figure | None]]]:
+    """(kind, name suffix, builder) for every figure of a group; builders run one at a time to bound memory."""
+    builders: list[tuple[str, str, Callable[[], Figure | None]]] = [
+        ("heatmap", "verdict_heatmap", lambda: verdict_heatmap(group, cells)),
+        ("dying", "dying", lambda: dying_figure(group, window=window)),
+        ("block_ratio", "block_ratio", lambda: block_ratio_figure(group)),
+    ]
+    for index, label in enumerate(learnable_curves(group)):
+        builders.append(("learnable_scales", f"learnable_scales_{index}",
+                         lambda label=label: learnable_scale_figure(group, label)))
+    for width in group.widths:
+        builders.append(("convergence", f"convergence_w{width}",
+                         lambda width=width: convergence_figure(group, width, window=window)))
+    return builders
+
+
+def _unique_slugs(groups: Sequence[Group]) -> dict[str, str]:
+    """Group label -> file prefix; a suffix keeps two groups whose labels sanitise alike apart."""
+    slugs: dict[str, str] = {}
+    for group in groups:
+        slug, n = group.key.slug, 2
+        while slug in slugs.values():
+            slug, n = f"{group.key.slug}-{n}", n + 1
+        slugs[group.key.label] = slug
+    return slugs
+
+
+def _remove_stale(out_dir: Path, written: set[str]) -> None:
+    """Delete files a previous run of the report wrote (its manifest) that this run did not write again."""
+    manifest = out_dir / "manifest.json"
+    try:
+        previous = json.loads(manifest.read_text()).get("files", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        previous = []
+    for name in previous:
+        path = out_dir / str(name)
+        if str(name) not in written and path.parent == out_dir and path.is_file():
+            path.unlink()
+    manifest.write_text(json.dumps({"files": sorted(written)}, indent=1))
+
+
+def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, command: str | None = None,
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, window: int = SMOOTHING_WINDOW) -> ReportResult:
+    """Write the report for every run folder under `runs_dir` into `out_dir` (default `<runs_dir>/report`).
+
+    `command`: how the caller was invoked, shown in the report. Raises FileNotFoundError only when `runs_dir` is not
+    a directory; bad runs are skipped and listed, and a figure that fails is listed in `errors`.
+    """
+    runs_dir = Path(runs_dir)
+    out_dir = Path(out_dir) if out_dir is not None else runs_dir / "report"
+    if any(not 0.0 < t <= 1.0 for t in thresholds):
+        raise ValueError(f"thresholds={list(thresholds)}: each must be an accuracy in (0, 1]")
+    run_set = load_runs(runs_dir)
+    groups = group_runs(run_set.runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slugs = _unique_slugs(groups)
+
+    figures: list[FigureFile] = []
+    errors: list[str] = []
+    for group in groups:
+        cells = verdict_cells(group)
+        for kind, suffix, build in _figures_for(group, cells, window):
+            name = f"{slugs[group.key.label]}__{suffix}"
+            try:
+                figure = build()
+                if figure is None:
+                    continue
+                title = figure.get_suptitle() or (figure.axes[0].get_title() if figure.axes else name)
+                png, svg = save_figure(figure, out_dir, name)
+            except Exception as error:  # one broken figure must not cost the whole report at the end of a job
+                errors.append(f"{name}: {type(error).__name__}: {error}")
+                traceback.print_exc(file=sys.stderr)
+                continue
+            figures.append(FigureFile(name, title, kind, group.key.label, png, svg))
+
+    group_tables = [thresholds_table(groups, thresholds, window), verdicts_table(groups)]
+    tables = [runs_table(groups), skipped_table(run_set.skipped)]
+    csv_paths = {}
+    for table in (*group_tables, *tables):
+        csv_paths[table.name] = out_dir / f"{table.name}.csv"
+        table.data.to_csv(csv_paths[table.name], index=False)
+
+    regenerate = (f"python -m analysis.report --runs={shlex.quote(str(runs_dir))} "
+                  f"--out={shlex.quote(str(out_dir))} --thresholds={','.join(f'{t:g}' for t in thresholds)} "
+                  f"--smooth={window}")
+    provenance = Provenance(command=command or f"analysis.report.generate_report({str(runs_dir)!r})",
+                            regenerate=regenerate, root=runs_dir.resolve(), sweeps=run_set.sweeps,
+                            generated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    methods_text = methods(thresholds, window) + [f"Figure not drawn: {e}" for e in errors]
+    page = render_report(provenance=provenance, groups=groups, figures=figures, group_tables=group_tables,
+                         tables=tables, runs=run_set.runs, methods=methods_text)
+    html_path = out_dir / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+
+    written = {html_path.name, *(p.name for p in csv_paths.values())}
+    written |= {p.name for f in figures for p in (f.png, f.svg)}
+    _remove_stale(out_dir, written)
+    return ReportResult(html=html_path, out_dir=out_dir, figures=tuple(figures), tables=csv_paths,
+                        frames={t.name: t.data for t in (*group_tables, *tables)},
+                        runs_used=tuple(run.label for run in run_set.runs), runs_skipped=run_set.skipped,
+                        groups=tuple(group.key.label for group in groups), errors=tuple(errors))
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--thresholds={text!r}: expected accuracies like 0.3,0.5") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"--thresholds={text!r}: each must be an accuracy in (0, 1]")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", required=True, help="a sweep folder, its runs/ folder, a folder of sweeps or a run")
+    parser.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
+    parser.add_argument("--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS,
+                        help="accuracies for the steps-to-accuracy table, comma separated (default 0.3,0.4,0.5)")
+    parser.add_argument("--smooth", type=int, default=SMOOTHING_WINDOW,
+                        help="train-metric moving mean, in log lines (default 10)")
+    args = parser.parse_args(argv)
+    if args.smooth < 1:
+        parser.error(f"--smooth={args.smooth}: must be a positive number of log lines")
+    command = "python -m analysis.report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                              else argv))
+    try:
+        result = generate_report(args.runs, args.out, command=command, thresholds=args.thresholds,
+                                 window=args.smooth)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {result.html}")
+    print(f"{len(result.runs_used)} runs used in {len(result.groups)} group(s), {len(result.figures)} figures")
+    for skipped in result.runs_skipped:
+        print(f"skipped {skipped.label} ({skipped.status}): {skipped.reason}")
+    for error in result.errors:
+        print(f"figure not drawn: {error}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Write synthetic run folders with known numbers, exactly as docs/run_folder.md describes them.
+
+For tests of the analysis (and of anything else that reads run folders). Every value is a simple function of the
+spec, so a test can state the expected table entries by hand:
+* train accuracy is 0.1 before `learn_step` and 0.8 from it on (train loss 2.0, then 0.8); with the 10-line
+  trailing mean it first reaches 0.3 / 0.4 / 0.5 at learn_step + 2 / + 4 / + 5;
+* eval lines every `eval_every` steps: top-1 0.1 before learn_step, 0.75 from it on (top-5 = top-1 + 0.2);
+* from `death_step` on: z = 0.999, dead-channel fraction 0.9, loss ln C, accuracy 0.1 (else z = 0.5, 0.05);
+* at `diverge_step` the loss is NaN and the log ends there (verdict.json says diverged; no result.json);
+* `time` = step × seconds_per_step; block_ratio = 0.3 per block (50 in the last block after death);
+  learnable scales: block b (from 0) of every stage = 0.1·(b + 1) + 0.001·step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+NUM_CLASSES = 10
+STAGE_BLOCKS = {"a": 2, "b": 2, "c": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticRun:
+    run_id: str
+    width: int
+    variant: str  # "plain" | "scale=<s>" | "learnable"
+    seed: int = 0
+    dataset: str = "shapes_textures"
+    model: str = "inception_resnet_v2"
+    num_steps: int = 60
+    learn_step: int | None = 20  # None: never learns
+    death_step: int | None = None
+    diverge_step: int | None = None
+    eval_every: int | None = None
+    seconds_per_step: float = 0.5
+    finished: bool = True  # False: a run still being written (no result.json, no verdict.json)
+    write_verdict: bool = True
+
+    @property
+    def is_residual(self) -> bool:
+        return self.variant != "plain"
+
+    def verdict(self) -> str:
+        if self.diverge_step is not None:
+            return "diverged"
+        return "died" if self.death_step is not None else "healthy"
+
+    def config(self) -> dict[str, Any]:
+        scale = float(self.variant.split("=")[1]) if self.variant.startswith("scale=") else 1.0
+        widths = {"a": self.width // 4, "b": self.width // 2, "c": self.width}
+        return {
+            "run_id": self.run_id,
+            "model": {"name": self.model, "width_multiplier": self.width / 2080, "use_residual": self.is_residual,
+                      "residual_scale": scale,
+                      "residual_scale_mode": "learnable" if self.variant == "learnable" else "constant"},
+            "data": {"name": self.dataset, "image_size": 75},
+            "train": {"optimizer": "sgd", "learning_rate": 0.1, "batch_size": 64, "num_steps": self.num_steps,
+                      "seed": self.seed, "workdir": f"/tmp/{self.run_id}"},
+            "derived": {"stage_widths": widths, "deepest_width": self.width, "variant": self.variant,
+                        "num_params": 1000 * self.width, "num_classes": NUM_CLASSES, "steps_per_epoch": 20},
+            "sweep": {"name": "synthetic", "row": self.run_id, "overrides": {"train.seed": self.seed}},
+        }
+
+    def _dead(self, step: int) -> bool:
+        return self.death_step is not None and step >= self.death_step
+
+    def _learned(self, step: int) -> bool:
+        return self.learn_step is not None and step >= self.learn_step and not self._dead(step)
+
+    def train_line(self, step: int) -> dict[str, Any]:
+        dead, learned = self._dead(step), self._learned(step)
+        loss = math.log(NUM_CLASSES) if dead else (0.8 if learned else 2.0)
+        if self.diverge_step is not None and step >= self.diverge_step:
+            loss = math.nan
+        line = {"step": step, "split": "train", "time": step * self.seconds_per_step, "epoch": step / 20,
+                "loss": loss, "accuracy": 0.8 if learned else 0.1, "lr": 0.1, "loss_finite": int(math.isfinite(loss)),
+                "prepool_zero_frac": 0.999 if dead else 0.5, "prepool_dead_chan_frac": 0.9 if dead else 0.05,
+                "grad_norm": 1.0, "images_per_sec": 128.0, "unknown_future_key": {"nested": [1, 2]}}
+        for stage, blocks in STAGE_BLOCKS.items():
+            line[f"block_zero_frac/{stage}"] = [0.5] * blocks
+            if self.is_residual:
+                last = 50.0 if dead and stage == "c" else 0.3
+                line[f"block_ratio/{stage}"] = [0.3] * (blocks - 1) + [last]
+            if self.variant == "learnable":
+                line[f"residual_scale/{stage}"] = [0.1 * (b + 1) + 0.001 * step for b in range(blocks)]
+        return line
+
+    def eval_line(self, step: int) -> dict[str, Any]:
+        top1 = 0.75 if self._learned(step) else 0.1
+        return {"step": step, "split": "eval", "time": step * self.seconds_per_step, "epoch": step / 20,
+                "loss": 1.0 if top1 > 0.5 else 2.3, "top1": top1, "top5": top1 + 0.2, "num_examples": 1024}
+
+    def lines(self) -> list[dict[str, Any]]:
+        last = self.diverge_step if self.diverge_step is not None else self.num_steps
+        out = []
+        for step in range(1, last + 1):
+            out.append(self.train_line(step))
+            if self.eval_every and step % self.eval_every == 0:
+                out.append(self.eval_line(step))
+        return out
+
+
+def write_run(runs_dir: Path, spec: SyntheticRun, *, truncated_tail: bool = False) -> Path:
+    """One run folder under runs_dir; `truncated_tail` appends half a line, as a run being written leaves it."""
+    folder = Path(runs_dir) / spec.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(spec.config(), indent=1))
+    lines = spec.lines()
+    text = "".join(json.dumps(line) + "\n" for line in lines)  # json writes NaN for the diverged loss
+    if truncated_tail:
+        text += '{"step": 999, "split": "train", "loss": 0.'
+    (folder / "metrics.jsonl").write_text(text)
+    if not spec.finished:
+        return folder
+    last = lines[-1]["step"]
+    dead = spec.death_step is not None
+    verdict = {"verdict": spec.verdict(), "t_death": spec.death_step, "final_zero_frac": 0.999 if dead else 0.5,
+               "final_loss": spec.train_line(last)["loss"], "window": 10, "definition": "DYING.md, K = 10"}
+    if spec.write_verdict:
+        (folder / "verdict.json").write_text(json.dumps(verdict))
+    if spec.diverge_step is None:
+        evals = [line for line in lines if line["split"] == "eval"]
+        final = spec.train_line(last)
+        result = {"run_id": spec.run_id, "steps": last, "wall_time_s": last * spec.seconds_per_step,
+                  "final_train_loss": final["loss"], "final_train_accuracy": final["accuracy"],
+                  "eval_loss": evals[-1]["loss"] if evals else None,
+                  "eval_top1": evals[-1]["top1"] if evals else None, "eval_top5": evals[-1]["top5"] if evals else None,
+                  "ema_eval_top1": None, "ema_eval_top5": None, "verdict": spec.verdict(), "t_death": spec.death_step}
+        (folder / "result.json").write_text(json.dumps(result))
+    return folder
+
+
+def write_sweep(sweep_dir: Path, specs: Sequence[SyntheticRun], *, missing: Sequence[str] = ()) -> Path:
+    """A sweep folder (sweep.json + runs/); `missing` run ids are listed in sweep.json but get no folder."""
+    sweep_dir = Path(sweep_dir)
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    sweep = {"name": "synthetic", "command": "python -m inception_jax.sweep --sheet=synthetic.csv",
+             "run_ids": [s.run_id for s in specs] + list(missing), "created": "2025-01-01T00:00:00+00:00"}
+    (sweep_dir / "sweep.json").write_text(json.dumps(sweep))
+    for spec in specs:
+        write_run(sweep_dir / "runs", spec)
+    return sweep_dir
