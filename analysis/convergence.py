@@ -43,7 +43,7 @@ def convergence_figure(group: Group, width: int, *, window: int = SMOOTHING_WIND
     has_eval = any(len(run.eval) for curve in curves for run in curve.runs)
     panels = PANELS if has_eval else tuple(p for p in PANELS if p.split != "eval")  # no empty eval columns
     figure, axes = new_figure(len(X_AXES), len(panels))
-    figure.suptitle(f"Convergence: {group.key.label}, filter count {width}")
+    figure.suptitle(f"Convergence at filter count {width}\n{group.key.label}", fontsize=10)
     for row, (x, x_title, x_label) in enumerate(X_AXES):
         for column, panel in enumerate(panels):
             ax = axes[row, column]

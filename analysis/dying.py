@@ -39,7 +39,7 @@ def dying_figure(group: Group, *, window: int = SMOOTHING_WINDOW) -> Figure:
     colours = curve_colours(group)
     classes = _num_classes(group)
     figure, axes = new_figure(len(rows), len(group.widths))
-    figure.suptitle(f"Dying across filter counts: {group.key.label}")
+    figure.suptitle(f"Dying across filter counts\n{group.key.label}", fontsize=10)
     for column, width in enumerate(group.widths):
         for row, (key, title, smooth) in enumerate(rows):
             ax = axes[row, column]
@@ -91,7 +91,7 @@ def verdict_heatmap(group: Group, cells: pd.DataFrame) -> Figure:
     ax.set_yticks(range(len(widths)), [str(w) for w in widths])
     ax.set_xlabel("variant (residual scale)")
     ax.set_ylabel("filter count (deepest width)")
-    ax.set_title(f"Verdict by filter count and variant: {group.key.label}", fontsize=9)
+    ax.set_title(f"Verdict by filter count and variant\n{group.key.label}", fontsize=9)
     present = [v for v in (*VERDICTS, "unknown") if v in set(cells["verdict"])] if len(cells) else []
     ax.legend(handles=[Patch(color=VERDICT_COLOURS[v], label=v) for v in present], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -112,7 +112,7 @@ def block_ratio_figure(group: Group) -> Figure | None:
         return None
     colours = curve_colours(group)
     figure, axes = new_figure(len(names), len(group.widths))
-    figure.suptitle(f"Residual / shortcut ratio (max over a stage's blocks): {group.key.label}")
+    figure.suptitle(f"Residual / shortcut ratio, max over a stage's blocks\n{group.key.label}", fontsize=10)
     for column, width in enumerate(group.widths):
         for row, stage in enumerate(names):
             ax = axes[row, column]
@@ -149,7 +149,7 @@ def learnable_scale_figure(group: Group, label: str) -> Figure:
     curves = learnable_curves(group)[label]
     names = stages(group, "residual_scale")
     figure, axes = new_figure(len(names), len(curves))
-    figure.suptitle(f"Learnable residual scales, {label}: {group.key.label}")
+    figure.suptitle(f"Learnable residual scales, {label}\n{group.key.label}", fontsize=10)
     for column, curve in enumerate(curves):
         for row, stage in enumerate(names):
             ax = axes[row, column]

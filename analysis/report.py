@@ -3,10 +3,10 @@
     python -m analysis.report --runs=<sweep_dir | runs dir | folder of sweeps> [--out=<dir>] \\
         [--thresholds=0.3,0.4,0.5] [--smooth=10]
 
-The main job calls `generate_report(sweep_dir, command=...)` when it ends. The output goes to `<runs>/report/` unless
---out says otherwise: report.html (self-contained), every figure as .png and .svg, every table as .csv, and
-manifest.json (the files written, so a rerun removes figures of groups that no longer exist). Missing, partial and
-broken runs are listed, never fatal.
+The main job calls `generate_report(sweep_dir, command=...)` when it ends. The output goes to `<runs>/report/`
+(`<sweep_dir>/report/` when given a sweep's runs/ folder) unless --out says otherwise: report.html
+(self-contained), every figure as .png and .svg, every table as .csv, and manifest.json (the files written, so a
+rerun removes figures of groups that no longer exist). Missing, partial and broken runs are listed, never fatal.
 """
 
 from __future__ import annotations
@@ -126,13 +126,16 @@ def _remove_stale(out_dir: Path, written: set[str]) -> None:
 
 def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, command: str | None = None,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS, window: int = SMOOTHING_WINDOW) -> ReportResult:
-    """Write the report for every run folder under `runs_dir` into `out_dir` (default `<runs_dir>/report`).
+    """Write the report for every run folder under `runs_dir` into `out_dir` (default `<runs_dir>/report`, or
+    `<sweep_dir>/report` when `runs_dir` is a sweep's `runs/` folder).
 
     `command`: how the caller was invoked, shown in the report. Raises FileNotFoundError only when `runs_dir` is not
     a directory; bad runs are skipped and listed, and a figure that fails is listed in `errors`.
     """
     runs_dir = Path(runs_dir)
-    out_dir = Path(out_dir) if out_dir is not None else runs_dir / "report"
+    if out_dir is None:  # a sweep's report lives beside its runs/ folder (docs/run_folder.md)
+        out_dir = (runs_dir.parent if runs_dir.name == "runs" else runs_dir) / "report"
+    out_dir = Path(out_dir)
     if any(not 0.0 < t <= 1.0 for t in thresholds):
         raise ValueError(f"thresholds={list(thresholds)}: each must be an accuracy in (0, 1]")
     run_set = load_runs(runs_dir)
@@ -151,6 +154,7 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
                 if figure is None:
                     continue
                 title = figure.get_suptitle() or (figure.axes[0].get_title() if figure.axes else name)
+                title = title.replace("\n", ": ")
                 png, svg = save_figure(figure, out_dir, name)
             except Exception as error:  # one broken figure must not cost the whole report at the end of a job
                 errors.append(f"{name}: {type(error).__name__}: {error}")
@@ -199,7 +203,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", required=True, help="a sweep folder, its runs/ folder, a folder of sweeps or a run")
-    parser.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
+    parser.add_argument("--out", default=None, help="output folder (default: <runs>/report, or <sweep>/report for a "
+                                                    "sweep's runs/ folder)")
     parser.add_argument("--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS,
                         help="accuracies for the steps-to-accuracy table, comma separated (default 0.3,0.4,0.5)")
     parser.add_argument("--smooth", type=int, default=SMOOTHING_WINDOW,

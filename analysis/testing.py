@@ -40,6 +40,7 @@ class SyntheticRun:
     seconds_per_step: float = 0.5
     finished: bool = True  # False: a run still being written (no result.json, no verdict.json)
     write_verdict: bool = True
+    truncated_tail: bool = False  # metrics.jsonl ends in half a line, as a run being written leaves it
 
     @property
     def is_residual(self) -> bool:
@@ -105,14 +106,14 @@ class SyntheticRun:
         return out
 
 
-def write_run(runs_dir: Path, spec: SyntheticRun, *, truncated_tail: bool = False) -> Path:
-    """One run folder under runs_dir; `truncated_tail` appends half a line, as a run being written leaves it."""
+def write_run(runs_dir: Path, spec: SyntheticRun) -> Path:
+    """One run folder under runs_dir."""
     folder = Path(runs_dir) / spec.run_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(spec.config(), indent=1))
     lines = spec.lines()
     text = "".join(json.dumps(line) + "\n" for line in lines)  # json writes NaN for the diverged loss
-    if truncated_tail:
+    if spec.truncated_tail:
         text += '{"step": 999, "split": "train", "loss": 0.'
     (folder / "metrics.jsonl").write_text(text)
     if not spec.finished:
@@ -145,3 +146,35 @@ def write_sweep(sweep_dir: Path, specs: Sequence[SyntheticRun], *, missing: Sequ
     for spec in specs:
         write_run(sweep_dir / "runs", spec)
     return sweep_dir
+
+
+def example_specs() -> list[SyntheticRun]:
+    """The sweep the analysis tests use; the sweep.json written by write_sweep may add missing ids.
+
+    Group "shapes_textures" (no eval lines; 60 steps of 0.5 s), by filter count:
+    * 64: plain learns at 40; scale=0.1 seeds 0 and 1 learn at 10 and 14; scale=0.3 is partial (no result.json);
+      scale=1.0 learns at 15 and its metrics.jsonl ends in a truncated line; learnable learns at 12.
+    * 256: plain never learns; scale=0.1 learns at 10; scale=0.3 at 11; scale=1.0 seeds 0 and 1 die at 12 and 14,
+      seed 2 learns at 15 and diverges at 30 (no result.json); learnable learns at 12 and has no verdict.json.
+    Group "imagenet2012" (eval every 10 steps), filter count 512: plain learns at 33, scale=0.1 at 13.
+    """
+    shapes = [
+        SyntheticRun("w64_plain", 64, "plain", learn_step=40),
+        SyntheticRun("w64_s0.1_seed0", 64, "scale=0.1", learn_step=10),
+        SyntheticRun("w64_s0.1_seed1", 64, "scale=0.1", seed=1, learn_step=14),
+        SyntheticRun("w64_s0.3_partial", 64, "scale=0.3", finished=False),
+        SyntheticRun("w64_s1.0", 64, "scale=1.0", learn_step=15, truncated_tail=True),
+        SyntheticRun("w64_learnable", 64, "learnable", learn_step=12),
+        SyntheticRun("w256_plain", 256, "plain", learn_step=None),
+        SyntheticRun("w256_s0.1", 256, "scale=0.1", learn_step=10),
+        SyntheticRun("w256_s0.3", 256, "scale=0.3", learn_step=11),
+        SyntheticRun("w256_s1.0_seed0", 256, "scale=1.0", death_step=12),
+        SyntheticRun("w256_s1.0_seed1", 256, "scale=1.0", seed=1, death_step=14),
+        SyntheticRun("w256_s1.0_seed2", 256, "scale=1.0", seed=2, learn_step=15, diverge_step=30),
+        SyntheticRun("w256_learnable", 256, "learnable", learn_step=12, write_verdict=False),
+    ]
+    imagenet = [
+        SyntheticRun("inet_plain", 512, "plain", dataset="imagenet2012", eval_every=10, learn_step=33),
+        SyntheticRun("inet_s0.1", 512, "scale=0.1", dataset="imagenet2012", eval_every=10, learn_step=13),
+    ]
+    return shapes + imagenet
