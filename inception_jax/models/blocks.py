@@ -144,6 +144,12 @@ class InceptionBlock(Mixed):
 SCALE_MODES = ("constant", "learnable", "learnable_channel")
 
 
+class ScaleConstant(nnx.Variable):
+    """A constant residual scale. It is state, not a parameter (no gradient, no weight decay, never updated), and
+    being an array rather than a Python float it keeps the value out of the compiled program: runs that differ
+    only in their constant scale share one compilation."""
+
+
 class ResidualBlock(Mixed):
     """Inception-ResNet block (§1.6): y = act(x + scale * UP(concat(branches))), UP a biased linear 1x1 conv.
 
@@ -162,19 +168,18 @@ class ResidualBlock(Mixed):
         self.activation = activation
         self.plain_scale = plain_scale
         if scale_mode == "constant":
-            self.residual_scale = float(scale)
+            self.residual_scale = ScaleConstant(jnp.asarray(scale, jnp.float32))
         else:
             shape = () if scale_mode == "learnable" else (in_channels,)
             self.residual_scale = nnx.Param(jnp.full(shape, scale, ctx.param_dtype))
 
-    def scale_value(self) -> jax.Array | float:
-        s = self.residual_scale
-        return s[...] if isinstance(s, nnx.Param) else s
+    def scale_value(self) -> jax.Array:
+        return self.residual_scale[...]
 
     def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
         r = self.up(self.mixed(x, train=train))
         if self.residual:
-            branch = r * jnp.asarray(self.scale_value(), r.dtype)
+            branch = r * self.scale_value().astype(r.dtype)
             y = x + branch
         else:
             branch = r * jnp.asarray(self.plain_scale, r.dtype)
@@ -183,10 +188,9 @@ class ResidualBlock(Mixed):
             y = jax.nn.relu(y)
         if not diagnostics:
             return y, None
-        stats = {"zero_frac": zero_fraction(y), "branch_rms": rms(branch), "shortcut_rms": rms(x)}
-        if isinstance(self.residual_scale, nnx.Param):
-            stats["scale"] = jnp.mean(self.residual_scale[...].astype(jnp.float32))
-        return y, stats
+        # `scale` is the mean of a per-channel scale; constant blocks report their constant.
+        scale = jnp.mean(self.scale_value().astype(jnp.float32))
+        return y, {"zero_frac": zero_fraction(y), "branch_rms": rms(branch), "shortcut_rms": rms(x), "scale": scale}
 
 
 class Stem(nnx.Module):

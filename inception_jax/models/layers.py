@@ -136,14 +136,14 @@ def _same_pool_counts(height: int, width: int) -> np.ndarray:
 
 def avg_pool_3x3_same(x: jax.Array) -> jax.Array:
     """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4)."""
-    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
     counts = _same_pool_counts(x.shape[1], x.shape[2])
     return total * jnp.asarray(1.0 / counts, x.dtype)
 
 
 def avg_pool_valid(x: jax.Array, window: int, stride: int) -> jax.Array:
     """Average pooling with VALID padding (the aux head's 5x5 / 3 pool; no padding, so no divisor question)."""
-    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, window, window, 1),
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, window, window, 1),
                                   (1, stride, stride, 1), "VALID")
     return total / jnp.asarray(window * window, x.dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -13,12 +14,23 @@ from inception_jax.models.options import ModelOptions
 from inception_jax.models.stacking import to_scanned, to_unrolled
 
 
-def count_params(opts: ModelOptions, *, collection=nnx.Param) -> int:
+def count_params(opts: ModelOptions, *, collection: type[nnx.Variable] = nnx.Param) -> int:
     """Number of scalars in `collection` (parameters by default) of a model, computed with `nnx.eval_shape`."""
+    return _counts(opts).get(collection.__name__, 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _counts(opts: ModelOptions) -> dict[str, int]:
+    """Scalars per variable type (Param, BatchStat, ...) of an abstract model: tracing a full network costs
+    seconds, so one trace answers every collection."""
     from inception_jax.models.registry import build_model
 
     abstract = nnx.eval_shape(lambda: build_model(opts))
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, collection))))
+    counts: dict[str, int] = {}
+    for _, var in nnx.to_flat_state(nnx.state(abstract)):
+        name = type(var).__name__
+        counts[name] = counts.get(name, 0) + int(np.prod(var.shape))
+    return counts
 
 
 def convert_layout(model: InceptionNet, *, scan_blocks: bool) -> InceptionNet:
@@ -29,7 +41,7 @@ def convert_layout(model: InceptionNet, *, scan_blocks: bool) -> InceptionNet:
     if opts.scan_blocks == scan_blocks:
         return model
     target = nnx.eval_shape(lambda: build_model(dataclasses.replace(opts, scan_blocks=scan_blocks)))
-    pure = nnx.state(model).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(model))
     counts = (target if scan_blocks else model).stacked_counts()
     pure = to_scanned(to_unrolled(pure), counts) if scan_blocks else to_unrolled(pure)
     graphdef, state = nnx.split(target)

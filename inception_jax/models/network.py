@@ -63,10 +63,8 @@ class InceptionNet(nnx.Module):
         self.reduction_a = Mixed(c, arch.reduction_a, sub_filters(filters, "reduction_a"), ctx=ctx, rngs=rngs)
         c = self.reduction_a.mixed_channels
         c = self._build_stage("b", arch.block_b, c, filters, ctx, rngs)
-        self.aux = None
-        if opts.aux_head:
-            self.aux = AuxHead(c, filters["aux.conv1"], filters["aux.conv2"], aux_kernel_size(opts.image_size),
-                               opts.num_classes, ctx=ctx, rngs=rngs)
+        self.aux = (AuxHead(c, filters["aux.conv1"], filters["aux.conv2"], aux_kernel_size(opts.image_size),
+                            opts.num_classes, ctx=ctx, rngs=rngs) if opts.aux_head else None)
         self.reduction_b = Mixed(c, arch.reduction_b, sub_filters(filters, "reduction_b"), ctx=ctx, rngs=rngs)
         c = self.reduction_b.mixed_channels
         c = self._build_stage("c", arch.block_c, c, filters, ctx, rngs)

@@ -1,0 +1,286 @@
+"""Datasets -> per-process batches: grain over `tfds.data_source`, a pure function of the step.
+
+Train: `TrainStream.batch(step)` depends only on (seed, step, process_index, process_count). epoch = step //
+steps_per_epoch (the last partial global batch of an epoch is dropped); the epoch's order is a permutation drawn
+from (seed, epoch); example k of it gets its augmentation draws from (seed, epoch, dataset index). The global batch
+of a step is the same examples whatever the process count: process p takes the contiguous slice
+[p * local, (p + 1) * local) of it. Resuming at step s therefore needs no iterator state: `iterator(s)` yields
+batch(s), batch(s + 1), ... (grain prefetches them on threads). Each process reads only its own examples, by random
+access, so every host needs the dataset files (a shared or copied data dir), not a per-host copy of a shard.
+
+Eval: `create_eval_stream` walks the split in order, once; global batch b holds examples [b * G, (b + 1) * G),
+process p its slice; the last batch is padded with `mask` False.
+
+This module must not touch the network or start device work (the training code puts batches on devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from inception_jax import eval_crops, preprocessing
+from inception_jax.datasets.sources import DataError, DatasetInfo, open_split, resolve_data_dir
+from inception_jax.datasets.sources import dataset_info as _source_info
+from inception_jax.models.architecture import MIN_IMAGE_SIZE
+
+__all__ = ["DataConfig", "DataError", "DatasetInfo", "EvalStream", "TrainStream", "create_eval_stream",
+           "create_train_stream", "dataset_info", "make_global_batch"]
+
+# Leading words of the seed sequences, so that permutations and augmentations never share a random stream.
+_PERMUTATION_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to read and how to preprocess it. Every field is validated on construction."""
+
+    name: str = "shapes_textures"  # TFDS name ('name/config:version' allowed); the embedded one is generated
+    data_dir: str | None = None  # None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+    train_split: str = "train"  # TFDS split spec; slices such as 'train[:90%]' work
+    eval_split: str = "validation"
+    image_size: int = 96  # model input side (square); >= 75, the smallest input the networks accept
+    augment: str = "inception"  # "inception" (distorted box crop + flip) | "flip" | "none"
+    color_distort: bool = False  # slim distort_color (brightness, saturation, hue, contrast)
+    area_range: tuple[float, float] = (0.05, 1.0)  # distorted box: fraction of the image area
+    aspect_range: tuple[float, float] = (0.75, 1.333)  # distorted box: width / height
+    eval_crops: str = "single"  # "single" | "12" | "144" (ARCHITECTURE.md §6.4)
+    central_fraction: float = 0.875  # single crop: fraction of each side kept; 12 crops: S / fraction scale
+    num_threads: int = 2  # threads preparing batches in the background
+    prefetch_batches: int = 4  # batches prepared ahead of the consumer
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> DataError:
+            return DataError(f"DataConfig.{field}={getattr(self, field)!r} (config key data.{field}) {why}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "must be a TFDS dataset name such as 'shapes_textures', 'imagenet2012', 'cifar10'")
+        for field in ("train_split", "eval_split"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field):
+                raise bad(field, "must be a split name such as 'train' or 'validation'")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool):
+            raise bad("image_size", "must be an int")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise bad("image_size", f"is below {MIN_IMAGE_SIZE}, the smallest input the Inception networks accept "
+                                    f"(ARCHITECTURE.md §1.3)")
+        if self.augment not in preprocessing.AUGMENTATIONS:
+            raise bad("augment", f"is not one of {list(preprocessing.AUGMENTATIONS)}")
+        if self.eval_crops not in eval_crops.PROTOCOLS:
+            raise bad("eval_crops", f"is not one of {list(eval_crops.PROTOCOLS)}")
+        for field, low, high in (("area_range", 0.0, 1.0), ("aspect_range", 0.0, float("inf"))):
+            value = getattr(self, field)
+            if (not isinstance(value, tuple) or len(value) != 2
+                    or not all(isinstance(v, int | float) for v in value)
+                    or not low < value[0] <= value[1] <= high):
+                raise bad(field, f"must be (min, max) with {low} < min <= max <= {high}")
+        if not isinstance(self.central_fraction, int | float) or not 0.0 < self.central_fraction <= 1.0:
+            raise bad("central_fraction", "must be in (0, 1]")
+        for field, low in (("num_threads", 1), ("prefetch_batches", 1)):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(field, f"must be an int >= {low}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DataConfig:
+        """From an ml_collections ConfigDict (or mapping): `config.data`, or a whole config that has `data`."""
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if "data" in values and isinstance(values["data"], Mapping) and not fields & set(values):
+            values = dict(values["data"])
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise DataError(f"unknown config key(s) {['data.' + k for k in unknown]}; DataConfig fields: "
+                            f"{sorted(fields)}")
+        for key in ("area_range", "aspect_range"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @property
+    def num_eval_crops(self) -> int:
+        return eval_crops.NUM_CROPS[self.eval_crops]
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Classes, split sizes and native image shape; prepares the embedded dataset if missing; checks both splits."""
+    info = _source_info(cfg.name, cfg.data_dir)
+    for field in ("train_split", "eval_split"):
+        split = getattr(cfg, field)
+        base = split.split("[")[0].strip()
+        if info.split_sizes and base not in info.split_sizes:
+            raise DataError(f"DataConfig.{field}={split!r} (config key data.{field}): dataset {cfg.name!r} has no "
+                            f"such split; splits in {info.data_dir}: {sorted(info.split_sizes)}")
+    return info
+
+
+def _check_processes(global_batch_size: int, process_index: int, process_count: int) -> int:
+    for name, value, low in (("global_batch_size", global_batch_size, 1), ("process_count", process_count, 1)):
+        if not isinstance(value, int | np.integer) or value < low:
+            raise DataError(f"{name}={value!r} must be an int >= {low}")
+    if not isinstance(process_index, int | np.integer) or not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index!r} must be in [0, process_count={process_count})")
+    if global_batch_size % process_count:
+        raise DataError(f"global_batch_size={global_batch_size} does not divide by process_count={process_count}: "
+                        f"every process takes an equal contiguous slice of each global batch")
+    return global_batch_size // process_count
+
+
+def _check_batch_fits(global_batch_size: int, num_examples: int, cfg: DataConfig, split: str) -> None:
+    if global_batch_size > num_examples:
+        raise DataError(f"global_batch_size={global_batch_size} is larger than split {split!r} of {cfg.name!r} "
+                        f"({num_examples} examples, in {resolve_data_dir(cfg.data_dir)}); use at most "
+                        f"{num_examples}")
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    order = np.random.default_rng([_PERMUTATION_STREAM, seed, epoch]).permutation(num_examples)
+    return order.astype(np.int32 if num_examples < 2**31 else np.int64)
+
+
+class _Reader:
+    """Reads raw examples by index and turns failures into errors that name the record and the dataset."""
+
+    def __init__(self, source: Sequence, cfg: DataConfig, split: str):
+        self.source, self.cfg, self.split = source, cfg, split
+
+    def where(self, index: int) -> str:
+        return f"example {index} of split {self.split!r} of {self.cfg.name!r} in {resolve_data_dir(self.cfg.data_dir)}"
+
+    def read(self, indices: Sequence[int]) -> list[dict]:
+        indices = [int(i) for i in indices]
+        try:
+            getitems = getattr(self.source, "__getitems__", None)
+            return list(getitems(indices)) if getitems else [self.source[i] for i in indices]
+        except Exception:
+            for i in indices:  # find the record that fails, to name it
+                try:
+                    self.source[i]
+                except Exception as e:
+                    raise DataError(f"cannot read {self.where(i)}: the record is corrupt or truncated "
+                                    f"({type(e).__name__}: {e}); re-prepare the dataset") from e
+            raise
+
+    def transform(self, index: int, record: Mapping, fn: Any, **kwargs: Any) -> np.ndarray:
+        try:
+            return fn(record["image"], **kwargs)
+        except preprocessing.ImageDecodeError as e:
+            raise DataError(f"cannot decode the image of {self.where(index)}: {e}; the record is corrupt or "
+                            f"truncated, re-prepare the dataset") from e
+
+
+class TrainStream:
+    """This process's slice of each global training batch, by step; see the module docstring."""
+
+    def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        self.cfg = cfg
+        self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
+        self.global_batch_size = global_batch_size
+        self.num_examples = len(source)
+        _check_batch_fits(global_batch_size, self.num_examples, cfg, cfg.train_split)
+        self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
+        self.steps_per_epoch = self.num_examples // global_batch_size
+        self._reader = _Reader(source, cfg, cfg.train_split)
+        self._steps = grain.MapDataset.range(0, 2**62).map(self.batch)
+
+    def example_indices(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, dataset indices of this process's slice of global batch `step`)."""
+        if not isinstance(step, int | np.integer) or step < 0:
+            raise DataError(f"step={step!r} must be an int >= 0")
+        epoch, position = divmod(int(step), self.steps_per_epoch)
+        start = position * self.global_batch_size + self.process_index * self.local_batch_size
+        return epoch, _permutation(self.seed, epoch, self.num_examples)[start:start + self.local_batch_size]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        epoch, indices = self.example_indices(step)
+        records = self._reader.read(indices)
+        size = self.cfg.image_size
+        images = np.empty((len(indices), size, size, 3), np.float32)
+        for j, (index, record) in enumerate(zip(indices, records)):
+            rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, int(index)])
+            images[j] = self._reader.transform(
+                int(index), record, preprocessing.train_transform, rng=rng, image_size=size,
+                augment=self.cfg.augment, color_distort=self.cfg.color_distort, area_range=self.cfg.area_range,
+                aspect_range=self.cfg.aspect_range)
+        labels = np.asarray([int(r["label"]) for r in records], np.int32)
+        return {"image": images, "label": labels}
+
+    def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """batch(start_step), batch(start_step + 1), ... prepared ahead on `cfg.num_threads` threads."""
+        if not isinstance(start_step, int | np.integer) or start_step < 0:
+            raise DataError(f"start_step={start_step!r} must be an int >= 0")
+        options = grain.ReadOptions(num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch_batches)
+        return iter(self._steps[int(start_step):].to_iter_dataset(options))
+
+
+class EvalStream:
+    """The whole eval split once, in order, as (local_batch, n_crops, S, S, 3) images with a padding mask."""
+
+    def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.cfg = cfg
+        self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
+        self.global_batch_size = global_batch_size
+        self.num_examples = len(source)
+        _check_batch_fits(global_batch_size, self.num_examples, cfg, cfg.eval_split)
+        self.process_index = process_index
+        self.num_batches = -(-self.num_examples // global_batch_size)
+        self.num_crops = cfg.num_eval_crops
+        self._reader = _Reader(source, cfg, cfg.eval_split)
+
+    def example_indices(self, batch_index: int) -> np.ndarray:
+        """Dataset indices of this process's slice of global eval batch `batch_index`; >= num_examples = padding."""
+        start = batch_index * self.global_batch_size + self.process_index * self.local_batch_size
+        return np.arange(start, start + self.local_batch_size)
+
+    def batch(self, batch_index: int) -> dict[str, np.ndarray]:
+        if not 0 <= batch_index < self.num_batches:
+            raise DataError(f"eval batch {batch_index} is outside [0, {self.num_batches})")
+        indices = self.example_indices(batch_index)
+        mask = indices < self.num_examples
+        size = self.cfg.image_size
+        images = np.zeros((len(indices), self.num_crops, size, size, 3), np.float32)
+        labels = np.zeros((len(indices),), np.int32)
+        valid = indices[mask]
+        for j, (index, record) in enumerate(zip(valid, self._reader.read(valid))):
+            images[j] = self._reader.transform(
+                int(index), record, preprocessing.eval_transform, image_size=size, protocol=self.cfg.eval_crops,
+                central_fraction=self.cfg.central_fraction)
+            labels[j] = int(record["label"])
+        return {"image": images, "label": labels, "mask": mask}
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        options = grain.ReadOptions(num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch_batches)
+        return iter(grain.MapDataset.range(0, self.num_batches).map(self.batch).to_iter_dataset(options))
+
+
+def create_train_stream(cfg: DataConfig, *, global_batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> TrainStream:
+    _check_processes(global_batch_size, process_index, process_count)
+    source = open_split(cfg.name, cfg.data_dir, cfg.train_split, origin="DataConfig.train_split")
+    return TrainStream(cfg, source, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                       process_count=process_count)
+
+
+def create_eval_stream(cfg: DataConfig, *, global_batch_size: int, process_index: int = 0,
+                       process_count: int = 1) -> EvalStream:
+    _check_processes(global_batch_size, process_index, process_count)
+    source = open_split(cfg.name, cfg.data_dir, cfg.eval_split, origin="DataConfig.eval_split")
+    return EvalStream(cfg, source, global_batch_size=global_batch_size, process_index=process_index,
+                      process_count=process_count)
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: Any) -> dict[str, Any]:
+    """Process-local numpy batch -> global jax.Arrays laid out by `sharding` (leading axis = batch)."""
+    import jax  # only the caller that puts data on devices pays for jax here
+
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

@@ -1,0 +1,346 @@
+"""The model zoo, as a specification: ARCHITECTURE.md's parameter counts and shapes, the ablation knobs, the
+scanned/unrolled layouts, the diagnostics and every refusal."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from inception_jax.models import (
+    MODEL_NAMES,
+    convert_layout,
+    count_params,
+    create_model,
+    model_options,
+    spatial_sizes,
+)
+from inception_jax.models.blocks import ResidualBlock
+from inception_jax.models.stacking import to_scanned, to_unrolled
+
+TINY = dict(width_multiplier=0.125, block_counts=(2, 2, 2), num_classes=10)
+
+# ARCHITECTURE.md §7.1 (gamma + beta = timm convention = bn_scale=True; beta only = slim = bn_scale=False).
+PARAM_COUNTS = {
+    "inception_v4": (42_679_816, 42_648_232),
+    "inception_resnet_v1": (22_756_328, 22_742_808),
+    "inception_resnet_v2_paper": (32_433_928, 32_417_496),
+    "inception_resnet_v2": (55_843_464, 55_813_192),
+}
+# The same networks' BN moving statistics: 2 per BN channel (Keras "total params" adds them, §7.1).
+BN_CHANNELS = {"inception_v4": 31_584, "inception_resnet_v1": 13_520, "inception_resnet_v2_paper": 16_432,
+               "inception_resnet_v2": 30_272}
+
+# Stage outputs (H, W, C) at 299 px: §2.1, §3.1, §4.1.2, §4.2.8.
+STAGES_299 = {
+    "inception_v4": {"stem": (35, 35, 384), "blocks_a": (35, 35, 384), "reduction_a": (17, 17, 1024),
+                     "blocks_b": (17, 17, 1024), "reduction_b": (8, 8, 1536), "blocks_c": (8, 8, 1536)},
+    "inception_resnet_v1": {"stem": (35, 35, 256), "blocks_a": (35, 35, 256), "reduction_a": (17, 17, 896),
+                            "blocks_b": (17, 17, 896), "reduction_b": (8, 8, 1792), "blocks_c": (8, 8, 1792)},
+    "inception_resnet_v2_paper": {"stem": (35, 35, 384), "blocks_a": (35, 35, 384), "reduction_a": (17, 17, 1152),
+                                  "blocks_b": (17, 17, 1152), "reduction_b": (8, 8, 2144),
+                                  "blocks_c": (8, 8, 2144)},
+    "inception_resnet_v2": {"stem": (35, 35, 320), "blocks_a": (35, 35, 320), "reduction_a": (17, 17, 1088),
+                            "blocks_b": (17, 17, 1088), "reduction_b": (8, 8, 2080), "blocks_c": (8, 8, 2080),
+                            "final_conv": (8, 8, 1536)},
+}
+POOLED = {"inception_v4": 1536, "inception_resnet_v1": 1792, "inception_resnet_v2_paper": 2144,
+          "inception_resnet_v2": 1536}
+
+
+def abstract_forward(model, x_shape, **kw):
+    """Output shapes of `model.forward` without computing anything."""
+    graphdef, state = nnx.split(model)
+
+    def run(state, x):
+        return nnx.merge(graphdef, state, copy=True).forward(x, **kw)
+
+    return jax.eval_shape(run, state, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------ reference numbers
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("bn_scale", [True, False])
+def test_parameter_count_matches_reference(name, bn_scale):
+    expected = PARAM_COUNTS[name][0 if bn_scale else 1]
+    assert count_params(model_options(name, bn_scale=bn_scale)) == expected
+
+
+def test_batch_statistics_count_matches_keras_convention():
+    opts = model_options("inception_resnet_v2")
+    # Keras reports 55,873,736 = beta-only params + moving mean and variance (§7.1, §4.3 row 18).
+    assert count_params(opts) + count_params(opts, collection=nnx.BatchStat) == 55_873_736
+    for name, channels in BN_CHANNELS.items():
+        assert count_params(model_options(name), collection=nnx.BatchStat) == 2 * channels
+
+
+def test_aux_head_parameter_count_matches_slim():
+    # §4.2.8: the slim aux head has 3,368,425 parameters (gamma+beta) with 1001 classes; §2.8: 3,360,233 for v4.
+    for name, aux in (("inception_resnet_v2", 3_368_425), ("inception_v4", 3_360_233)):
+        with_aux = count_params(model_options(name, num_classes=1001, bn_scale=True, aux_head=True))
+        without = count_params(model_options(name, num_classes=1001, bn_scale=True))
+        assert with_aux - without == aux
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_stage_shapes_at_299(name):
+    model = nnx.eval_shape(lambda: create_model(name))
+    out = abstract_forward(model, (2, 299, 299, 3), stages=True)
+    for stage, hwc in STAGES_299[name].items():
+        assert out.stages[stage].shape == (2, *hwc), stage
+    assert out.stages["pooled"].shape == (2, POOLED[name])
+    assert out.logits.shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_stage_shapes_at_75_and_non_square(name):
+    model = nnx.eval_shape(lambda: create_model(name))
+    out = abstract_forward(model, (1, 75, 75, 3), stages=True)
+    assert out.stages["stem"].shape[1:3] == (7, 7)  # 75 -> 37, 35, 17, 15, 7 (§1.3)
+    assert out.stages["reduction_a"].shape[1:3] == (3, 3)
+    assert out.stages["blocks_c"].shape[1:3] == (1, 1)
+    out = abstract_forward(model, (1, 299, 331, 3), stages=True)
+    assert out.stages["blocks_c"].shape[1:3] == (8, 9)
+
+
+def test_spatial_arithmetic_matches_the_spec_table():
+    assert spatial_sizes(299) == (149, 147, 73, 71, 35, 17, 8)
+    assert spatial_sizes(75) == (37, 35, 17, 15, 7, 3, 1)
+    assert spatial_sizes(107)[4:] == (11, 5, 2)
+
+
+# ------------------------------------------------------------------------------------------ forward behaviour
+def block_input(c, seed=0):
+    return jax.nn.relu(jax.random.normal(jax.random.key(seed), (2, 5, 5, c)))
+
+
+def make_block(residual=True, scale=0.3, mode="constant", plain_scale=1.0):
+    model = create_model("inception_resnet_v1", width_multiplier=0.125, block_counts=(1, 1, 1),
+                         use_residual=residual, residual_scale=scale, residual_scale_mode=mode,
+                         plain_scale=plain_scale, scan_blocks=False)
+    return model.blocks_a_0
+
+
+def up_projection_by_hand(block, x):
+    """UP(concat(branches)) written out with lax: the expectation the block is compared against."""
+    m = block.mixed(x, train=False)
+    k, b = block.up.kernel[...], block.up.bias[...]
+    return jax.lax.conv_general_dilated(m, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.3, 1.0])
+def test_residual_block_is_relu_of_shortcut_plus_scaled_branch(scale):
+    block = make_block(scale=scale)
+    x = block_input(block.up.out_features)
+    y, _ = block(x, train=False)
+    np.testing.assert_allclose(y, jax.nn.relu(x + scale * up_projection_by_hand(block, x)), atol=1e-5)
+
+
+def test_plain_block_drops_the_shortcut_and_keeps_the_parameters():
+    residual, plain = make_block(residual=True), make_block(residual=False, plain_scale=0.5)
+    shapes = lambda b: jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(b, nnx.Param)))  # noqa: E731
+    assert shapes(residual) == shapes(plain)
+    x = block_input(plain.up.out_features)
+    y, _ = plain(x, train=False)
+    np.testing.assert_allclose(y, jax.nn.relu(0.5 * up_projection_by_hand(plain, x)), atol=1e-5)
+    # Same weights, different function: the shortcut really is gone.
+    nnx.update(plain, nnx.state(residual, nnx.Param))
+    assert not np.allclose(plain(x, train=False)[0], residual(x, train=False)[0])
+
+
+def test_constant_scale_is_not_a_parameter_and_learnable_scales_get_gradients():
+    constant = make_block(mode="constant")
+    assert "residual_scale" not in nnx.to_pure_dict(nnx.state(constant, nnx.Param))
+    for mode, shape in (("learnable", ()), ("learnable_channel", (32,))):
+        block = make_block(mode=mode, scale=0.2)
+        assert block.residual_scale[...].shape == shape
+        np.testing.assert_allclose(block.residual_scale[...], 0.2)
+        graphdef, params, rest = nnx.split(block, nnx.Param, ...)
+        x = block_input(32)
+
+        def loss(p):
+            return jnp.sum(nnx.merge(graphdef, p, rest, copy=True)(x, train=False)[0] ** 2)
+
+        grad = jax.grad(loss)(params)
+        assert float(jnp.abs(grad["residual_scale"][...]).sum()) > 0
+
+
+def test_final_released_block_is_linear_with_scale_one():
+    model = create_model("inception_resnet_v2", **TINY)
+    last = model.blocks_c_1
+    assert (last.activation, float(last.residual_scale[...])) == (False, 1.0)
+    assert model.blocks_c.activation and np.allclose(model.blocks_c.residual_scale[...], 0.2)
+    paper = create_model("inception_resnet_v2_paper", **TINY)
+    assert not hasattr(paper, "blocks_c_1") and paper.blocks_c.activation
+
+
+# ------------------------------------------------------------------------------------------ layouts
+def eval_and_train_forward(model, x):
+    """One compiled program: the eval-mode output, then the train-mode output and updated batch statistics."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, x):
+        m = nnx.merge(graphdef, state, copy=True)
+        eval_out = m.forward(x, diagnostics=True)
+        train_out = m.forward(x, train=True, dropout_key=jax.random.key(1), diagnostics=True)
+        return eval_out, train_out, nnx.state(m, nnx.BatchStat)
+
+    return run(state, x)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_scanned_and_unrolled_layouts_agree(name):
+    scanned = create_model(name, **TINY, bn_momentum=0.9)
+    unrolled = create_model(name, **TINY, bn_momentum=0.9, scan_blocks=False)
+    # Same seed, same draws: the layouts differ only in how the weights are stored.
+    converted = convert_layout(scanned, scan_blocks=False)
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(converted)), nnx.to_pure_dict(nnx.state(unrolled)))
+    x = jax.random.uniform(jax.random.key(0), (4, 75, 75, 3), minval=-1, maxval=1)
+    *outs_s, stats_s = eval_and_train_forward(scanned, x)
+    *outs_u, stats_u = eval_and_train_forward(unrolled, x)
+    for out_s, out_u in zip(outs_s, outs_u):
+        np.testing.assert_allclose(out_s.logits, out_u.logits, rtol=1e-5, atol=1e-5)
+        for stage in out_s.blocks:
+            for key in out_s.blocks[stage]:
+                np.testing.assert_allclose(out_s.blocks[stage][key], out_u.blocks[stage][key], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(to_unrolled(nnx.to_pure_dict(stats_s)), nnx.to_pure_dict(stats_u), atol=1e-5)
+
+
+def test_layout_conversion_round_trips():
+    model = create_model("inception_resnet_v2", **TINY, residual_scale_mode="learnable")
+    pure = nnx.to_pure_dict(nnx.state(model))
+    unrolled = to_unrolled(pure)
+    assert "blocks_b" not in unrolled and {"blocks_b_0", "blocks_b_1", "blocks_c_0", "blocks_c_1"} <= set(unrolled)
+    chex.assert_trees_all_equal(to_scanned(unrolled, model.stacked_counts()), pure)
+    back = convert_layout(convert_layout(model, scan_blocks=False), scan_blocks=True)
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(back)), pure)
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+def test_diagnostics_report_every_block_and_cost_nothing_when_not_requested():
+    model = create_model("inception_resnet_v2", **TINY, residual_scale_mode="learnable")
+    x = jnp.zeros((2, 75, 75, 3))
+    out = abstract_forward(model, x.shape, diagnostics=True)
+    assert out.prepool.shape == (2, 1, 1, 192)  # released IR-v2: final_conv output is the pre-pool layer
+    assert set(out.blocks) == {"a", "b", "c"}
+    assert set(out.blocks["c"]) == {"zero_frac", "branch_rms", "shortcut_rms", "scale"}
+    assert out.blocks["c"]["zero_frac"].shape == (2,)  # one scanned block + the linear last one
+    plain_out = abstract_forward(model, x.shape)
+    assert plain_out.prepool is None and plain_out.blocks is None
+    # Not requested means not computed: the diagnostics' reductions are absent from the program.
+    graphdef, state = nnx.split(model)
+    hlo_plain = jax.jit(lambda s: nnx.merge(graphdef, s, copy=True).forward(x).logits).lower(state).as_text()
+    hlo_diag = jax.jit(lambda s: nnx.merge(graphdef, s, copy=True).forward(x, diagnostics=True).blocks
+                       ).lower(state).as_text()
+    assert hlo_plain.count("sqrt") < hlo_diag.count("sqrt")
+
+
+def test_ghost_batchnorm_normalises_each_group_on_its_own():
+    whole = create_model("inception_resnet_v1", **TINY, scan_blocks=False)
+    ghost = create_model("inception_resnet_v1", **TINY, scan_blocks=False, bn_group_size=2)
+    x = jax.random.normal(jax.random.key(0), (4, 9, 9, 3))
+    conv_whole, conv_ghost = whole.stem.conv1a, ghost.stem.conv1a
+    y_ghost = conv_ghost(x, train=True)
+    # Each group of 2 examples, normalised alone, equals the whole-batch unit applied to that group alone.
+    for g in range(2):
+        np.testing.assert_allclose(y_ghost[2 * g:2 * g + 2], conv_whole(x[2 * g:2 * g + 2], train=True), atol=1e-5)
+    with pytest.raises(ValueError, match="bn_group_size=2 does not divide the batch of 3"):
+        conv_ghost(x[:3], train=True)
+
+
+def test_train_step_compiles_once():
+    model = create_model("inception_resnet_v2", **TINY)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def grad_step(params, rest, x, y, key):
+        def loss(p):
+            m = nnx.merge(graphdef, p, rest, copy=True)
+            logits = m.forward(x, train=True, dropout_key=key).logits
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss)(params)
+
+    x, y = jnp.ones((2, 75, 75, 3)), jnp.zeros((2,), jnp.int32)
+    for step in range(3):
+        grad_step(params, rest, x + step, y, jax.random.key(step))
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = create_model("inception_resnet_v2", **TINY, dtype="bfloat16")
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    out = abstract_forward(model, (2, 75, 75, 3), stages=True)
+    assert out.stages["blocks_b"].dtype == jnp.bfloat16 and out.logits.dtype == jnp.float32
+
+
+def test_width_multiplier_scales_filters_and_derives_the_residual_width():
+    opts = model_options("inception_resnet_v2", width_multiplier=0.5, filters={"reduction_b.b0_1": 500})
+    table = opts.filter_table
+    assert table["block_b.b1_1"] == 80 and table["final_conv"] == 768 and table["reduction_b.b0_1"] == 500
+    model = nnx.eval_shape(lambda: create_model("inception_resnet_v2", width_multiplier=0.5,
+                                                filters={"reduction_b.b0_1": 500}))
+    # C width = B width (544) + reduction_b branches (500 + 144 + 160): the up-projection follows it.
+    assert model.blocks_c.up.kernel.shape == (10 - 1, 1, 1, 96 + 128, 544 + 500 + 144 + 160)
+
+
+# ------------------------------------------------------------------------------------------ refusals
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="inception_resnet_v3"), r"unknown model id 'inception_resnet_v3' \(did you mean 'inception_resnet_v2"),
+    (dict(widht_multiplier=0.5), r"unknown knob 'widht_multiplier' \(did you mean 'width_multiplier'\?\)"),
+    (dict(residual_scale=-0.1), r"residual_scale=-0.1 is out of range; it must be >= 0"),
+    (dict(residual_scale=float("nan")), r"residual_scale=nan is not a finite number"),
+    (dict(residual_scale=(0.1, 0.2)), r"must be one number or one per block type \(a, b, c\)"),
+    (dict(residual_scale_mode="rezero"), r"residual_scale_mode='rezero' is not one of \['constant', 'learnable'"),
+    (dict(width_multiplier=0.01), r"width_multiplier=0.01 leaves .* zero filters .*use width_multiplier >= 0.016"),
+    (dict(width_multiplier=0), r"width_multiplier=0 is out of range; it must be > 0"),
+    (dict(block_counts=(1, 2)), r"block_counts=\(1, 2\) must list 3 repeat counts"),
+    (dict(block_counts=(1, 2, 0)), r"final_block_linear=True needs at least one C block"),
+    (dict(filters={"block_b.b1_7": 3}), r"unknown entry 'block_b.b1_7' \(did you mean 'block_b.b1_2'"),
+    (dict(image_size=74), r"image_size=74 is below the minimum input size 75"),
+    (dict(aux_head=True, image_size=100), r"image_size=100 is below the minimum input size 107 with the aux head"),
+    (dict(bn_momentum=1.5), r"bn_momentum=1.5 is out of range"),
+    (dict(dtype="float8"), r"dtype='float8' is not one of \['float32', 'bfloat16', 'float16'\]"),
+])
+def test_bad_knobs_are_refused_with_a_message(kwargs, message):
+    name = kwargs.pop("name", "inception_resnet_v2")
+    with pytest.raises((ValueError, TypeError), match=message):
+        model_options(name, **kwargs)
+
+
+def test_residual_knobs_are_refused_for_inception_v4_and_aux_for_paper_variants():
+    with pytest.raises(ValueError, match=r"inception_v4 has no residual blocks"):
+        model_options("inception_v4", use_residual=False)
+    with pytest.raises(ValueError, match=r"only inception_v4 and inception_resnet_v2 define an auxiliary head"):
+        model_options("inception_resnet_v1", aux_head=True)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2, 74, 74, 3), r"input 74x74 is below the minimum size 75x75"),
+    ((2, 99, 99, 1), r"input has 1 channels"),
+    ((99, 99, 3), r"expected images shaped \(batch, height, width, 3\)"),
+])
+def test_bad_inputs_are_refused_before_compiling(shape, message):
+    model = nnx.eval_shape(lambda: create_model("inception_resnet_v2", **TINY))
+    with pytest.raises(ValueError, match=message):
+        abstract_forward(model, shape)
+
+
+def test_aux_head_needs_its_image_size_in_training():
+    model = nnx.eval_shape(lambda: create_model("inception_v4", **TINY, aux_head=True, image_size=107))
+    out = abstract_forward(model, (2, 107, 107, 3), train=True, dropout_key=jax.random.key(0))
+    assert out.aux_logits.shape == (2, 10)
+    with pytest.raises(ValueError, match=r"aux head was built for image_size=107 but got 299x299"):
+        abstract_forward(model, (2, 299, 299, 3), train=True, dropout_key=jax.random.key(0))
+
+
+def test_residual_scale_accepts_one_value_per_block_type():
+    opts = model_options("inception_resnet_v1", residual_scale={"b": 0.3})
+    assert opts.residual_scale == (0.17, 0.3, 0.2)
+    model = create_model("inception_resnet_v1", **TINY, residual_scale=(0.1, 0.2, 0.3))
+    scales = [m.residual_scale[...] for m in (model.blocks_a, model.blocks_b, model.blocks_c)]
+    np.testing.assert_allclose(scales, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])  # stacked: one per block
+    assert isinstance(model.blocks_a, ResidualBlock)
