@@ -145,11 +145,16 @@ def _describe(differences: dict[str, list[str]]) -> list[str]:
             for key, values in differences.items()]
 
 
+def _hashable(value: Any) -> Any:
+    """Group values as dict keys: a structured value (a learning-rate schedule, an image size pair) as its JSON."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
+
+
 def group_runs(runs: Iterable[Run]) -> list[Group]:
     """Runs split into groups (sorted by label) and curves; see the module docstring."""
     by_key: dict[GroupKey, list[Run]] = {}
     for run in runs:
-        key = GroupKey(tuple((field, run.get(field)) for field, _ in GROUP_FIELDS))
+        key = GroupKey(tuple((field, _hashable(run.get(field))) for field, _ in GROUP_FIELDS))
         by_key.setdefault(key, []).append(run)
     groups = []
     for key, members in by_key.items():

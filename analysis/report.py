@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import re
 import shlex
 import sys
 import traceback
@@ -90,8 +91,8 @@ def _figures_for(group: Group, cells: pd.DataFrame, window: int) -> list[tuple[s
         ("dying", "dying", lambda: dying_figure(group, window=window)),
         ("block_ratio", "block_ratio", lambda: block_ratio_figure(group)),
     ]
-    for index, label in enumerate(learnable_curves(group)):
-        builders.append(("learnable_scales", f"learnable_scales_{index}",
+    for label in learnable_curves(group):
+        builders.append(("learnable_scales", "learnable_scales_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label),
                          lambda label=label: learnable_scale_figure(group, label)))
     for width in group.widths:
         builders.append(("convergence", f"convergence_w{width}",

@@ -233,15 +233,17 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
     except (TypeError, ValueError):
         width = config_value(config, "derived.deepest_width")
         return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer")
+    # Before the first log line a run that has not finished is just starting: partial, not broken.
+    not_started = "invalid" if (path / "result.json").is_file() else "partial"
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
-        return SkippedRun(label, path, "invalid", "no metrics.jsonl")
+        return SkippedRun(label, path, not_started, "no metrics.jsonl")
     try:
         logs, warnings = read_metrics(metrics_path)
     except OSError as error:
         return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})")
     if not logs:
-        return SkippedRun(label, path, "invalid", "metrics.jsonl has no complete log line")
+        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line")
     verdict, verdict_problem = _read_json(path / "verdict.json")
     result, result_problem = _read_json(path / "result.json")
     diverged = verdict is not None and verdict.get("verdict") == "diverged"

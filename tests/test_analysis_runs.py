@@ -75,6 +75,8 @@ def test_load_runs_uses_finished_and_diverged_runs_and_lists_the_rest(tmp_path):
     (sweep / "runs" / "bad_config" / "config.json").write_text("{not json")
     no_metrics = write_run(sweep / "runs", SyntheticRun("no_metrics", 64, "plain"))
     (no_metrics / "metrics.jsonl").unlink()
+    starting = write_run(sweep / "runs", SyntheticRun("just_started", 64, "plain", finished=False))
+    (starting / "metrics.jsonl").write_text('{"step": 1, "split": "tr')
     run_set = load_runs(sweep)
     used = {run.label for run in run_set.runs}
     assert len(used) == 14 and "w256_s1.0_seed2" in used  # diverged, no result.json: still used
@@ -83,7 +85,8 @@ def test_load_runs_uses_finished_and_diverged_runs_and_lists_the_rest(tmp_path):
     assert skipped["runs/w1024_s1.0"] == ("missing", "listed in sweep.json but has no run folder")
     assert skipped["runs/empty_folder"] == ("invalid", "no config.json")
     assert skipped["runs/bad_config"][0] == "invalid" and "config.json unreadable" in skipped["runs/bad_config"][1]
-    assert skipped["runs/no_metrics"] == ("invalid", "no metrics.jsonl")
+    assert skipped["runs/no_metrics"] == ("invalid", "no metrics.jsonl")  # it has result.json: broken
+    assert skipped["runs/just_started"] == ("partial", "metrics.jsonl has no complete log line")
     runs = {run.label: run for run in run_set.runs}
     assert runs["w256_learnable"].verdict_name == "healthy"  # from result.json, as verdict.json is missing
     assert "no verdict.json" in runs["w256_learnable"].warnings
