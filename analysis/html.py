@@ -34,6 +34,9 @@ details { margin: 0.2em 0; } summary { cursor: pointer; font-size: 13px; }
 """
 
 
+_HEADERS = {"width": "filter count"}  # the paper's word for derived.deepest_width
+
+
 @dataclasses.dataclass(frozen=True)
 class FigureFile:
     """A saved figure: `name` is the file stem of `png` and `svg` in the report folder."""
@@ -56,7 +59,7 @@ class Provenance:
 
 
 def _table_html(table: Table, frame: pd.DataFrame, html_id: str, *, caption: bool = True) -> str:
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th>{escape(_HEADERS.get(str(c), str(c)))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     title = f"<h3>{escape(table.title)}</h3>" if caption else ""
