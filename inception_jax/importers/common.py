@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 
 from inception_jax.model_io import (
-    COLLECTIONS, Variables, abstract_variables, flat_shapes, model_from_variables, relayout,
+    COLLECTIONS,
+    Variables,
+    abstract_variables,
+    flat_shapes,
+    model_from_variables,
+    relayout,
 )
 from inception_jax.models import InceptionNet, ModelOptions, get_architecture
 from inception_jax.models.blocks import Conv, MixedSpec, conv_names

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from inception_jax.importers.common import (
-    ImportedModel, ImportMismatchError, SourceTensors, VariableWriter, check_gamma, finish, head_classes, spec_modules,
+    ImportedModel,
+    ImportMismatchError,
+    SourceTensors,
+    VariableWriter,
+    check_gamma,
+    finish,
+    head_classes,
+    spec_modules,
 )
 from inception_jax.models import model_options
 

@@ -142,8 +142,9 @@ def prepare_timm_for_parity(model: Any, calibration_images: np.ndarray, *, seed:
 
 
 # --------------------------------------------------------------------------------------------------- keras
-def _keras_flexible_clone(model: Any) -> Any:
-    """The same weights in an InceptionResNetV2 without a fixed input size (include_top=True fixes 299 x 299)."""
+def keras_flexible_model(model: Any) -> Any:
+    """The same weights in an InceptionResNetV2 without a fixed input size (include_top=True fixes 299 x 299) and
+    without the Dense head (keras_forward_stages applies it in numpy)."""
     import keras
 
     clone = keras.applications.InceptionResNetV2(weights=None, include_top=False, input_shape=(None, None, 3))
@@ -157,16 +158,20 @@ def _keras_flexible_clone(model: Any) -> Any:
     return clone
 
 
-def keras_forward_stages(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+def keras_forward_stages(model: Any, images: np.ndarray, *, flexible: Any = None) -> dict[str, np.ndarray]:
     """A Keras InceptionResNetV2's stage outputs and logits on NHWC images (inference mode). Images of another size
-    than the model's input run through a size-agnostic copy; pooled and logits come from numpy on Keras's
-    final_conv output and the `predictions` weights (the Dense may end in a softmax)."""
+    than the model's input run through `flexible` (default: a fresh `keras_flexible_model(model)`); pooled and
+    logits come from numpy on Keras's final_conv output and the `predictions` weights (the Dense may end in a
+    softmax)."""
     import keras
 
     fixed = tuple(model.input.shape[1:3])
-    body = model if fixed == tuple(images.shape[1:3]) else _keras_flexible_clone(model)
+    if fixed == tuple(images.shape[1:3]):
+        body = model
+    else:
+        body = flexible if flexible is not None else keras_flexible_model(model)
     outputs = [body.get_layer(n).output for n in KERAS_STAGES.values()] + [body.get_layer("conv_7b").input]
-    probe = keras.Model(body.inputs, outputs)
+    probe = keras.Model(body.input, outputs)
     values = [np.asarray(v) for v in probe(images, training=False)]
     stages = dict(zip(KERAS_STAGES, values[:-1]))
     stages["blocks_c"] = values[-1]

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from inception_jax.importers.common import (
-    ImportedModel, ImportMismatchError, SourceTensors, SpecModule, VariableWriter, check_gamma, finish, head_classes,
+    ImportedModel,
+    ImportMismatchError,
+    SourceTensors,
+    SpecModule,
+    VariableWriter,
+    check_gamma,
+    finish,
+    head_classes,
     spec_modules,
 )
 from inception_jax.models import ModelOptions, model_options
