@@ -157,14 +157,15 @@ class _Reader:
         try:
             getitems = getattr(self.source, "__getitems__", None)
             return list(getitems(indices)) if getitems else [self.source[i] for i in indices]
-        except Exception:
-            for i in indices:  # find the record that fails, to name it
+        except Exception:  # read one by one: names the failing record, and serves sources whose batch read
+            records = []   # is broken (tfds.testing.mock_data's __getitems__)
+            for i in indices:
                 try:
-                    self.source[i]
+                    records.append(self.source[i])
                 except Exception as e:
                     raise DataError(f"cannot read {self.where(i)}: the record is corrupt or truncated "
                                     f"({type(e).__name__}: {e}); re-prepare the dataset") from e
-            raise
+            return records
 
     def transform(self, index: int, record: Mapping, fn: Any, **kwargs: Any) -> np.ndarray:
         try:

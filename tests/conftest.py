@@ -9,3 +9,23 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(
                                                                 ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+# --- data pipeline fixtures (tests/test_input_pipeline.py, tests/test_datasets.py) ---
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A data dir holding the embedded dataset's 'tiny' config (480 train / 120 validation), prepared once.
+
+    Under pytest-xdist the dir sits in the session root the workers share, and the builder's file lock makes them
+    prepare it once; without xdist it is this session's own temp dir.
+    """
+    import inception_jax.datasets  # noqa: F401  (registers the builder)
+    from inception_jax.datasets.sources import get_builder
+
+    root = tmp_path_factory.getbasetemp()
+    data_dir = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "shapes_textures_tiny"
+    get_builder("shapes_textures/tiny", str(data_dir))
+    return str(data_dir)

@@ -86,8 +86,8 @@ def _shape_mask(name: str, rng: np.random.Generator, big: int, cx: float, cy: fl
     elif name == "crescent":
         _ellipse(draw, cx, cy, 0.9 * r, 255)
         offset = 0.9 * r * float(rng.uniform(0.4, 0.6))
-        _ellipse(draw, cx + offset * np.cos(theta), cy + offset * np.sin(theta), 0.9 * r * float(rng.uniform(0.8, 0.95)),
-                 0)
+        bite = 0.9 * r * float(rng.uniform(0.8, 0.95))
+        _ellipse(draw, cx + offset * np.cos(theta), cy + offset * np.sin(theta), bite, 0)
     else:  # texture classes: the region's outline is a nuisance variable
         region = int(rng.integers(3))
         if region == 0:
@@ -143,7 +143,7 @@ def _clutter(rng: np.random.Generator, canvas: Image.Image, size: int) -> None:
     for _ in range(int(rng.integers(0, 4))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         cx, cy = rng.uniform(0, size, 2)
-        pts = rng.uniform(-0.07 * size, 0.07 * size, (4, 2)) + (cx, cy)
+        pts = rng.uniform(-0.07 * size, 0.07 * size, (4, 2)) + np.array([cx, cy])
         draw.polygon([tuple(p) for p in pts], fill=colour)
 
 

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -67,8 +68,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version: 10 classes, 96x96 JPEG, train/validation."}
-    BUILDER_CONFIGS = [
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First version: 10 classes, 96x96 JPEG, train/validation."}
+    BUILDER_CONFIGS: ClassVar[list[ShapesTexturesConfig]] = [
         ShapesTexturesConfig(name="default", description="16,000 train / 2,000 validation images, 96x96."),
         ShapesTexturesConfig(name="tiny", description="480 train / 120 validation images, 96x96 (tests).",
                              train_examples=480, validation_examples=120),

@@ -1,0 +1,99 @@
+"""The embedded `shapes_textures` builder and the TFDS source layer: registration, content, errors."""
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import inception_jax.datasets  # noqa: F401  (registers the builder)
+from inception_jax.datasets import EMBEDDED_DATASETS
+from inception_jax.datasets.shapes_textures import CLASS_NAMES, render
+from inception_jax.datasets.shapes_textures.shapes_textures_dataset_builder import Builder
+from inception_jax.datasets.sources import DataError, dataset_info, get_builder, open_split
+
+TINY = "shapes_textures/tiny"
+
+
+def test_registered_by_name():
+    assert "shapes_textures" in EMBEDDED_DATASETS
+    assert tfds.builder_cls("shapes_textures") is Builder
+    assert len(CLASS_NAMES) == 10 and len(set(CLASS_NAMES)) == 10
+
+
+def test_render_is_deterministic_and_varied():
+    a = render.render_image(render.example_rng(0, 0, 5), 3, 96)
+    b = render.render_image(render.example_rng(0, 0, 5), 3, 96)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (96, 96, 3) and a.dtype == np.uint8
+    others = [render.render_image(render.example_rng(0, split, 5), 3, 96) for split in (1,)]
+    others += [render.render_image(render.example_rng(1, 0, 5), 3, 96)]
+    assert all(not np.array_equal(a, o) for o in others)  # split and seed are part of the stream
+    # every image has structure: far from constant, and the class object makes it differ from its background
+    assert a.std() > 10
+
+
+def test_tiny_split_sizes_balance_and_features(shapes_tiny_dir):
+    info = dataset_info(TINY, shapes_tiny_dir)
+    assert info.split_sizes == {"train": 480, "validation": 120}
+    assert info.num_classes == 10 and info.class_names == CLASS_NAMES
+    assert info.image_shape == (96, 96, 3) and info.file_format == "array_record"
+    source = tfds.data_source(TINY, split="train", data_dir=shapes_tiny_dir, download=False)
+    labels = Counter(int(source[i]["label"]) for i in range(len(source)))
+    assert labels == Counter({k: 48 for k in range(10)})
+    assert source[0]["image"].shape == (96, 96, 3)
+
+
+def test_prepared_records_are_exactly_the_rendered_images(shapes_tiny_dir):
+    """The version pins the content: re-rendering index i of a split gives the same JPEG bytes as on disk."""
+    cfg = Builder.builder_configs["tiny"]
+    source = open_split(TINY, shapes_tiny_dir, "validation")
+    stored = Counter(hashlib.sha1(source[i]["image"]).hexdigest() for i in range(len(source)))
+    rendered = Counter(
+        hashlib.sha1(render.encode_jpeg(render.render_image(render.example_rng(cfg.seed, 1, i), i % 10, 96),
+                                        cfg.jpeg_quality)).hexdigest() for i in range(cfg.validation_examples))
+    assert stored == rendered
+
+
+def test_prepare_is_once_per_data_dir(shapes_tiny_dir):
+    builder = get_builder(TINY, shapes_tiny_dir)  # already prepared by the fixture: reused, not regenerated
+    stamp = os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json"))
+    get_builder(TINY, shapes_tiny_dir)
+    assert os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json")) == stamp
+
+
+def test_unknown_dataset_names_suggestions(tmp_path):
+    with pytest.raises(DataError, match=r"DataConfig.name='cifar100x'.*unknown dataset.*Did you mean 'cifar100'"):
+        get_builder("cifar100x", str(tmp_path))
+    with pytest.raises(DataError, match=r"'shapes_textures/huge'"):
+        get_builder("shapes_textures/huge", str(tmp_path))
+
+
+def test_unprepared_imagenet_says_how_to_prepare(tmp_path):
+    with pytest.raises(DataError, match=r"not prepared in .*downloads/manual.*tfds build imagenet2012 "
+                                        r"--data_dir=.* --file_format=array_record"):
+        open_split("imagenet2012", str(tmp_path), "train")
+    with pytest.raises(DataError, match=r"not prepared.*tfds build cifar10"):
+        dataset_info("cifar10", str(tmp_path))
+
+
+def test_unknown_split_lists_the_prepared_ones(shapes_tiny_dir):
+    expected = r"DataConfig.train_split='test'.*splits prepared in .*\['train', 'validation'\]"
+    with pytest.raises(DataError, match=expected):
+        open_split(TINY, shapes_tiny_dir, "test")
+
+
+def test_tfrecord_dataset_says_how_to_convert(shapes_tiny_dir, tmp_path):
+    # a copy whose metadata says tfrecord, as `tfds build --file_format=tfrecord` (the TFDS default) would write
+    shutil.copytree(shapes_tiny_dir, tmp_path / "d")
+    version_dir = tmp_path / "d" / "shapes_textures" / "tiny" / "1.0.0"
+    meta = json.loads((version_dir / "dataset_info.json").read_text())
+    meta["fileFormat"] = "tfrecord"
+    (version_dir / "dataset_info.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"prepared in .* as tfrecord.*tfds convert_format "
+                                        r"--dataset_version_dir=.*1.0.0 --out_file_format=array_record"):
+        open_split(TINY, str(tmp_path / "d"), "train")
