@@ -1,0 +1,251 @@
+"""The run configuration: its schema with defaults, strict validation before anything compiles, and the few
+derived values (model knobs, training length) every part of the library reads the same way.
+
+Config files in `configs/` start from `base_config()` and change what they need; nothing here reads flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES
+
+OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+LR_SCHEDULES = ("staircase", "cosine", "constant")
+# Knobs whose natural value is a tuple, dict or "model default" are typed `object` so that
+# `--config.model.residual_scale=0.1`, `=(0.1,0.2,0.3)` and `--config.model.filters="{'final_conv': 512}"` all parse.
+POLYMORPHIC_KNOBS = ("use_residual", "residual_scale", "residual_scale_mode", "plain_scale", "final_block_linear",
+                     "filters", "block_counts", "bn_group_size")
+# Keys a resumed run may change (how long, how often, where from); anything else must match the stored run.
+RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "train.log_every_steps",
+                  "train.log_dense_steps", "train.eval_every_steps", "train.probe_every_steps",
+                  "train.checkpoint_every_steps", "train.keep_checkpoints", "data.data_dir", "data.num_threads",
+                  "data.prefetch_batches", "mesh.", "distributed.", "compilation_cache_dir", "compile_only",
+                  "init_from", "init_from_ema", "sweep.")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with the defaults of ARCHITECTURE.md §6.3 (the paper's recipe)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "inception_resnet_v2"
+    c.model.num_classes = config_dict.placeholder(int)  # None: the dataset's class count
+    for knob, default in KNOB_DEFAULTS.items():
+        if knob in POLYMORPHIC_KNOBS:
+            c.model[knob] = config_dict.placeholder(object)
+            if default is not None:
+                c.model[knob] = default
+        else:
+            c.model[knob] = default
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "shapes_textures"
+    c.data.data_dir = config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.image_size = 299
+    c.data.augment = "inception"
+    c.data.color_distort = False
+    c.data.area_range = (0.05, 1.0)
+    c.data.aspect_range = (0.75, 4 / 3)
+    c.data.eval_crops = "single"
+    c.data.central_fraction = 0.875
+    c.data.num_threads = 2
+    c.data.prefetch_batches = 4
+    c.model.image_size = c.data.get_ref("image_size")  # the aux head's kernel follows the training size
+
+    c.train = ml_collections.ConfigDict()
+    t = c.train
+    t.batch_size = 32  # global
+    t.num_steps = config_dict.placeholder(int)  # exactly one of num_steps / num_epochs / num_examples
+    t.num_epochs = config_dict.placeholder(float)
+    t.num_examples = config_dict.placeholder(int)
+    t.optimizer = "rmsprop"
+    t.learning_rate = 0.045
+    t.lr_schedule = "staircase"  # lr * decay_rate ** floor(epoch / decay_epochs)
+    t.lr_decay_rate = 0.94
+    t.lr_decay_epochs = 2.0
+    t.warmup_steps = 0
+    t.rmsprop_decay = 0.9
+    t.rmsprop_momentum = 0.9
+    t.rmsprop_eps = 1.0  # inside the square root, accumulator initialised to 1 (TF1 RMSPropOptimizer)
+    t.momentum = 0.9  # sgd
+    t.adamw_b1 = 0.9
+    t.adamw_b2 = 0.999
+    t.adamw_eps = 1e-8
+    t.grad_clip_norm = 2.0  # global norm; 0 disables
+    t.weight_decay = 4e-5  # on conv / dense kernels only
+    t.label_smoothing = 0.1
+    t.aux_loss_weight = 0.4  # only when model.aux_head
+    t.ema_decay = 0.9999  # 0 disables; TF's num_updates warm-up: min(decay, (1 + step) / (10 + step))
+    t.log_every_steps = 10
+    t.log_dense_steps = 200  # log every step before this (DYING.md: deaths happen early)
+    t.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+    t.probe_every_steps = 50
+    t.checkpoint_every_steps = 500
+    t.keep_checkpoints = 3
+    t.eval_batch_size = config_dict.placeholder(int)  # None: train.batch_size
+    t.diagnostics = True  # the dying diagnostics, computed inside the step
+    t.stop_when_dead_windows = 0  # >0: end a run early once it has been dead for this many windows
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = -1  # -1: every device of every process; N: the first N (single process only)
+    c.mesh.data = -1  # -1: all devices not used by fsdp
+    c.mesh.fsdp = 1  # >1 shards large parameters and optimizer state
+    c.mesh.fsdp_min_size = 2**18  # leaves smaller than this stay replicated
+
+    c.init_from = ""  # a run workdir, its checkpoints/ dir, or an exported model dir (inception_jax.model_io)
+    c.init_from_ema = True
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.enabled = False  # jax.distributed.initialize(); auto-detects SLURM / TPU / cloud when no address
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.compilation_cache_dir = "~/.cache/inception_jax/xla"
+    c.compile_only = False  # compile the train step, report time and memory, exit
+    return c
+
+
+def model_knobs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`config.model` -> the keyword arguments of `create_model` (None means: the architecture's default)."""
+    knobs = {k: v for k, v in dict(model_cfg).items() if k not in ("name", "num_classes") and v is not None}
+    for key in ("block_counts", "residual_scale"):
+        if isinstance(knobs.get(key), list):
+            knobs[key] = tuple(knobs[key])
+    if isinstance(knobs.get("filters"), ml_collections.ConfigDict):
+        knobs["filters"] = knobs["filters"].to_dict()
+    return knobs
+
+
+def num_train_steps(train_cfg: Any, steps_per_epoch: int) -> int:
+    """The one way to say how long: exactly one of num_steps, num_epochs, num_examples (big_vision `u.steps`)."""
+    given = {k: train_cfg[k] for k in ("num_steps", "num_epochs", "num_examples") if train_cfg[k] is not None}
+    if len(given) != 1:
+        raise ConfigError(f"train: set exactly one of num_steps, num_epochs, num_examples; got {given or 'none'}")
+    (key, value), = given.items()
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"train.{key}={value!r} must be a positive number")
+    if key == "num_steps":
+        return int(value)
+    if key == "num_epochs":
+        return max(1, round(value * steps_per_epoch))
+    return max(1, math.ceil(value / train_cfg.batch_size))
+
+
+def check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
+
+
+def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}={value!r} must be {kind} {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_static(config: ml_collections.ConfigDict) -> None:
+    """Checks that need no dataset or devices; `train.validate_run` adds the ones that do."""
+    check_choice("model.name", config.model.name, MODEL_NAMES)
+    t = config.train
+    check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    check_positive("train.batch_size", t.batch_size, integer=True)
+    check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
+    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):
+        check_positive(f"train.{key}", t[key], allow_zero=True)
+    for key in ("warmup_steps", "stop_when_dead_windows"):
+        check_positive(f"train.{key}", t[key], integer=True, allow_zero=True)
+    for key in ("log_every_steps", "probe_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        check_positive(f"train.{key}", t[key], integer=True)
+    if t.eval_every_steps is not None:
+        check_positive("train.eval_every_steps", t.eval_every_steps, integer=True)
+    if t.eval_batch_size is not None:
+        check_positive("train.eval_batch_size", t.eval_batch_size, integer=True)
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={t.ema_decay!r} must be in [0, 1) (0 disables the EMA)")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing={t.label_smoothing!r} must be in [0, 1)")
+    if config.mesh.fsdp < 1 or (config.mesh.data < 1 and config.mesh.data != -1):
+        raise ConfigError(f"mesh.data={config.mesh.data}, mesh.fsdp={config.mesh.fsdp}: fsdp must be >= 1 and data "
+                          "either -1 (all remaining devices) or >= 1")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {'train.batch_size': 32, ...} (the spreadsheet's column names)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(config).items():
+        if isinstance(value, Mapping) and not (prefix + key).endswith("filters"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS."""
+    a, b = flatten(stored), flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if _normalise(va) != _normalise(vb):
+            diffs.append(f"{key}: stored {va!r}, now {vb!r}")
+    return diffs
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_normalise(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _normalise(v)) for k, v in value.items()))
+    return value
+
+
+def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
+    """The `:arg` of `--config=file.py:arg`, parsed strictly (big_vision `parse_arg`): 'preset=imagenet,seeds=3',
+    or a bare word for the first key ('tiny' == 'size=tiny'). `spec` maps key -> (default, type)."""
+    import types
+
+    values = {k: default for k, (default, _) in spec.items()}
+    if arg:
+        for i, part in enumerate(p.strip() for p in arg.split(",") if p.strip()):
+            key, sep, raw = part.partition("=")
+            if not sep:
+                if i != 0:
+                    raise ConfigError(f"config argument {part!r} needs key=value; keys: {list(spec)}")
+                key, raw = next(iter(spec)), part
+            if key not in spec:
+                close = difflib.get_close_matches(key, list(spec), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"config argument key {key!r} is unknown{hint}; valid keys: {list(spec)}")
+            values[key] = _convert(key, raw, spec[key][1])
+    return types.SimpleNamespace(**values)
+
+
+def _convert(key: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"config argument {key}={raw!r} must be true or false")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"config argument {key}={raw!r} must be a {kind.__name__}") from None

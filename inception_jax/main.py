@@ -1,0 +1,38 @@
+"""Entry point: flags -> a run (or a sweep of runs) -> files in --workdir. Nothing else lives here.
+
+    python -m inception_jax.main --config=configs/ablation_scale.py            # the main job (a sweep)
+    python -m inception_jax.main --config=configs/default.py --workdir=/tmp/r  # one run
+"""
+
+import os
+
+# Before TensorFlow or JAX load: TF (used by TFDS and clu) must not grab GPUs, and must stay quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/ablation_scale.py:preset=cpu",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where runs are written (default: ./workdir/<config name>).")
+_ROW = flags.DEFINE_string("row", None, "Run only this row (run_id) of the sweep.")
+_ROWS_CSV = flags.DEFINE_string("rows_csv", None, "Take the sweep's rows from this CSV instead of the config.")
+_EXPORT_CSV = flags.DEFINE_string("export_csv", None, "Write the sweep's rows to this CSV and exit.")
+_PRINT_COMMANDS = flags.DEFINE_bool("print_commands", False, "Print each row's exact command line and exit.")
+flags.mark_flag_as_required("config")
+
+
+def main(argv) -> int:
+    del argv
+    from inception_jax import runtime, sweep
+
+    runtime.setup(_CONFIG.value)
+    logging.info("process %d of %d, %d local / %d global devices", *runtime.device_summary())
+    return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
+                                workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
+                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,201 @@
+"""Everything a run decides before its first step: the validated config, the dataset facts, the model options,
+the training length, the mesh, the optimizer, and the train state (fresh, from `init_from`, or restored).
+
+Every check that can fail happens in `prepare_run`, before anything compiles or a file is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from inception_jax import input_pipeline, sharding
+from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
+from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
+from inception_jax.input_pipeline import DataConfig
+from inception_jax.models import ModelOptions, model_options
+from inception_jax.optim import learning_rate_schedule, make_optimizer
+from inception_jax.train_step import StepConfig, TrainState, abstract_graphdef, init_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict
+    workdir: str
+    opts: ModelOptions
+    data: DataConfig
+    info: Any  # input_pipeline.DatasetInfo
+    train_stream: Any
+    steps_per_epoch: int
+    num_steps: int
+    eval_batch_size: int
+    mesh: Mesh
+    step_cfg: StepConfig
+
+    @property
+    def derived(self) -> dict[str, Any]:
+        """The facts analysis needs that no config key states directly (run_folder.md: config.json 'derived')."""
+        o = self.opts
+        if not o.use_residual and o.name != "inception_v4":
+            variant = "plain"
+        elif o.name == "inception_v4":
+            variant = "inception_v4"
+        elif o.residual_scale_mode != "constant":
+            variant = o.residual_scale_mode
+        else:
+            scales = sorted(set(o.residual_scale))
+            variant = "scale=" + "/".join(f"{s:g}" for s in (scales if len(scales) == 1 else o.residual_scale))
+        widths = stage_widths(o)
+        return {"stage_widths": widths, "deepest_width": widths["c"], "variant": variant,
+                "num_params": count_params(o), "num_classes": o.num_classes,
+                "steps_per_epoch": self.steps_per_epoch, "num_steps": self.num_steps,
+                "devices": jax.device_count(), "processes": jax.process_count(),
+                "bn_group": o.bn_group_size or self.config.train.batch_size}
+
+
+def count_params(opts: ModelOptions) -> int:
+    from inception_jax.models import count_params as _count
+
+    return _count(opts)
+
+
+def stage_widths(opts: ModelOptions) -> dict[str, int]:
+    """The residual-stream (block input) width of each stage, read off an abstract model."""
+    from inception_jax.models import build_model
+
+    model = nnx.eval_shape(lambda: build_model(dataclasses.replace(opts, scan_blocks=False)))
+    widths = {}
+    for stage, source in (("a", model.stem.out_channels), ("b", model.reduction_a.mixed_channels),
+                          ("c", model.reduction_b.mixed_channels)):
+        widths[stage] = int(source)
+    return widths
+
+
+def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:
+    classes = config.model.num_classes or num_classes
+    try:
+        return model_options(config.model.name, num_classes=classes, **model_knobs(config.model))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from e
+
+
+def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validate the whole config against the dataset and devices, and resolve what the run needs."""
+    validate_static(config)
+    data = DataConfig.from_config(config.data)
+    info = input_pipeline.dataset_info(data)
+    opts = resolve_model_options(config, info.num_classes)
+    if data.image_size < opts.min_image_size:
+        raise ConfigError(f"data.image_size={data.image_size} is below {opts.min_image_size}, the smallest input "
+                          f"{opts.name} accepts{' with the aux head' if opts.aux_head else ''}")
+    if config.model.num_classes and config.model.num_classes < info.num_classes:
+        raise ConfigError(f"model.num_classes={config.model.num_classes} is smaller than the {info.num_classes} "
+                          f"classes of {data.name}")
+    mesh = sharding.make_mesh(config.mesh)
+    t = config.train
+    sharding.check_batch_divisible("train.batch_size", t.batch_size, mesh)
+    eval_batch_size = t.eval_batch_size or t.batch_size
+    sharding.check_batch_divisible("train.eval_batch_size", eval_batch_size, mesh)
+    stream = input_pipeline.create_train_stream(data, global_batch_size=t.batch_size, seed=config.seed,
+                                                process_index=jax.process_index(),
+                                                process_count=jax.process_count())
+    num_steps = num_train_steps(t, stream.steps_per_epoch)
+    if t.eval_every_steps is not None and t.eval_every_steps > num_steps:
+        raise ConfigError(f"train.eval_every_steps={t.eval_every_steps} is larger than the run ({num_steps} steps); "
+                          f"use at most {num_steps}, or None to evaluate only at the end")
+    if config.init_from:
+        from inception_jax.warm_start import resolve_source
+
+        resolve_source(config.init_from)
+    schedule = learning_rate_schedule(t, steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps)
+    step_cfg = StepConfig(
+        graphdef=abstract_graphdef(opts), tx=make_optimizer(t, schedule), schedule=schedule,
+        num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
+        aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
+        learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed))
+    return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=info, train_stream=stream,
+               steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps, eval_batch_size=eval_batch_size,
+               mesh=mesh, step_cfg=step_cfg)
+
+
+# ------------------------------------------------------------------------------------------------ train state
+def state_layout(run: Run) -> tuple[TrainState, TrainState]:
+    """(abstract state, shardings), the EMA included when the run keeps one."""
+    abstract = jax.eval_shape(lambda: init_state(run.opts, run.step_cfg.tx, run.config.seed))
+    if run.step_cfg.ema_decay:
+        abstract = abstract.replace(ema_params=abstract.params)
+    return abstract, sharding.state_shardings(run.mesh, abstract, run.config.mesh.fsdp_min_size)
+
+
+def fresh_state(run: Run, shardings: TrainState) -> TrainState:
+    """A new state created already sharded (big_vision style: the full state never sits on one device)."""
+    no_ema = shardings.replace(ema_params=None)
+    state = jax.jit(lambda: init_state(run.opts, run.step_cfg.tx, run.config.seed), out_shardings=no_ema)()
+    if run.config.init_from:
+        from inception_jax.warm_start import apply_init_from
+
+        state = apply_init_from(state, shardings, run.opts, run.config.init_from, use_ema=run.config.init_from_ema)
+        opt_state = jax.jit(run.step_cfg.tx.init, out_shardings=shardings.opt_state)(state.params)
+        state = state.replace(opt_state=opt_state)
+    if run.step_cfg.ema_decay:
+        # A real copy: aliased buffers in a donated state crash multi-device runs (ECOSYSTEM.md T2).
+        state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
+    return state
+
+
+def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, dict]]:
+    """The weights of another run's latest checkpoint as {"params", "batch_stats"} host pure dicts."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        source_cfg = ml_collections.ConfigDict(json.load(f))
+    source = prepare_source_layout(source_cfg)
+    checkpoints = RunCheckpoints(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise ConfigError(f"init_from={run_dir!r}: the run has no complete checkpoint in {run_dir}/checkpoints")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract, opts = source
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    state, _ = checkpoints.restore(target)
+    checkpoints.close()
+    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+    variables = {"params": nnx.to_pure_dict(params), "batch_stats": _batch_stats(state.rest)}
+    return opts, jax.tree.map(jax.device_get, variables)
+
+
+def _batch_stats(rest: nnx.State) -> dict:
+    """The BatchNorm statistics of a `rest` state as a pure dict (constant scales dropped)."""
+    return nnx.to_pure_dict(nnx.filter_state(rest, nnx.BatchStat))
+
+
+def prepare_source_layout(source_cfg: ml_collections.ConfigDict) -> tuple[TrainState, ModelOptions]:
+    """Abstract state of a stored run, rebuilt from its config.json (its optimizer decides opt_state's shape)."""
+    derived = source_cfg.get("derived", {})
+    opts = resolve_model_options(source_cfg, int(derived.get("num_classes") or source_cfg.model.num_classes))
+    steps_per_epoch = int(derived.get("steps_per_epoch", 1))
+    schedule = learning_rate_schedule(source_cfg.train, steps_per_epoch=steps_per_epoch,
+                                      num_steps=int(derived.get("num_steps", 1)))
+    tx = make_optimizer(source_cfg.train, schedule)
+    abstract = jax.eval_shape(lambda: init_state(opts, tx, 0))
+    if source_cfg.train.ema_decay:
+        abstract = abstract.replace(ema_params=abstract.params)
+    return abstract, opts
+
+
+def restore_or_init(run: Run, checkpoints: RunCheckpoints) -> tuple[TrainState, TrainState, dict | None]:
+    """(state, shardings, checkpoint meta or None). This workdir's checkpoint wins over init_from."""
+    abstract, shardings = state_layout(run)
+    if checkpoints.latest_step() is not None:
+        state, meta = checkpoints.restore(abstract_with_shardings(abstract, shardings))
+        log.info("resumed from %s at step %d", checkpoints.directory, int(meta["step"]))
+        return state, shardings, meta
+    return fresh_state(run, shardings), shardings, None

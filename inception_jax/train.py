@@ -1,0 +1,336 @@
+"""`train_and_evaluate(config, workdir)`: the training loop. It reads like a table of contents; each concern
+lives in its own module (run_setup, train_step, checkpointing, metrics, diagnostics, input_pipeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from inception_jax import diagnostics, sharding
+from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
+from inception_jax.configuration import ConfigError, resume_conflicts
+from inception_jax.input_pipeline import create_eval_stream
+from inception_jax.metrics import RunWriter, write_json_atomic
+from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
+from inception_jax.train_step import eval_step, train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # "finished" | "preempted" | "diverged" | "stopped_dead" | "compiled"
+    steps: int
+    result: dict
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+    run = prepare_run(config, workdir)  # every config check, before anything compiles or is written
+    with workdir_lock(run.workdir):
+        check_stored_config(run)
+        if config.compile_only:
+            return compile_only(run)
+        checkpoints = RunCheckpoints(os.path.join(run.workdir, "checkpoints"),
+                                     every_steps=config.train.checkpoint_every_steps,
+                                     keep=config.train.keep_checkpoints)
+        try:
+            return _train(run, checkpoints)
+        finally:
+            checkpoints.close()
+
+
+def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
+    t = run.config.train
+    state, shardings, meta = restore_or_init(run, checkpoints)
+    start = int(jax.device_get(state.step))
+    writer = RunWriter(run.workdir, resume_step=start)
+    if start == 0:
+        writer.write_json("config.json", run_record(run))
+        log_parameter_overview(state)
+    history = [r for r in writer.history() if r.get("split") == "train"]
+    train_fn, eval_fn = compile_steps(run, shardings)
+    preemption = PreemptionWatcher(checkpoints.manager, distributed=jax.process_count() > 1)
+    clock = Clock(offset=float(meta["elapsed"]) if meta else 0.0)
+    batches = device_prefetch(run.train_stream.iterator(start), run.mesh)
+    status, step, last_log = "finished", start, (start, time.perf_counter())
+    log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
+             jax.device_count())
+    try:
+        for step in range(start + 1, run.num_steps + 1):
+            state, metrics = train_fn(state, next(batches))
+            if is_log_step(step, t, run.num_steps):
+                row = log_train(writer, step, metrics, run, clock, last_log)
+                last_log = (step, time.perf_counter())
+                history.append(row)
+                if not row["loss_finite"]:
+                    status = "diverged"
+                    log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked "
+                              "diverged", step, checkpoints.latest_step())
+                    break
+                if dead_for_long(history, run):
+                    status = "stopped_dead"
+                    break
+            if t.eval_every_steps and step % t.eval_every_steps == 0 and step < run.num_steps:
+                evaluate(writer, step, state, eval_fn, run, clock)
+            if step % t.probe_every_steps == 0 and t.diagnostics:
+                probe(writer, step, state, eval_fn, run, clock)
+            checkpoints.save(step, state, checkpoint_meta(step, clock))
+            if preemption.reached(step):
+                checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
+                checkpoints.wait()
+                log.warning("preempted: checkpoint saved at step %d; rerun the same command to resume", step)
+                return RunResult("preempted", step, {})
+    finally:
+        preemption.close()
+        batches.close()
+    if status != "diverged":
+        checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
+    result = finish(writer, step, state, eval_fn, run, clock, history, status)
+    writer.close()
+    return RunResult(status, step, result)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
+    """The jitted train step (state donated, explicit in/out shardings) and eval step."""
+    batch_sh = sharding.batch_sharding(run.mesh)
+    replicated = sharding.replicated(run.mesh)
+    train_fn = jax.jit(functools.partial(train_step, cfg=run.step_cfg), in_shardings=(shardings, batch_sh),
+                       out_shardings=(shardings, replicated), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg),
+                      in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)
+    return train_fn, eval_fn
+
+
+def is_log_step(step: int, t: Any, num_steps: int) -> bool:
+    return step <= t.log_dense_steps or step % t.log_every_steps == 0 or step == num_steps
+
+
+class Clock:
+    """Training wall time, summed over resumes (metrics' `time` field)."""
+
+    def __init__(self, offset: float):
+        self.offset, self.start = offset, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.offset + time.perf_counter() - self.start
+
+
+def checkpoint_meta(step: int, clock: Clock) -> dict:
+    return {"step": step, "elapsed": clock.elapsed(), "next_train_step": step}
+
+
+def log_train(writer: RunWriter, step: int, metrics: dict, run: Run, clock: Clock, last_log: tuple) -> dict:
+    values = jax.device_get(metrics)
+    now = time.perf_counter()
+    images_per_sec = (step - last_log[0]) * run.config.train.batch_size / max(now - last_log[1], 1e-9)
+    row = writer.write(step, "train", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch,
+                       images_per_sec=images_per_sec)
+    if step <= 3 or step % (run.config.train.log_every_steps * 10) == 0 or step == run.num_steps:
+        eta = (run.num_steps - step) * run.config.train.batch_size / max(images_per_sec, 1e-9)
+        log.info("step %d/%d  loss %.4f  acc %.3f  lr %.4g  zero %.3f  %.1f img/s  ETA %ds", step, run.num_steps,
+                 row["loss"], row["accuracy"], row["lr"], row.get("prepool_zero_frac", math.nan), images_per_sec,
+                 int(eta))
+    return row
+
+
+def dead_for_long(history: list[dict], run: Run) -> bool:
+    limit = run.config.train.stop_when_dead_windows
+    if not limit or "prepool_zero_frac" not in history[-1]:
+        return False
+    windows = diagnostics.dead_windows_at_end([r["prepool_zero_frac"] for r in history],
+                                              [r["loss"] for r in history], run.opts.num_classes)
+    return windows >= limit
+
+
+def _eval_batches(run: Run) -> Iterator[dict]:
+    stream = create_eval_stream(run.data, global_batch_size=run.eval_batch_size, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    for batch in stream:
+        yield sharding.global_batch(batch, run.mesh)
+
+
+def evaluate(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock) -> dict:
+    """Top-1, top-5 and loss over the whole eval split, with the raw parameters and (if kept) their EMA."""
+    values: dict[str, float] = {}
+    weights = [("", state.params)] + ([("ema_", state.ema_params)] if state.ema_params is not None else [])
+    for prefix, params in weights:
+        totals: dict[str, float] = {}
+        for batch in _eval_batches(run):
+            sums = jax.device_get(eval_fn(params, state.rest, batch))
+            for key in ("loss_sum", "top1_sum", "top5_sum", "count"):
+                totals[key] = totals.get(key, 0.0) + float(sums[key])
+        n = max(totals["count"], 1.0)
+        values.update({f"{prefix}loss": totals["loss_sum"] / n, f"{prefix}top1": totals["top1_sum"] / n,
+                       f"{prefix}top5": totals["top5_sum"] / n})
+        values["num_examples"] = int(totals["count"])
+    writer.write(step, "eval", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch)
+    log.info("eval at step %d: %s", step, json.dumps({k: round(v, 4) for k, v in values.items()}))
+    return values
+
+
+_PROBE_BATCHES: dict[str, dict] = {}
+
+
+def probe(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock) -> None:
+    """The diagnostics in eval mode on a fixed held-out batch (the first eval batch)."""
+    if run.workdir not in _PROBE_BATCHES:
+        _PROBE_BATCHES.clear()
+        _PROBE_BATCHES[run.workdir] = next(_eval_batches(run))
+    sums = jax.device_get(eval_fn(state.params, state.rest, _PROBE_BATCHES[run.workdir]))
+    n = max(float(sums["count"]), 1.0)
+    values = {"loss": float(sums["loss_sum"]) / n, "top1": float(sums["top1_sum"]) / n, **sums["probe"]}
+    writer.write(step, "probe", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch)
+
+
+def finish(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock, history: list[dict],
+           status: str) -> dict:
+    """Final evaluation, the verdict and result.json (whose presence marks the run finished)."""
+    eval_values = {} if status == "diverged" else evaluate(writer, step, state, eval_fn, run, clock)
+    train = [r for r in history if "prepool_zero_frac" in r]
+    verdict = diagnostics.judge([r["step"] for r in train], [r["prepool_zero_frac"] for r in train],
+                                [r["loss"] for r in train], run.opts.num_classes)
+    writer.write_json("verdict.json", verdict.to_json())
+    last = history[-1] if history else {}
+    result = {
+        "run_id": run_record(run)["run_id"], "status": status, "steps": step, "wall_time_s": clock.elapsed(),
+        "final_train_loss": last.get("loss"), "final_train_accuracy": last.get("accuracy"),
+        "eval_loss": eval_values.get("loss"), "eval_top1": eval_values.get("top1"),
+        "eval_top5": eval_values.get("top5"), "ema_eval_top1": eval_values.get("ema_top1"),
+        "ema_eval_top5": eval_values.get("ema_top5"), "verdict": verdict.verdict, "t_death": verdict.t_death,
+    }
+    writer.write_json("result.json", result)
+    log.info("run finished (%s): %s", status, json.dumps(result))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- housekeeping
+def run_record(run: Run) -> dict:
+    """config.json: the resolved config plus the derived facts analysis reads (docs/run_folder.md)."""
+    record = json.loads(run.config.to_json())
+    record.setdefault("run_id", os.path.basename(run.workdir.rstrip("/")))
+    record["model"]["num_classes"] = run.opts.num_classes
+    record["derived"] = run.derived
+    return record
+
+
+def check_stored_config(run: Run) -> None:
+    """A workdir holding another config's run is refused, not overwritten."""
+    path = os.path.join(run.workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    stored.pop("derived", None)
+    current = run_record(run)
+    current.pop("derived", None)
+    conflicts = resume_conflicts(stored, current)
+    if conflicts:
+        raise ConfigError(f"workdir {run.workdir} holds a run with a different config; refusing to resume it with "
+                          f"this one ({len(conflicts)} differences: {'; '.join(conflicts[:6])}). Use another "
+                          "--workdir, or the stored config")
+
+
+class workdir_lock:  # noqa: N801 (used as a context manager, reads like one)
+    """An exclusive lock on the workdir: a second job on the same workdir stops before writing anything."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self.workdir = workdir
+
+    def __enter__(self):
+        if jax.process_index() != 0:
+            return self
+        os.makedirs(self.workdir, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ConfigError(f"workdir {self.workdir} is in use by another running job (lock {self.path}); "
+                              "wait for it or use another --workdir") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if jax.process_index() == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+
+
+def log_parameter_overview(state: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    from clu import parameter_overview
+
+    from flax import nnx
+
+    log.info("parameters:\n%s", parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params),
+                                                                          include_stats=False))
+
+
+class device_prefetch:  # noqa: N801
+    """Host batches -> global device arrays, `size` steps ahead, on a background thread."""
+
+    def __init__(self, host_batches: Iterator[dict], mesh: Any, size: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(host_batches, mesh), daemon=True)
+        self._thread.start()
+
+    def _fill(self, host_batches: Iterator[dict], mesh: Any) -> None:
+        try:
+            for batch in host_batches:
+                if self._stop.is_set():
+                    return
+                self._queue.put(sharding.global_batch(batch, mesh))
+        except Exception as e:  # surfaced in the training thread, not lost in this one
+            self._queue.put(e)
+
+    def __next__(self) -> dict:
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+def compile_only(run: Run) -> RunResult:
+    """Compile the train step against abstract inputs and report compile time and memory, then stop."""
+    abstract, shardings = state_layout(run)
+    train_fn, _ = compile_steps(run, shardings)
+    s = run.data.image_size
+    batch = {"image": jax.ShapeDtypeStruct((run.config.train.batch_size, s, s, 3), np.float32),
+             "label": jax.ShapeDtypeStruct((run.config.train.batch_size,), np.int32)}
+    begin = time.perf_counter()
+    compiled = train_fn.lower(abstract_with_shardings(abstract, shardings), batch).compile()
+    seconds = time.perf_counter() - begin
+    memory = compiled.memory_analysis()
+    report = {"compile_seconds": seconds}
+    for key in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "generated_code_size_in_bytes"):
+        if memory is not None and hasattr(memory, key):
+            report[key] = int(getattr(memory, key))
+    log.info("compile only: %s", json.dumps(report))
+    print(json.dumps(report))
+    if jax.process_index() == 0:
+        write_json_atomic(os.path.join(run.workdir, "compile_report.json"), report)
+    return RunResult("compiled", 0, report)

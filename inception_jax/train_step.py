@@ -1,0 +1,132 @@
+"""The train state and the two compiled functions of a run: the train step and the evaluation step.
+
+Both are pure functions over an `nnx.split` model (Flax NNX's functional API) so `jax.jit` can shard them.
+Every random draw of step s comes from `fold_in(seed key, s)`, so a resumed run draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from inception_jax.diagnostics import activation_stats
+from inception_jax.models import ModelOptions, build_model
+from inception_jax.optim import update_ema
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State  # trainable: nnx.Param (kernels, biases, BN beta/gamma, learnable residual scales)
+    rest: nnx.State  # not trained: BatchNorm statistics, constant residual scales
+    opt_state: Any
+    ema_params: nnx.State | None  # parameter EMA used for evaluation (None when train.ema_decay == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static facts the compiled steps close over (hashable pieces only: no arrays)."""
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: Any
+    num_classes: int
+    label_smoothing: float
+    aux_loss_weight: float
+    ema_decay: float
+    diagnostics: bool
+    learnable_scales: bool
+    seed: int
+
+
+def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def abstract_graphdef(opts: ModelOptions) -> Any:
+    return split_model(nnx.eval_shape(lambda: build_model(opts)))[0]
+
+
+def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded). The EMA starts
+    as None here and is copied from the parameters by the caller: aliased buffers must not be donated (T2)."""
+    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(seed)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                      ema_params=None)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else \
+        jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) -> tuple[TrainState, dict]:
+    """One optimizer step; returns the new state and this step's metrics (device arrays, fetched only on log
+    steps, so non-log steps never wait for the host)."""
+    dropout_key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+
+    def loss_fn(params):
+        model = nnx.merge(cfg.graphdef, params, state.rest, copy=True)
+        out = model.forward(batch["image"], train=True, dropout_key=dropout_key, diagnostics=cfg.diagnostics)
+        loss = jnp.mean(cross_entropy(out.logits, batch["label"], cfg.num_classes, cfg.label_smoothing))
+        total = loss
+        if out.aux_logits is not None:
+            aux = cross_entropy(out.aux_logits, batch["label"], cfg.num_classes, cfg.label_smoothing)
+            total = total + cfg.aux_loss_weight * jnp.mean(aux)
+        return total, (loss, out, split_model(model)[2])
+
+    (_, (loss, out, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    ema = update_ema(state.ema_params, params, state.step, cfg.ema_decay) if state.ema_params is not None else None
+    metrics = {
+        "loss": loss,
+        "loss_finite": jnp.isfinite(loss).astype(jnp.float32),
+        "accuracy": jnp.mean((jnp.argmax(out.logits, -1) == batch["label"]).astype(jnp.float32)),
+        "lr": jnp.asarray(cfg.schedule(state.step), jnp.float32),
+        "grad_norm": optax.global_norm(grads),
+        "update_norm": optax.global_norm(updates),
+        "param_norm": optax.global_norm(params),
+    }
+    if cfg.diagnostics:
+        metrics.update(_diagnostics(out, cfg))
+    return TrainState(step=step, params=params, rest=rest, opt_state=opt_state, ema_params=ema), metrics
+
+
+def _diagnostics(out, cfg: StepConfig) -> dict[str, jax.Array]:
+    stats = activation_stats(out)
+    if not cfg.learnable_scales:
+        stats = {k: v for k, v in stats.items() if not k.startswith("residual_scale/")}
+    return stats
+
+
+def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], cfg: StepConfig) -> dict:
+    """Sums over the real (mask True) examples of a batch: loss, top-1, top-5 and the count. With several crops
+    per image (batch["image"]: B x crops x H x W x 3) the softmax is averaged over the crops (ARCHITECTURE.md
+    §6.4). Also returns the eval-mode diagnostics of the batch, which the run logs as its fixed probe."""
+    images = batch["image"]
+    b, n = images.shape[:2]
+    model = nnx.merge(cfg.graphdef, params, rest, copy=True)
+    out = model.forward(images.reshape((b * n, *images.shape[2:])), diagnostics=cfg.diagnostics)
+    probs = jnp.mean(jax.nn.softmax(out.logits).reshape(b, n, -1), axis=1)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    label_prob = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+    top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
+    sums = {
+        "loss_sum": jnp.sum(-jnp.log(jnp.maximum(label_prob, 1e-30)) * mask),
+        "top1_sum": jnp.sum((jnp.argmax(probs, -1) == labels) * mask),
+        "top5_sum": jnp.sum(jnp.any(top5 == labels[:, None], axis=1) * mask),
+        "count": jnp.sum(mask),
+    }
+    if cfg.diagnostics:
+        sums["probe"] = _diagnostics(out, cfg)
+    return sums
