@@ -111,6 +111,55 @@ def timm_forward_stages(model: Any, name: str, images: np.ndarray) -> dict[str, 
     return {**captured, "logits": logits}
 
 
+def timm_blockwise_errors(ours: InceptionNet, model: Any, name: str, images: np.ndarray) -> list[StageError]:
+    """Each of our modules (stem units, mixed modules, every block, the head) run on the input timm's matching
+    module received, compared with that module's output: every block checked on its own, so float32 rounding
+    cannot compound through the depth. `ours` must be in the unrolled layout."""
+    import torch
+
+    from inception_jax.importers.timm import timm_module_map
+
+    if ours.options.scan_blocks:
+        raise ValueError("timm_blockwise_errors needs the unrolled layout: convert_layout(m, scan_blocks=False)")
+    pairs = timm_module_map(ours.options)
+    modules = dict(model.named_modules())
+    captured: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def nhwc(t: Any) -> np.ndarray:
+        value = t.detach().clone().numpy()
+        return value.transpose(0, 2, 3, 1) if value.ndim == 4 else value
+
+    hooks = [modules[prefix].register_forward_hook(
+        lambda _m, inputs, output, path=path: captured.__setitem__(path, (nhwc(inputs[0]), nhwc(output))))
+        for path, prefix in pairs]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
+    finally:
+        for h in hooks:
+            h.remove()
+    errors = []
+    with jax.default_matmul_precision("highest"):
+        for path, _ in pairs:
+            module: Any = ours
+            for part in path.split("/"):
+                module = getattr(module, part)
+            x, expected = captured[path]
+            out = module(jnp.asarray(x)) if isinstance(module, nnx.Linear) else module(jnp.asarray(x), train=False)
+            out = np.asarray(out[0] if isinstance(out, tuple) else out, np.float64)
+            errors.append(StageError(path, out.shape, float(np.max(np.abs(out - expected))),
+                                     float(np.max(np.abs(expected)))))
+    return errors
+
+
+def timm_float64_stages(model: Any, name: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference's stages computed in float64 (a copy of the model): how far float32 itself is from exact."""
+    import copy
+
+    return timm_forward_stages(copy.deepcopy(model).double(), name, images.astype(np.float64))
+
+
 def prepare_timm_for_parity(model: Any, calibration_images: np.ndarray, *, seed: int = 0,
                             randomize_gamma: bool = True, passes: int = 2) -> Any:
     """§8.5 step 1: beta ~ N(0, 0.1), gamma ~ U(0.5, 1.5) (left at 1 unless randomize_gamma), up / FC biases

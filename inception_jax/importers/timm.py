@@ -69,11 +69,15 @@ def _prefix(name: str, mod: SpecModule, position: int, opts: ModelOptions) -> st
     return _IRV2_NAMES[mod.path]
 
 
+def timm_module_map(opts: ModelOptions) -> list[tuple[str, str]]:
+    """(spec path, timm module name) for every weight-holding module (stem units, mixed modules, blocks, head)."""
+    return [(mod.path, _prefix(opts.name, mod, position, opts)) for position, mod in enumerate(spec_modules(opts))]
+
+
 def timm_unit_map(opts: ModelOptions) -> list[tuple[str, str, str]]:
     """(kind, timm prefix, spec path) for every weight-holding unit; kind is 'convbn', 'up' or 'dense'."""
     rows = []
-    for position, mod in enumerate(spec_modules(opts)):
-        prefix = _prefix(opts.name, mod, position, opts)
+    for mod, (_, prefix) in zip(spec_modules(opts), timm_module_map(opts), strict=True):
         if mod.kind == "unit":
             rows.append(("convbn", prefix, mod.path))
         elif mod.kind == "dense":
