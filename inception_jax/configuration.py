@@ -249,3 +249,16 @@ def _convert(key: str, raw: str, kind: type) -> Any:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"config argument {key}={raw!r} must be a {kind.__name__}") from None
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

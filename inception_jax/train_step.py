@@ -93,9 +93,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) 
         "loss_finite": jnp.isfinite(loss).astype(jnp.float32),
         "accuracy": jnp.mean((jnp.argmax(out.logits, -1) == batch["label"]).astype(jnp.float32)),
         "lr": jnp.asarray(cfg.schedule(state.step), jnp.float32),
-        "grad_norm": optax.global_norm(grads),
-        "update_norm": optax.global_norm(updates),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
+        "param_norm": optax.tree.norm(params),
     }
     if cfg.diagnostics:
         metrics.update(_diagnostics(out, cfg))

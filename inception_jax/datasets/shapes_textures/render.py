@@ -19,7 +19,7 @@ CLASS_NAMES: tuple[str, ...] = (
 # the Inception augmentation never turns one class into another.
 _TEXTURE_CLASSES = frozenset({"stripes", "checker", "dots"})
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down: anti-aliased edges at ~1/4 of the cost of 4x
-_MIN_CONTRAST = 90.0  # Euclidean RGB distance between the object and the background it sits on
+_MIN_CONTRAST = 120.0  # Euclidean RGB distance between the object and the background it sits on
 _NOISE_BANK_SEED = 20_240_601
 _NOISE_BANKS: dict[int, np.ndarray] = {}
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -109,7 +109,7 @@ def _texture(name: str, rng: np.random.Generator, big: int, r: float) -> np.ndar
     theta = float(rng.uniform(0.0, np.pi))
     c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
     u, v = c * xx + s * yy, -s * xx + c * yy
-    period = np.float32(r * rng.uniform(0.35, 0.6))
+    period = np.float32(r * rng.uniform(0.4, 0.65))
     if name == "stripes":
         return np.mod(u / period, 1.0) < 0.5
     if name == "checker":
@@ -137,10 +137,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _clutter(rng: np.random.Generator, canvas: Image.Image, size: int) -> None:
     """Thin lines and small irregular quadrilaterals that belong to no class."""
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(0, 4))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         draw.line([float(v) for v in rng.uniform(0, size, 4)], fill=colour, width=int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         cx, cy = rng.uniform(0, size, 2)
         pts = rng.uniform(-0.07 * size, 0.07 * size, (4, 2)) + np.array([cx, cy])
@@ -156,7 +156,7 @@ def render_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     _clutter(rng, canvas, size)
     image = np.asarray(canvas, np.float32)
 
-    r = float(rng.uniform(0.17, 0.42)) * big  # scale: circumradius from 17 % to 42 % of the side
+    r = float(rng.uniform(0.22, 0.45)) * big  # scale: circumradius from 22 % to 45 % of the side
     margin = 0.95 * r
     cx, cy = (float(v) for v in rng.uniform(margin, big - margin, 2))
     iy, ix = min(int(cy / _SUPERSAMPLE), size - 1), min(int(cx / _SUPERSAMPLE), size - 1)
@@ -172,7 +172,7 @@ def render_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     else:
         image = image * (1 - alpha) + fg * alpha
 
-    sigma = np.float32(rng.uniform(0.0, 14.0))  # per-pixel Gaussian noise, 0 to 14 grey levels
+    sigma = np.float32(rng.uniform(0.0, 10.0))  # per-pixel Gaussian noise, 0 to 10 grey levels
     oy, ox = rng.integers(0, size, 2)
     image += sigma * _noise_bank(size)[oy:oy + size, ox:ox + size]
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)

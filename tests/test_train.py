@@ -1,0 +1,263 @@
+"""The training loop as a specification: SPMD on 8 simulated devices agrees with 1, exact resume, checkpoints
+that survive crashes and device-count changes, the run folder analysis reads, and refusals before compiling."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from inception_jax import model_io
+from inception_jax.checkpointing import RunCheckpoints
+from inception_jax.configuration import ConfigError, load_config
+from inception_jax.metrics import read_metrics
+from inception_jax.models import build_model, convert_layout
+from inception_jax.run_setup import prepare_run, restore_or_init
+from inception_jax.train import compile_steps, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+    """The smallest real run: IR-v2 (paper) at width 1/16, one block per stage, 75 px, on shapes_textures/tiny."""
+    c = load_config(os.path.join(ROOT, "configs/default.py:tiny"))
+    c.data.name = "shapes_textures/tiny"
+    c.data.data_dir = data_dir
+    c.compilation_cache_dir = ""  # tests share JAX_COMPILATION_CACHE_DIR (conftest)
+    c.model.block_counts = (1, 1, 1)
+    c.train.num_steps = 6
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 40
+    c.train.checkpoint_every_steps = 3
+    c.train.probe_every_steps = 3
+    c.train.eval_every_steps = None
+    # Gentle enough that float reduction-order differences between meshes stay at rounding level over 6 steps
+    # (at lr 0.045 a batch of 8 is chaotic: 1e-7 differences grow to 1e-3 by step 4).
+    c.train.learning_rate = 0.005
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def train_rows(workdir, split="train"):
+    return [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == split]
+
+
+def saved_params(workdir):
+    import orbax.checkpoint as ocp
+
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1, read_only=True)
+    step = checkpoints.latest_step()
+    restored = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                        meta=ocp.args.JsonRestore()))
+    checkpoints.close()
+    return step, jax.tree.map(np.asarray, dict(restored["state"])["params"])
+
+
+@pytest.fixture(scope="module")
+def one_device_run(shapes_tiny_dir, tmp_path_factory):
+    """The reference: the tiny run on one device, uninterrupted."""
+    workdir = str(tmp_path_factory.mktemp("one_device"))
+    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    return workdir
+
+
+# ---------------------------------------------------------------------------------------------- the run folder
+def test_a_run_writes_the_files_analysis_reads(one_device_run):
+    files = set(os.listdir(one_device_run))
+    assert {"config.json", "metrics.jsonl", "verdict.json", "result.json", "checkpoints"} <= files
+    assert any(f.startswith("events.out.tfevents") for f in files)
+    config = json.load(open(os.path.join(one_device_run, "config.json")))
+    assert config["derived"]["stage_widths"] == {"a": 24, "b": 72, "c": 134}
+    assert config["derived"]["deepest_width"] == 134 and config["derived"]["variant"] == "scale=0.17/0.1/0.2"
+    rows = train_rows(one_device_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "accuracy", "lr", "grad_norm", "update_norm", "prepool_zero_frac", "prepool_dead_chan_frac",
+                "prepool_mean", "prepool_std", "prepool_max", "feat_energy", "logit_std", "time", "epoch"):
+        assert np.isfinite(rows[-1][key]), key
+    assert len(rows[-1]["block_ratio/c"]) == 1 and "residual_scale/c" not in rows[-1]  # constant scales
+    assert [r["step"] for r in train_rows(one_device_run, "probe")] == [3, 6]
+    (final_eval,) = train_rows(one_device_run, "eval")
+    assert final_eval["num_examples"] == 120 and {"top1", "top5", "ema_top1", "ema_top5"} <= set(final_eval)
+    result = json.load(open(os.path.join(one_device_run, "result.json")))
+    assert result["steps"] == 6 and result["verdict"] == "healthy" and result["eval_top1"] == final_eval["top1"]
+
+
+def test_eight_devices_agree_with_one_data_parallel_and_fsdp(one_device_run, shapes_tiny_dir, tmp_path):
+    reference = [r["loss"] for r in train_rows(one_device_run)]
+    for name, overrides in (("dp", {}), ("fsdp", {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256})):
+        workdir = str(tmp_path / name)
+        train_and_evaluate(tiny_config(shapes_tiny_dir, **{"train.num_steps": 4, **overrides}), workdir)
+        losses = [r["loss"] for r in train_rows(workdir)]
+        np.testing.assert_allclose(losses, reference[:4], rtol=2e-5, err_msg=name)
+
+
+def test_resume_after_a_stop_in_the_middle_is_bit_exact(one_device_run, shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "stopped")
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 4})
+    train_and_evaluate(config, workdir)  # stops at 4 (checkpoints at 3 and 4) ...
+    # ... as if killed after logging step 5: the resumed run must drop that line and recompute it.
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 5, "split": "train", "loss": 123.0}) + "\n")
+    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    assert train_rows(workdir) == [{**r, "time": r2["time"], "images_per_sec": r2["images_per_sec"]}
+                                   for r, r2 in zip(train_rows(one_device_run), train_rows(workdir))]
+    step_a, params_a = saved_params(one_device_run)
+    step_b, params_b = saved_params(workdir)
+    assert step_a == step_b == 6
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(one_device_run, shapes_tiny_dir, tmp_path):
+    """A preempted job (SIGTERM) saves at the current step and exits 0; rerunning resumes to the same bits."""
+    workdir = str(tmp_path / "preempted")
+    script = ("import sys, json; from inception_jax.train import train_and_evaluate; "
+              "from ml_collections import ConfigDict; "
+              "r = train_and_evaluate(ConfigDict(json.loads(sys.argv[1])), sys.argv[2]); print('STATUS', r.status)")
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 400,
+                                             "train.checkpoint_every_steps": 1000})
+    proc = subprocess.Popen([sys.executable, "-c", script, config.to_json(), workdir], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(train_rows(workdir)) < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "STATUS preempted" in out
+    stopped_at, _ = saved_params(workdir)
+    assert 2 <= stopped_at < 400
+    # Resume to step 6 with the reference's length: identical to the uninterrupted run.
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.checkpoint_every_steps": 1000})
+    if stopped_at < 6:
+        train_and_evaluate(config, workdir)
+        _, params_ref = saved_params(one_device_run)
+        _, params = saved_params(workdir)
+        jax.tree.map(np.testing.assert_array_equal, params_ref, params)
+
+
+def test_restore_on_a_different_device_count(shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "eight_to_one")
+    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"train.num_steps": 3}), workdir)  # 8 devices
+    step, saved = saved_params(workdir)
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1})
+    run = prepare_run(config, workdir)
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    state, _, meta = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    assert meta["step"] == step == 3
+    assert all(len(a.sharding.device_set) == 1 for a in jax.tree.leaves(state.params))
+    restored = jax.tree.leaves(jax.tree.map(np.asarray, state.params))
+    assert len(restored) == len(jax.tree.leaves(saved))
+    for a, b in zip(jax.tree.leaves(saved), restored):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_half_written_checkpoint_is_never_loaded(shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "crashed")
+    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"train.num_steps": 3}), workdir)
+    # What a crash during the save of step 6 leaves behind: Orbax's temporary directory, garbage inside.
+    partial = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1234")
+    shutil.copytree(os.path.join(workdir, "checkpoints", "3"), partial)
+    for root, _, files in os.walk(partial):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(os.urandom(64))
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    assert checkpoints.latest_step() == 3
+    checkpoints.close()
+
+
+def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), str(tmp_path))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=100, keep=1)
+    state, shardings, _ = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    train_fn, _ = compile_steps(run, shardings)
+    from inception_jax.sharding import global_batch
+
+    for step in range(3):
+        state, _ = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh))
+    assert train_fn._cache_size() == 1
+
+
+# ---------------------------------------------------------------------------------------------- init_from
+def test_init_from_a_run_replaces_the_classifier_when_classes_differ(one_device_run, shapes_tiny_dir, tmp_path):
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "init_from": one_device_run,
+                                             "init_from_ema": False, "model.num_classes": 12})
+    run = prepare_run(config, str(tmp_path / "finetune"))
+    checkpoints = RunCheckpoints(str(tmp_path / "finetune" / "checkpoints"), every_steps=100, keep=1)
+    state, _, _ = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    _, source = saved_params(one_device_run)
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+    np.testing.assert_array_equal(params["stem"]["conv1a"]["conv"]["kernel"],
+                                  source["stem"]["conv1a"]["conv"]["kernel"]["value"])
+    assert params["head"]["fc"]["kernel"].shape[-1] == 12
+    assert int(state.step) == 0
+
+
+def test_init_from_an_exported_model(shapes_tiny_dir, tmp_path):
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1})
+    run = prepare_run(config, str(tmp_path / "probe"))
+    exported = build_model(run.opts, rngs=nnx.Rngs(7))  # other weights than the run's own seed draws
+    model_io.save_model(tmp_path / "exported", convert_layout(exported, scan_blocks=False))
+    config.init_from = str(tmp_path / "exported")
+    run = prepare_run(config, str(tmp_path / "from_exported"))
+    checkpoints = RunCheckpoints(str(tmp_path / "from_exported" / "checkpoints"), every_steps=100, keep=1)
+    state, _, _ = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    np.testing.assert_array_equal(np.asarray(state.params["head"]["fc"]["kernel"][...]),
+                                  np.asarray(exported.head.fc.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(state.params["blocks_b"]["up"]["kernel"][...]),
+                                  np.asarray(exported.blocks_b.up.kernel[...]))
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.batch_size": 12}, r"train.batch_size=12 is not divisible by the 8 devices"),
+    ({"train.optimizer": "adam"}, r"train.optimizer='adam' is not one of \['rmsprop', 'sgd', 'adamw'\]"),
+    ({"train.lr_schedule": "cosin"}, r"did you mean 'cosine'"),
+    ({"train.num_steps": -5}, r"train.num_steps=-5 must be a positive number"),
+    ({"train.num_epochs": 2.0}, r"set exactly one of num_steps, num_epochs, num_examples"),
+    ({"train.eval_every_steps": 50}, r"train.eval_every_steps=50 is larger than the run \(6 steps\)"),
+    ({"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' is neither an exported model"),
+    ({"data.image_size": 60}, r"image_size=60.* below 75"),
+    ({"model.width_multiplier": 0.001}, r"width_multiplier=0.001 leaves"),
+    ({"train.batch_size": 1024}, r"larger than split"),
+    ({"data.name": "shapes_texture"}, r"shapes_texture"),
+    ({"train.ema_decay": 1.0}, r"train.ema_decay=1.0 must be in \[0, 1\)"),
+])
+def test_bad_configs_are_refused_before_compiling(shapes_tiny_dir, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny_config(shapes_tiny_dir, **overrides), str(tmp_path / "refused"))
+    assert not os.path.exists(tmp_path / "refused" / "metrics.jsonl")
+
+
+def test_a_workdir_of_another_config_is_refused_and_left_intact(one_device_run, shapes_tiny_dir):
+    before = open(os.path.join(one_device_run, "metrics.jsonl")).read()
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.learning_rate": 0.1})
+    with pytest.raises(ConfigError, match=r"holds a run with a different config.*train.learning_rate"):
+        train_and_evaluate(config, one_device_run)
+    assert open(os.path.join(one_device_run, "metrics.jsonl")).read() == before
+
+
+def test_a_workdir_in_use_is_not_written_by_a_second_job(shapes_tiny_dir, tmp_path):
+    import fcntl
+
+    workdir = tmp_path / "busy"
+    workdir.mkdir()
+    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another job holds it
+    try:
+        with pytest.raises(ConfigError, match=r"is in use by another running job"):
+            train_and_evaluate(tiny_config(shapes_tiny_dir), str(workdir))
+    finally:
+        os.close(fd)
+    assert os.listdir(workdir) == [".lock"]
