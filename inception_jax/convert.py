@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from inception_jax import model_io
 from inception_jax.importers import (
@@ -129,6 +129,8 @@ def convert(source: str, input_path: str, model: str, output: str, *, scan_block
 
 
 def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # orbax / jax log every step at INFO; the command prints its own
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; everything is a --flag")
     missing = [f"--{f.name}" for f in (_SOURCE, _INPUT, _MODEL, _OUTPUT) if f.value is None]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 
 from inception_jax import model_io
@@ -113,6 +113,8 @@ def predict(model: InceptionNet, images: np.ndarray, *, top_k: int = 5,
 
 
 def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # orbax / jax log every step at INFO; the command prints its own
+        logging.set_verbosity(logging.WARNING)
     paths = argv[1:]
     if _CHECKPOINT.value is None:
         raise app.UsageError("--checkpoint=<exported model directory> is required")
