@@ -10,10 +10,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/ablation_scale.py:preset=cpu",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg], e.g. configs/default.py:tiny",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs are written (default: ./workdir/<config name>).")
 _ROW = flags.DEFINE_string("row", None, "Run only this row (run_id) of the sweep.")

@@ -247,7 +247,7 @@ def check_stored_config(run: Run) -> None:
                           "--workdir, or the stored config")
 
 
-class workdir_lock:  # noqa: N801 (used as a context manager, reads like one)
+class workdir_lock:
     """An exclusive lock on the workdir: a second job on the same workdir stops before writing anything."""
 
     def __init__(self, workdir: str):
@@ -277,14 +277,13 @@ def log_parameter_overview(state: Any) -> None:
     if jax.process_index() != 0:
         return
     from clu import parameter_overview
-
     from flax import nnx
 
     log.info("parameters:\n%s", parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params),
                                                                           include_stats=False))
 
 
-class device_prefetch:  # noqa: N801
+class device_prefetch:
     """Host batches -> global device arrays, `size` steps ahead, on a background thread."""
 
     def __init__(self, host_batches: Iterator[dict], mesh: Any, size: int = 2):

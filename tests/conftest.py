@@ -29,3 +29,15 @@ def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     data_dir = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "shapes_textures_tiny"
     get_builder("shapes_textures/tiny", str(data_dir))
     return str(data_dir)
+
+
+# --- training fixtures (tests/test_train.py, tests/test_distributed.py) ---
+@pytest.fixture(scope="session")
+def one_device_run(shapes_tiny_dir, tmp_path_factory) -> str:
+    """The reference run: the tiny config on one device, 6 steps, uninterrupted."""
+    from inception_jax.train import train_and_evaluate
+    from tests.training_helpers import tiny_config
+
+    workdir = str(tmp_path_factory.mktemp("one_device"))
+    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    return workdir

@@ -14,7 +14,13 @@ import pytest
 
 from inception_jax import model_io
 from inception_jax.convert import convert
-from inception_jax.importers import ImportMismatchError, import_timm, keras_file_classes, timm_unit_map
+from inception_jax.importers import (
+    ImportMismatchError,
+    import_keras,
+    import_timm,
+    keras_file_classes,
+    timm_unit_map,
+)
 from inception_jax.models import model_options
 from inception_jax.models.stacking import to_unrolled
 
@@ -167,6 +173,9 @@ def test_convert_command_from_a_keras_h5(tmp_path):
     weights = tmp_path / "irv2.h5"
     reference.save(weights)  # legacy HDF5, the format of the released Keras weights
     assert keras_file_classes(weights) == 1000
+    with_gamma = import_keras(reference, bn_scale=True)  # Keras has no gamma: the timm convention gets ones
+    assert sum(a.size for a in jax.tree.leaves(with_gamma.variables["params"])) == 55_843_464  # §7.1
+    np.testing.assert_array_equal(with_gamma.variables["params"]["final_conv"]["bn"]["scale"], np.ones(1536))
 
     out = tmp_path / "exported"
     result = run_convert("--source=keras", f"--input={weights}", "--model=inception_resnet_v2", f"--output={out}",

@@ -160,7 +160,7 @@ def test_constant_scale_is_not_a_parameter_and_learnable_scales_get_gradients():
         graphdef, params, rest = nnx.split(block, nnx.Param, ...)
         x = block_input(32)
 
-        def loss(p):
+        def loss(p, graphdef=graphdef, rest=rest, x=x):
             return jnp.sum(nnx.merge(graphdef, p, rest, copy=True)(x, train=False)[0] ** 2)
 
         grad = jax.grad(loss)(params)

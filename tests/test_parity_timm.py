@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from inception_jax import model_io
-from inception_jax.importers import ImportMismatchError, import_timm, parity
+from inception_jax.importers import ImportMismatchError, import_timm, load_timm_state_dict, parity
 
 SKIP_REASON = "timm parity needs torch and timm: `make parity` (pip install -e '.[parity]')"
 torch = pytest.importorskip("torch", reason=SKIP_REASON)
@@ -141,3 +141,16 @@ def test_convert_command_from_safetensors(tmp_path):
     assert loaded.options.bn_scale and loaded.options.scan_blocks
     images = np.random.default_rng(5).uniform(-1, 1, (2, 75, 75, 3)).astype(np.float32)
     assert_parity("inception_resnet_v2", loaded, ref, images, "timm vs exported + reloaded (scanned), 75x75")
+
+
+def test_torch_checkpoint_files_load_like_the_live_model(tmp_path):
+    ref = timm.create_model("inception_v4", pretrained=False)
+    state = ref.state_dict()
+    # A training checkpoint: wrapped in {"state_dict": ...} and saved from DistributedDataParallel ("module.").
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "ckpt.pth")
+    assert list(load_timm_state_dict(tmp_path / "ckpt.pth")) == list(state)
+    from_file = import_timm(tmp_path / "ckpt.pth", "inception_v4", bn_scale=True, scan_blocks=False)
+    live = import_timm(ref, "inception_v4", bn_scale=True, scan_blocks=False)
+    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(from_file.variables),
+                                 jax.tree_util.tree_leaves_with_path(live.variables), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

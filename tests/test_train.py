@@ -16,56 +16,11 @@ from flax import nnx
 
 from inception_jax import model_io
 from inception_jax.checkpointing import RunCheckpoints
-from inception_jax.configuration import ConfigError, load_config
-from inception_jax.metrics import read_metrics
+from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.train import compile_steps, train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, **overrides):
-    """The smallest real run: IR-v2 (paper) at width 1/16, one block per stage, 75 px, on shapes_textures/tiny."""
-    c = load_config(os.path.join(ROOT, "configs/default.py:tiny"))
-    c.data.name = "shapes_textures/tiny"
-    c.data.data_dir = data_dir
-    c.compilation_cache_dir = ""  # tests share JAX_COMPILATION_CACHE_DIR (conftest)
-    c.model.block_counts = (1, 1, 1)
-    c.train.num_steps = 6
-    c.train.batch_size = 8
-    c.train.eval_batch_size = 40
-    c.train.checkpoint_every_steps = 3
-    c.train.probe_every_steps = 3
-    c.train.eval_every_steps = None
-    # Gentle enough that float reduction-order differences between meshes stay at rounding level over 6 steps
-    # (at lr 0.045 a batch of 8 is chaotic: 1e-7 differences grow to 1e-3 by step 4).
-    c.train.learning_rate = 0.005
-    c.update_from_flattened_dict(overrides)
-    return c
-
-
-def train_rows(workdir, split="train"):
-    return [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == split]
-
-
-def saved_params(workdir):
-    import orbax.checkpoint as ocp
-
-    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1, read_only=True)
-    step = checkpoints.latest_step()
-    restored = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                        meta=ocp.args.JsonRestore()))
-    checkpoints.close()
-    return step, jax.tree.map(np.asarray, dict(restored["state"])["params"])
-
-
-@pytest.fixture(scope="module")
-def one_device_run(shapes_tiny_dir, tmp_path_factory):
-    """The reference: the tiny run on one device, uninterrupted."""
-    workdir = str(tmp_path_factory.mktemp("one_device"))
-    train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
-    return workdir
+from tests.training_helpers import ROOT, read_json, read_text, saved_params, tiny_config, train_rows
 
 
 # ---------------------------------------------------------------------------------------------- the run folder
@@ -73,7 +28,7 @@ def test_a_run_writes_the_files_analysis_reads(one_device_run):
     files = set(os.listdir(one_device_run))
     assert {"config.json", "metrics.jsonl", "verdict.json", "result.json", "checkpoints"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
-    config = json.load(open(os.path.join(one_device_run, "config.json")))
+    config = read_json(one_device_run, "config.json")
     assert config["derived"]["stage_widths"] == {"a": 24, "b": 72, "c": 134}
     assert config["derived"]["deepest_width"] == 134 and config["derived"]["variant"] == "scale=0.17/0.1/0.2"
     rows = train_rows(one_device_run)
@@ -85,7 +40,7 @@ def test_a_run_writes_the_files_analysis_reads(one_device_run):
     assert [r["step"] for r in train_rows(one_device_run, "probe")] == [3, 6]
     (final_eval,) = train_rows(one_device_run, "eval")
     assert final_eval["num_examples"] == 120 and {"top1", "top5", "ema_top1", "ema_top5"} <= set(final_eval)
-    result = json.load(open(os.path.join(one_device_run, "result.json")))
+    result = read_json(one_device_run, "result.json")
     assert result["steps"] == 6 and result["verdict"] == "healthy" and result["eval_top1"] == final_eval["top1"]
 
 
@@ -241,11 +196,11 @@ def test_bad_configs_are_refused_before_compiling(shapes_tiny_dir, tmp_path, ove
 
 
 def test_a_workdir_of_another_config_is_refused_and_left_intact(one_device_run, shapes_tiny_dir):
-    before = open(os.path.join(one_device_run, "metrics.jsonl")).read()
+    before = read_text(one_device_run, "metrics.jsonl")
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.learning_rate": 0.1})
     with pytest.raises(ConfigError, match=r"holds a run with a different config.*train.learning_rate"):
         train_and_evaluate(config, one_device_run)
-    assert open(os.path.join(one_device_run, "metrics.jsonl")).read() == before
+    assert read_text(one_device_run, "metrics.jsonl") == before
 
 
 def test_a_workdir_in_use_is_not_written_by_a_second_job(shapes_tiny_dir, tmp_path):

@@ -81,7 +81,7 @@ class BatchNorm(nnx.Module):
         if n % g:
             raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples this BatchNorm sees; "
                              "use a group size that divides the per-step batch, or None for the whole batch")
-        xf = x.astype(jnp.float32).reshape((n // g, g) + x.shape[1:])
+        xf = x.astype(jnp.float32).reshape((n // g, g, *x.shape[1:]))
         mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
         # One pass (E[x^2] - E[x]^2), as flax's use_fast_variance; clipped at 0 against rounding.
         var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(1, 2, 3), keepdims=True) - jnp.square(mean), 0.0)
@@ -102,7 +102,7 @@ class BatchNorm(nnx.Module):
         if train:
             # Fold normalize + affine into one multiply-add per element on the grouped view.
             shape = x.shape
-            xg = x.reshape(mean.shape[:1] + (-1,) + shape[1:])
+            xg = x.reshape((mean.shape[0], -1, *shape[1:]))
             return (xg * inv.astype(self.dtype) + shift.astype(self.dtype)).reshape(shape)
         return x * inv.astype(self.dtype) + shift.astype(self.dtype)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
 import numpy as np
 from flax import nnx
 

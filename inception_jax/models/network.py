@@ -139,11 +139,11 @@ class InceptionNet(nnx.Module):
             raise ValueError(f"{self.options.name}: input {shape[1]}x{shape[2]} is below the minimum size "
                              f"{minimum}x{minimum} (ARCHITECTURE.md §1.3"
                              f"{'; the aux head needs 107' if minimum > 75 else ''})")
-        if train and self.aux is not None:
-            if (aux_kernel_size(shape[1]), aux_kernel_size(shape[2])) != (self.aux.kernel,) * 2:
-                raise ValueError(f"{self.options.name}: the aux head was built for image_size="
-                                 f"{self.options.image_size} but got {shape[1]}x{shape[2]} inputs; create the "
-                                 "model with the image_size it trains on")
+        if train and self.aux is not None and (aux_kernel_size(shape[1]), aux_kernel_size(shape[2])) != (
+                self.aux.kernel,) * 2:
+            raise ValueError(f"{self.options.name}: the aux head was built for image_size="
+                             f"{self.options.image_size} but got {shape[1]}x{shape[2]} inputs; create the "
+                             "model with the image_size it trains on")
 
     def forward(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                 diagnostics: bool = False, stages: bool = False) -> ModelOutput:

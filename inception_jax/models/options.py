@@ -159,7 +159,7 @@ def _block_counts(arch: Architecture, value: Any, final_block_linear: bool) -> t
 def _filters(arch: Architecture, multiplier: float, overrides: Any, aux_head: bool) -> tuple[tuple[str, int], ...]:
     """Scale every default filter count, then apply explicit overrides (absolute numbers, not scaled)."""
     defaults = {k: v for k, v in arch.filters.items() if aux_head or not k.startswith("aux.")}
-    table = {k: int(math.floor(v * multiplier + 0.5)) for k, v in defaults.items()}
+    table = {k: math.floor(v * multiplier + 0.5) for k, v in defaults.items()}
     zero = [k for k, v in table.items() if v == 0]
     if zero:
         smallest = min(defaults[k] for k in zero)

@@ -1,0 +1,74 @@
+"""The dying verdict (shared/reference/DYING.md) on synthetic histories, and on a network made dead by hand."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from inception_jax.diagnostics import activation_stats, dead_windows_at_end, judge
+from inception_jax.models import create_model
+
+LN10 = math.log(10)
+
+
+def history(n, z_before, z_after, loss_before, loss_after, change_at):
+    steps = list(range(1, n + 1))
+    z = [z_before if s < change_at else z_after for s in steps]
+    loss = [loss_before if s < change_at else loss_after for s in steps]
+    return steps, z, loss
+
+
+def test_a_net_dead_from_step_12_died_at_12():
+    steps, z, loss = history(60, 0.3, 0.999, 1.5, LN10, change_at=12)
+    verdict = judge(steps, z, loss, 10)
+    assert (verdict.verdict, verdict.t_death) == ("died", 12)
+
+
+def test_a_net_that_recovers_is_a_transient_death():
+    steps, z, loss = history(80, 0.999, 0.5, LN10, 1.0, change_at=41)  # dead for 30+ windows, then alive
+    verdict = judge(steps, z, loss, 10)
+    assert verdict.verdict == "transient_death" and verdict.t_death is None
+
+
+def test_a_non_finite_loss_is_divergence_never_death():
+    steps, z, loss = history(40, 0.999, 0.999, LN10, LN10, change_at=1)
+    loss[-3] = float("nan")
+    assert judge(steps, z, loss, 10).verdict == "diverged"
+
+
+def test_damaged_and_healthy():
+    steps, z, loss = history(30, 0.95, 0.95, 1.0, 1.0, change_at=1)
+    assert judge(steps, z, loss, 10).verdict == "damaged"  # mostly zeros, but learning
+    steps, z, loss = history(30, 0.995, 0.995, 1.2, 1.2, change_at=1)
+    assert judge(steps, z, loss, 10).verdict == "damaged"  # zeros >= 0.99 but the loss is below 0.95 ln C
+    steps, z, loss = history(30, 0.4, 0.4, 1.0, 1.0, change_at=1)
+    assert judge(steps, z, loss, 10).verdict == "healthy"
+    assert dead_windows_at_end(*history(30, 0.3, 0.999, 1.0, LN10, change_at=11)[1:], 10) == 11
+
+
+def test_a_huge_negative_bias_in_the_last_up_projection_kills_the_net_within_k_steps():
+    """DYING.md detector test 4: ReLU(x + s * (UP(m) - 1e3)) is exactly zero everywhere, the loss is ln C."""
+    model = create_model("inception_resnet_v1", width_multiplier=0.0625, block_counts=(1, 1, 1), num_classes=10,
+                         scan_blocks=False, dropout_rate=0.0)
+    model.blocks_c_0.up.bias[...] = jnp.full_like(model.blocks_c_0.up.bias[...], -1e3)
+    model.head.fc.bias[...] = jnp.zeros_like(model.head.fc.bias[...])
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step_stats(state, x, y):
+        m = nnx.merge(graphdef, state, copy=True)
+        out = m.forward(x, train=True, diagnostics=True)
+        loss = jnp.mean(-jax.nn.log_softmax(out.logits)[jnp.arange(x.shape[0]), y])
+        return activation_stats(out)["prepool_zero_frac"], loss
+
+    steps, zs, losses = [], [], []
+    for step in range(1, 11):
+        x = jax.random.uniform(jax.random.key(step), (4, 75, 75, 3), minval=-1, maxval=1)
+        z, loss = step_stats(state, x, jnp.arange(4) % 10)
+        steps.append(step), zs.append(float(z)), losses.append(float(loss))
+    assert min(zs) == 1.0
+    np.testing.assert_allclose(losses, LN10, rtol=1e-6)
+    verdict = judge(steps, zs, losses, 10)
+    assert (verdict.verdict, verdict.t_death) == ("died", 1)

@@ -1,0 +1,85 @@
+"""The recipe's optimizer pieces against hand computations of their definitions (ARCHITECTURE.md §6)."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from inception_jax.configuration import base_config
+from inception_jax.optim import ema_decay_at, kernel_mask, learning_rate_schedule, make_optimizer
+
+
+def recipe(**overrides):
+    t = base_config().train
+    t.update(overrides)
+    return t
+
+
+def test_rmsprop_update_equals_the_tf1_formula():
+    """TF1 RMSPropOptimizer: ms <- d*ms + (1-d)*g^2 (ms starts at 1); mom <- m*mom + lr*g/sqrt(ms + eps);
+    w <- w - mom. No clipping or decay here, to see the optimizer alone."""
+    lr, d, m, eps = 0.045, 0.9, 0.9, 1.0
+    tx = make_optimizer(recipe(grad_clip_norm=0.0, weight_decay=0.0), optax.constant_schedule(lr))
+    w = {"kernel": jnp.array([0.5, -1.0, 2.0])}
+    grads = [jnp.array([0.3, -2.0, 0.01]), jnp.array([-1.0, 0.5, 4.0]), jnp.array([0.2, 0.2, -0.3])]
+    state = tx.init(w)
+    ms, mom, expected = np.ones(3), np.zeros(3), np.asarray(w["kernel"], np.float64)
+    for g in grads:
+        updates, state = tx.update({"kernel": g}, state, w)
+        w = optax.apply_updates(w, updates)
+        gn = np.asarray(g, np.float64)
+        ms = d * ms + (1 - d) * gn**2
+        mom = m * mom + lr * gn / np.sqrt(ms + eps)
+        expected = expected - mom
+    np.testing.assert_allclose(w["kernel"], expected, rtol=1e-6)
+
+
+def test_weight_decay_touches_kernels_only_and_clipping_bounds_the_global_norm():
+    params = {"conv": {"kernel": jnp.ones((2, 2))}, "bn": {"bias": jnp.ones(2)}, "residual_scale": jnp.ones(())}
+    assert kernel_mask(params) == {"conv": {"kernel": True}, "bn": {"bias": False}, "residual_scale": False}
+    tx = make_optimizer(recipe(optimizer="sgd", momentum=0.0, grad_clip_norm=0.0, weight_decay=0.5),
+                        optax.constant_schedule(1.0))
+    zeros = {"conv": {"kernel": jnp.zeros((2, 2))}, "bn": {"bias": jnp.zeros(2)}, "residual_scale": jnp.zeros(())}
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.5)  # -lr * wd * w
+    np.testing.assert_allclose(updates["bn"]["bias"], 0.0)
+    clipped = make_optimizer(recipe(optimizer="sgd", momentum=0.0, grad_clip_norm=2.0, weight_decay=0.0),
+                             optax.constant_schedule(1.0))
+    big = {"conv": {"kernel": jnp.full((2, 2), 10.0)}, "bn": {"bias": jnp.zeros(2)}, "residual_scale": jnp.zeros(())}
+    updates, _ = clipped.update(big, clipped.init(params), params)
+    assert float(optax.tree.norm(updates)) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_staircase_learning_rate_drops_by_0_94_every_two_epochs():
+    schedule = learning_rate_schedule(recipe(), steps_per_epoch=100, num_steps=10_000)
+    assert float(schedule(0)) == pytest.approx(0.045)
+    assert float(schedule(199)) == pytest.approx(0.045)  # epoch 1.99: still the first stair
+    assert float(schedule(200)) == pytest.approx(0.045 * 0.94)  # epoch 2
+    assert float(schedule(399)) == pytest.approx(0.045 * 0.94)
+    assert float(schedule(1000)) == pytest.approx(0.045 * 0.94**5)  # epoch 10
+
+
+def test_warmup_then_cosine():
+    schedule = learning_rate_schedule(recipe(lr_schedule="cosine", warmup_steps=10, learning_rate=0.1),
+                                      steps_per_epoch=100, num_steps=110)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.05)
+    assert float(schedule(10)) == pytest.approx(0.1)
+    assert float(schedule(60)) == pytest.approx(0.05, rel=1e-5)  # halfway down the cosine
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ema_decay_warms_up_like_tf_num_updates():
+    assert float(ema_decay_at(jnp.asarray(0), 0.9999)) == pytest.approx(0.1)
+    assert float(ema_decay_at(jnp.asarray(90), 0.9999)) == pytest.approx(91 / 100)
+    assert float(ema_decay_at(jnp.asarray(10**7), 0.9999)) == pytest.approx(0.9999)
+
+
+def test_adamw_decays_kernels_decoupled():
+    tx = make_optimizer(recipe(optimizer="adamw", weight_decay=0.1, grad_clip_norm=0.0), optax.constant_schedule(1.0))
+    params = {"kernel": jnp.ones(3), "bias": jnp.ones(3)}
+    updates, _ = tx.update({"kernel": jnp.zeros(3), "bias": jnp.zeros(3)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+    assert isinstance(base_config().train, ml_collections.ConfigDict)
