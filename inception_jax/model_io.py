@@ -166,13 +166,13 @@ def shape_differences(expected: Mapping[str, Any], found: Mapping[str, Any], pre
 
 def model_from_variables(opts: ModelOptions, variables: Mapping[str, Mapping[str, Any]]) -> InceptionNet:
     """Build the model `opts` describes around `variables` (in that model's layout); nothing is initialised."""
-    expected = abstract_variables(opts)
+    model = skeleton(opts)
+    expected = model_variables(model)
     problems = [d for c in COLLECTIONS for d in shape_differences(expected[c], variables.get(c, {}), c)]
     if problems:
         raise ValueError(f"the variables do not fit {opts.name} ({len(problems)} problems): "
                          + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""))
     param_dtype = DTYPES[opts.param_dtype]
-    model = skeleton(opts)
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     # Statistics stay float32 whatever param_dtype is (layers.BatchNorm keeps them in float32).
     nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, param_dtype), dict(variables["params"])))
