@@ -51,11 +51,11 @@ def options_to_knobs(opts: ModelOptions) -> dict[str, Any]:
 def options_from_knobs(model: str, num_classes: int, knobs: Mapping[str, Any], *, where: str) -> ModelOptions:
     """Resolve saved knobs through the same validation `create_model` uses, and check they round-trip."""
     kwargs = dict(knobs)
-    if not get_architecture(model).residual:
-        # Resolved options of a plain network carry neutral residual values; create_model refuses them as knobs.
-        for k in RESIDUAL_KNOBS:
-            kwargs.pop(k, None)
     try:
+        if not get_architecture(model).residual:
+            # Resolved options of a plain network carry neutral residual values; create_model refuses them as knobs.
+            for k in RESIDUAL_KNOBS:
+                kwargs.pop(k, None)
         opts = model_options(model, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: the saved knobs do not build a model: {e}") from e
