@@ -173,6 +173,9 @@ def test_convert_command_from_a_keras_h5(tmp_path):
     weights = tmp_path / "irv2.h5"
     reference.save(weights)  # legacy HDF5, the format of the released Keras weights
     assert keras_file_classes(weights) == 1000
+    reference.save(tmp_path / "irv2.keras")  # Keras 3 formats: the class count is read without building a model
+    reference.save_weights(tmp_path / "irv2.weights.h5")
+    assert keras_file_classes(tmp_path / "irv2.keras") == keras_file_classes(tmp_path / "irv2.weights.h5") == 1000
     with_gamma = import_keras(reference, bn_scale=True)  # Keras has no gamma: the timm convention gets ones
     assert sum(a.size for a in jax.tree.leaves(with_gamma.variables["params"])) == 55_843_464  # §7.1
     np.testing.assert_array_equal(with_gamma.variables["params"]["final_conv"]["bn"]["scale"], np.ones(1536))
