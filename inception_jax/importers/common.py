@@ -177,6 +177,10 @@ def check_gamma(writer: VariableWriter, gamma: np.ndarray | None, name: str, lea
     if bn_scale:
         writer.put(leaf, gamma, name)
         return
+    beta_shape = writer.expected.get(leaf.rsplit("/", 1)[0] + "/bias")
+    if tuple(gamma.shape) != beta_shape:
+        writer.problem(f"{name} {tuple(gamma.shape)}: gamma does not fit a BatchNorm of shape {beta_shape}")
+        return
     deviation = float(np.max(np.abs(gamma - 1.0))) if gamma.size else 0.0
     if deviation > GAMMA_TOLERANCE:
         writer.problem(f"{name}: gamma is not all ones (max |gamma - 1| = {deviation:.3g}); a bn_scale=False model "
