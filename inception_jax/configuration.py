@@ -18,8 +18,9 @@ from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
-# Knobs whose natural value is a tuple, dict or "model default" are typed `object` so that
-# `--config.model.residual_scale=0.1`, `=(0.1,0.2,0.3)` and `--config.model.filters="{'final_conv': 512}"` all parse.
+# Knobs whose natural value is a tuple or "model default" are typed `object`, so that
+# `--config.model.residual_scale=0.1`, `=(0.1,0.2,0.3)` and `--config.model.filters="(('final_conv', 512),)"`
+# all parse. (filters are (key, count) pairs: config values cannot be dicts with dotted keys.)
 POLYMORPHIC_KNOBS = ("use_residual", "residual_scale", "residual_scale_mode", "plain_scale", "final_block_linear",
                      "filters", "block_counts", "bn_group_size")
 # Keys a resumed run may change (how long, how often, where from); anything else must match the stored run.
@@ -114,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.compile_only = False  # compile the train step, report time and memory, exit
+    c.sweep = ml_collections.ConfigDict()  # filled in by the sweep runner for each row (recorded, not read)
+    c.sweep.name = ""
+    c.sweep.row = ""
+    c.sweep.overrides_json = ""
     return c
 
 

@@ -5,6 +5,7 @@
 """
 
 import os
+import sys
 
 # Before TensorFlow or JAX load: TF (used by TFDS and clu) must not grab GPUs, and must stay quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,9 +27,19 @@ flags.mark_flag_as_required("config")
 def main(argv) -> int:
     del argv
     from inception_jax import runtime, sweep
+    from inception_jax.configuration import ConfigError
+    from inception_jax.input_pipeline import DataError
 
     runtime.setup(_CONFIG.value)
     logging.info("process %d of %d, %d local / %d global devices", *runtime.device_summary())
+    try:
+        return _run(sweep)
+    except (ConfigError, DataError) as e:  # bad input: the message says what and where; no traceback needed
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(sweep) -> int:
     return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
                                 workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
                                 export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value)

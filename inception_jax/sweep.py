@@ -1,16 +1,31 @@
-"""Runs and sweeps of runs, as the main job drives them. (Sweep rows: inception_jax/sweep_rows.py.)"""
+"""What the main job does with a config: one run, or a sweep of runs (rows) followed by the results table and
+the analysis report. Each row is an independent run folder, so any row can be rerun alone or on another host.
+
+Sweep workdir layout (docs/run_folder.md): sweep.json, runs/<run_id>/, results.csv, report/.
+"""
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import importlib.util
+import json
 import logging
 import os
-from typing import Any
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import ml_collections
 
+from inception_jax.configuration import ConfigError
+from inception_jax.metrics import write_json_atomic
+from inception_jax.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
 from inception_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
+THRESHOLDS = (0.3, 0.4, 0.5)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -19,15 +34,121 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join("workdir", base + (f"-{suffix}" if suffix else ""))
 
 
+def config_rows(config_arg: str) -> list[SweepRow] | None:
+    """The rows a config file's optional `get_sweep(arg)` defines (None: the config is a single run)."""
+    path, _, arg = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        return None
+    return [SweepRow(run_id, dict(overrides)) for run_id, overrides in module.get_sweep(arg or None)]
+
+
 def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdir: str | None, row: str | None,
                    rows_csv: str | None, export_csv: str | None, print_commands: bool) -> int:
     workdir = workdir or default_workdir(config_arg)
-    result = train_and_evaluate(config, workdir)
-    log.info("run %s: %s", workdir, result.status)
+    rows = read_csv(rows_csv) if rows_csv else config_rows(config_arg)
+    if rows is None:
+        if row or export_csv or print_commands:
+            raise ConfigError(f"{config_arg} defines no sweep (no get_sweep); --row, --export_csv and "
+                              "--print_commands need one, or --rows_csv")
+        result = train_and_evaluate(config, workdir)
+        print(f"run {result.status}: {os.path.abspath(workdir)}")
+        return 0
+    configs = validate_rows(config, rows)  # every row, before anything runs
+    if export_csv:
+        write_csv(export_csv, rows)
+        print(f"wrote {len(rows)} rows to {export_csv}")
+        return 0
+    if print_commands:
+        for r in rows:
+            print(row_command(config_arg, r.run_id, workdir, rows_csv))
+        return 0
+    selected = list(zip(rows, configs, strict=True))
+    if row is not None:
+        ids = [r.run_id for r in rows]
+        if row not in ids:
+            close = difflib.get_close_matches(row, ids, n=3)
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
+        selected = [(r, c) for r, c in selected if r.run_id == row]
+    return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],
+                     command=" ".join(shlex.quote(a) for a in sys.argv))
+
+
+def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], all_rows: Sequence[SweepRow], *,
+              workdir: str, name: str, command: str) -> int:
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+    write_json_atomic(os.path.join(workdir, "sweep.json"), {
+        "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+    for i, (row, config) in enumerate(selected, start=1):
+        run_dir = os.path.join(workdir, "runs", row.run_id)
+        if os.path.exists(os.path.join(run_dir, "result.json")):
+            log.info("[%d/%d] %s: finished earlier, skipped", i, len(selected), row.run_id)
+            continue
+        log.info("[%d/%d] %s: %s", i, len(selected), row.run_id, json.dumps(row.overrides, default=str))
+        with config.unlocked():
+            config.sweep.name = name
+            config.sweep.row = row.run_id
+            config.sweep.overrides_json = json.dumps(row.overrides, default=list)
+        result = train_and_evaluate(config, run_dir)
+        if result.status == "preempted":
+            print(f"preempted during {row.run_id}; rerun the same command to resume")
+            return 0
+    results = write_results(workdir, all_rows)
+    report = write_report(workdir, command)
+    print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
+    print(f"results table: {results}")
+    if report:
+        print(f"report: {report}")
     return 0
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.update_from_flattened_dict(overrides)
-    return c
+def write_results(workdir: str, rows: Sequence[SweepRow]) -> str:
+    """results.csv: one line per run folder present, with its overrides, final metrics, steps (and seconds) to
+    the accuracy thresholds (analysis's rule), verdict and wall time."""
+    import pandas as pd
+
+    from analysis.runs import Run, load_run
+    from analysis.tables import SOURCE_EVAL, SOURCE_TRAIN, run_crossings
+
+    records = []
+    for row in rows:
+        run_dir = os.path.join(workdir, "runs", row.run_id)
+        if not os.path.isdir(run_dir):
+            continue
+        record = {"run_id": row.run_id, **{k: json.dumps(v) if isinstance(v, dict | tuple | list) else v
+                                           for k, v in row.overrides.items()}}
+        loaded = load_run(Path(run_dir), row.run_id)
+        result_path = os.path.join(run_dir, "result.json")
+        result = {"status": "unfinished"}
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                result = json.load(f)
+        record.update({k: result.get(k) for k in ("status", "steps", "wall_time_s", "final_train_loss",
+                                                   "final_train_accuracy", "eval_top1", "eval_top5", "ema_eval_top1",
+                                                   "verdict", "t_death")})
+        if isinstance(loaded, Run):
+            record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
+            record["variant"] = loaded.config.get("derived", {}).get("variant")
+            for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
+                for t, crossing in run_crossings(loaded, source, THRESHOLDS).items():
+                    record[f"steps_to_{tag}_{t:g}"] = crossing.step
+                    record[f"seconds_to_{tag}_{t:g}"] = (None if crossing.seconds is None
+                                                         else round(crossing.seconds, 2))
+        records.append(record)
+    path = os.path.join(workdir, "results.csv")
+    frame = pd.DataFrame.from_records(records)
+    frame.to_csv(path, index=False, na_rep="")
+    return path
+
+
+def write_report(workdir: str, command: str) -> str | None:
+    from analysis.report import generate_report
+
+    result = generate_report(os.path.join(workdir, "runs"), os.path.join(workdir, "report"), command=command)
+    for error in result.errors:
+        log.warning("report: %s", error)
+    return str(result.html)

@@ -227,6 +227,10 @@ def run_record(run: Run) -> dict:
     record.setdefault("run_id", os.path.basename(run.workdir.rstrip("/")))
     record["model"]["num_classes"] = run.opts.num_classes
     record["derived"] = run.derived
+    sweep = record.pop("sweep", {})
+    if sweep.get("row"):
+        record["run_id"] = sweep["row"]
+        record["sweep"] = {"name": sweep["name"], "row": sweep["row"], "overrides": json.loads(sweep["overrides_json"])}
     return record
 
 

@@ -271,3 +271,17 @@ def test_data_path_runs_without_network(shapes_tiny_dir, tmp_path):
     result = subprocess.run(["unshare", "-n", "sh", "-c", cmd], capture_output=True, text=True, env=env,
                             timeout=240)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+def test_make_global_batch_shards_the_batch_axis():
+    import jax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    n = 2 * jax.device_count()
+    local = {"image": np.arange(n * 3, dtype=np.float32).reshape(n, 3), "label": np.arange(n, dtype=np.int32)}
+    batch = ip.make_global_batch(local, sharding)
+    assert batch["image"].shape == (n, 3) and batch["image"].sharding == sharding
+    assert len(batch["label"].addressable_shards) == jax.device_count()
+    np.testing.assert_array_equal(np.asarray(batch["label"]), local["label"])

@@ -167,6 +167,7 @@ def _filters(arch: Architecture, multiplier: float, overrides: Any, aux_head: bo
         raise ValueError(f"{_where(arch, 'width_multiplier')}={multiplier} leaves {len(zero)} branch(es) with zero "
                          f"filters ({', '.join(zero[:4])}{', ...' if len(zero) > 4 else ''}); "
                          f"use width_multiplier >= {need}")
+    # A mapping, or (key, count) pairs (the form configs and spreadsheets hold).
     for key, value in dict(overrides or {}).items():
         if key not in defaults:
             hint = _closest(key, list(defaults))

@@ -50,18 +50,27 @@ def _worker_pool_size() -> int:
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """shapes_textures: 10 balanced classes of 96x96 RGB images, generated in ~30 s on 2 cores, no network.
+    """shapes_textures: 10 balanced classes of 96x96 RGB images, generated locally (no network) in < 60 s on 2 cores.
 
-    Classes: disc, ring, square, triangle, plus, star, crescent (solid shapes told apart by outline) and stripes,
-    checker, dots (a disc/square/hexagon region told apart by the pattern inside). Every image draws its nuisances
-    independently: a smooth random background (colour grid upsampled), 1-5 thin lines and 0-3 small quadrilaterals
-    of clutter, object colour with an RGB distance >= 90 from the background under it (texture classes: a second
-    colour >= 90 from the first), circumradius 17-42 % of the side, uniform position and rotation, Gaussian pixel
-    noise with sigma uniform in [0, 14]. All classes are flip- and rotation-invariant, so Inception augmentation
-    keeps every label valid. Stored as JPEG (quality 92) in array_record files, ~75 MB for the default config.
+    Classes: disc, ring, square, triangle, plus, star, crescent (solid shapes told apart by their outline) and
+    stripes, checker, dots (a disc/square/hexagon region told apart by the pattern inside). Each image draws its
+    nuisances independently: a smooth random background (a 2x2..4x4 random colour grid upsampled), 0-3 thin lines
+    and 0-2 small quadrilaterals of clutter, an object colour at RGB distance >= 120 from the background under it
+    (texture classes: a second colour >= 120 from the first), circumradius 22-45 % of the side, uniform position
+    and rotation, Gaussian pixel noise with sigma uniform in [0, 10]. Every class is invariant to flips and
+    rotations, so Inception augmentation never changes a label (but a small distorted-box crop can cut the object
+    out: area_range=(0.25, 1.0) suits this dataset better than ImageNet's 0.05). Stored as JPEG (quality 92) in
+    array_record: 68 MB for the default config.
 
-    Baselines on the validation split (measured, see benchmarks/ and the docstring of this package):
-    {baselines}
+    Measured on the validation split (`python -m inception_jax.datasets.shapes_textures.baselines`, 2 CPU cores):
+      chance                                                       10.0 %
+      linear, ridge least squares on standardised 32x32x3 pixels    13.6 %
+      linear, softmax regression on the same pixels                 13.7 %
+      small CNN, 4 strided 3x3 convs (32-64-128-128), 48x48 input   20 % after 1 epoch, 40 % after 4,
+        Adam 1e-3, batch 128, flips                                  74.5 % after 10 epochs (5 min), still rising
+    The tiny Inception-ResNet-v2 of the benchmarks (width 0.125, blocks (2, 2, 2), 96 px, Adam 1e-3, batch 64,
+    bn_momentum 0.99) reaches 18-27 % after 90 s (~1 epoch, train loss 2.56 -> 1.8-2.0) with residual blocks; its
+    plain twin (use_residual=False) is still at chance then (train loss 2.63 -> 2.31).
 
     Configs: "default" (16,000 train / 2,000 validation) and "tiny" (480 / 120, for tests). Image i of a split is
     the same in every config and on every machine: its random stream is seeded by (seed, split, i).

@@ -1,0 +1,135 @@
+"""The main job: residual vs plain, and the residual-scaling constant, across filter counts.
+
+    python -m inception_jax.main --config=configs/ablation_scale.py                       # the default: CPU
+    python -m inception_jax.main --config=configs/ablation_scale.py:preset=cpu_long      # more steps, 3 seeds
+    python -m inception_jax.main --config=configs/ablation_scale.py:preset=gpu           # one GPU, imagenette
+    python -m inception_jax.main --config=configs/ablation_scale.py:preset=imagenet      # paper scale, a pod
+    python -m inception_jax.main --config=configs/ablation_scale.py --row=w1040_scale1    # one row
+    python -m inception_jax.main --config=configs/ablation_scale.py --print_commands      # every row's command
+    python -m inception_jax.main --config=configs/ablation_scale.py --export_csv=my.csv   # edit, then --rows_csv=
+
+Every run is the real Inception-ResNet-v2 of the paper (its blocks, reductions and stem) at reduced width, depth
+and image size. The swept "filter count" is the width of the deepest residual stage (the C blocks, where the
+paper saw residual nets die once it passed 1000): the branches stay narrow and Reduction-B's three conv
+branches are widened, so the residual stream, every up-projection and the pre-pool layer get wider.
+Variants per filter count: plain (no shortcut), residual with scale 1.0 (unscaled), 0.3 and 0.1, and a
+learnable scalar scale initialised at 1.0 (the ReZero / SkipInit family).
+
+What the default shows and how long it takes are stated in README.md ("The main job"), measured.
+Arguments: preset (cpu | cpu_long | gpu | imagenet | tiny), seeds (an int; default per preset).
+"""
+
+from inception_jax.configuration import base_config, parse_arg
+
+MODEL = "inception_resnet_v2_paper"
+PRESETS = ("cpu", "cpu_long", "gpu", "imagenet", "tiny")
+SCALES = (1.0, 0.3, 0.1)
+
+
+def _args(arg):
+    args = parse_arg(arg, preset=("cpu", str), seeds=(0, int))
+    if args.preset not in PRESETS:
+        raise ValueError(f"configs/ablation_scale.py: preset={args.preset!r} is not one of {list(PRESETS)}")
+    return args
+
+
+def get_config(arg: str | None = None):
+    args = _args(arg)
+    c = base_config()
+    c.model.name = MODEL
+    c.model.width_multiplier = 0.125
+    c.model.block_counts = (1, 2, 2)
+    c.model.bn_momentum = 0.99  # short runs (ARCHITECTURE.md §1.2)
+    c.model.dropout_rate = 0.0
+    c.data.image_size = 96
+    # DYING.md: the effect shows with plain SGD-momentum, no warm-up, constant learning rate.
+    c.train.optimizer = "sgd"
+    c.train.momentum = 0.9
+    c.train.learning_rate = 0.05
+    c.train.lr_schedule = "constant"
+    c.train.weight_decay = 0.0
+    c.train.grad_clip_norm = 0.0
+    c.train.label_smoothing = 0.0
+    c.train.batch_size = 32
+    c.train.num_steps = 150
+    c.train.ema_decay = 0.0
+    c.train.eval_batch_size = 400
+    c.train.checkpoint_every_steps = 75
+    c.train.probe_every_steps = 25
+    c.train.log_dense_steps = 1000
+    if args.preset == "tiny":  # tests: the whole sweep in about a minute of compute
+        c.model.block_counts = (1, 1, 1)
+        c.data.image_size = 75
+        c.data.name = "shapes_textures/tiny"
+        c.train.batch_size = 8
+        c.train.num_steps = 4
+        c.train.eval_batch_size = 40
+        c.train.checkpoint_every_steps = 2
+        c.train.probe_every_steps = 2
+    elif args.preset == "cpu_long":
+        c.train.num_steps = 600
+        c.train.eval_every_steps = 150
+    elif args.preset in ("gpu", "imagenet"):
+        c.data.name = "imagenette" if args.preset == "gpu" else "imagenet2012"
+        c.data.image_size = 299
+        c.model.width_multiplier = 1.0
+        c.model.block_counts = (5, 10, 5)
+        c.model.bn_momentum = 0.9997 if args.preset == "imagenet" else 0.99
+        c.model.dropout_rate = 0.2
+        c.train.optimizer = "rmsprop"  # the paper's recipe (ARCHITECTURE.md §6)
+        c.train.learning_rate = 0.045
+        c.train.lr_schedule = "staircase"
+        c.train.weight_decay = 4e-5
+        c.train.grad_clip_norm = 2.0
+        c.train.label_smoothing = 0.1
+        c.train.ema_decay = 0.9999
+        c.train.batch_size = 64 if args.preset == "gpu" else 1024
+        c.train.num_steps = None
+        c.train.num_epochs = 30.0 if args.preset == "gpu" else 100.0
+        c.train.eval_every_steps = 2000
+        c.train.eval_batch_size = 200 if args.preset == "gpu" else 1000
+        c.train.checkpoint_every_steps = 2000
+        c.train.probe_every_steps = 200
+        c.train.log_dense_steps = 200
+        c.model.dtype = "bfloat16"
+    return c
+
+
+def deepest_width_filters(width: int, preset: str) -> tuple | None:
+    """Reduction-B's conv branch widths that make the C stage `width` wide (None: the network's own width), as
+    (key, filters) pairs: config values cannot be dicts with dotted keys."""
+    b_width, own = (144, 268) if preset not in ("gpu", "imagenet") else (1152, 2144)
+    if width == own:
+        return None
+    extra = width - b_width
+    if extra < 3:
+        raise ValueError(f"configs/ablation_scale.py: deepest width {width} must exceed the B width {b_width} + 2")
+    third = extra // 3
+    return (("reduction_b.b0_1", third), ("reduction_b.b1_1", third), ("reduction_b.b2_2", extra - 2 * third))
+
+
+def get_sweep(arg: str | None = None) -> list[tuple[str, dict]]:
+    """Rows: (run_id, dotted overrides). Filter counts x variants x seeds."""
+    args = _args(arg)
+    if args.preset in ("gpu", "imagenet"):
+        widths, seeds = (1152, 2144, 3200), args.seeds or 1
+    elif args.preset == "tiny":
+        widths, seeds = (268, 1040), 1
+    else:
+        widths, seeds = (268, 520, 1040), args.seeds or (3 if args.preset == "cpu_long" else 1)
+    rows = []
+    for width in widths:
+        base = {}
+        filters = deepest_width_filters(width, args.preset)
+        if filters:
+            base["model.filters"] = filters
+        variants = [("plain", {"model.use_residual": False})]
+        variants += [(f"scale{s:g}", {"model.residual_scale": s}) for s in SCALES]
+        variants += [("learnable", {"model.residual_scale": 1.0, "model.residual_scale_mode": "learnable"})]
+        if args.preset == "tiny":
+            variants = [variants[0], variants[1], variants[3]]
+        for name, overrides in variants:
+            for seed in range(seeds):
+                run_id = f"w{width}_{name}" + (f"_seed{seed}" if seeds > 1 else "")
+                rows.append((run_id, {**base, **overrides, **({"seed": seed} if seeds > 1 else {})}))
+    return rows

@@ -1,0 +1,128 @@
+"""A sweep as a spreadsheet: one row per run, `run_id` plus dotted config overrides (`model.residual_scale`,
+`train.learning_rate`, ...). Rows are read from / written to CSV and validated, all of them, before any runs.
+
+A cell holds a Python literal (`0.1`, `(1, 2, 2)`, `{'reduction_b.b0_1': 300}`, `True`) or a bare string
+(`sgd`); an empty cell means "not overridden in this row".
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import difflib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from inception_jax.configuration import ConfigError, flatten, model_knobs, validate_static
+from inception_jax.input_pipeline import DataConfig
+from inception_jax.models import model_options
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRow:
+    run_id: str
+    overrides: dict[str, Any]
+
+
+def parse_cell(text: str) -> Any:
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def format_cell(value: Any) -> str:
+    """The inverse of parse_cell: strings stay bare unless they would read back as something else."""
+    if isinstance(value, str):
+        return value if parse_cell(value) == value else repr(value)
+    return repr(value)
+
+
+def read_csv(path: str) -> list[SweepRow]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or reader.fieldnames[0] != "run_id":
+            raise ConfigError(f"{path}: the first column must be 'run_id', found {reader.fieldnames}")
+        rows = []
+        for line, record in enumerate(reader, start=2):
+            run_id = (record.pop("run_id") or "").strip()
+            if None in record:
+                raise ConfigError(f"{path} line {line} (run_id {run_id!r}): more cells than columns")
+            rows.append(SweepRow(run_id, {k.strip(): parse_cell(v) for k, v in record.items() if v and v.strip()}))
+    return rows
+
+
+def write_csv(path: str, rows: Sequence[SweepRow]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row.overrides if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run_id", *columns])
+        for row in rows:
+            cells = (format_cell(row.overrides[c]) if c in row.overrides else "" for c in columns)
+            writer.writerow([row.run_id, *cells])
+
+
+def _where(row: SweepRow, column: str | None = None) -> str:
+    return f"sweep row {row.run_id!r}" + (f", column {column!r}" if column else "")
+
+
+def apply_row(base: ml_collections.ConfigDict, row: SweepRow) -> ml_collections.ConfigDict:
+    """The base config with one row's overrides, each checked against the config's keys and types."""
+    config = ml_collections.ConfigDict(base.to_dict(), type_safe=True)
+    valid = list(flatten(base.to_dict()))
+    for column, value in row.overrides.items():
+        if column not in valid:
+            close = difflib.get_close_matches(column, valid, n=3)
+            hint = f"; closest valid keys: {close}" if close else ""
+            raise ConfigError(f"{_where(row)}: unknown column {column!r}{hint}")
+        try:
+            config.update_from_flattened_dict({column: value})
+        except (TypeError, ValueError, KeyError) as e:
+            current = flatten(base.to_dict())[column]
+            raise ConfigError(f"{_where(row, column)}: value {value!r} does not fit (the config holds "
+                              f"{type(current).__name__} {current!r}): {e}") from None
+    return config
+
+
+def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> list[ml_collections.ConfigDict]:
+    """Every row's config, or the first error naming its row, column and what is allowed. Nothing runs here."""
+    if not rows:
+        raise ConfigError("the sweep has no rows")
+    seen: set[str] = set()
+    configs = []
+    for row in rows:
+        if not RUN_ID.fullmatch(row.run_id):
+            raise ConfigError(f"sweep run_id {row.run_id!r} is not valid: use letters, digits and _ . = - "
+                              "(it names the run's folder)")
+        if row.run_id in seen:
+            raise ConfigError(f"sweep run_id {row.run_id!r} appears twice; run ids must be unique")
+        seen.add(row.run_id)
+        config = apply_row(base, row)
+        try:
+            validate_static(config)
+            DataConfig.from_config(config.data)
+            model_options(config.model.name, num_classes=config.model.num_classes or 1000,
+                          **model_knobs(config.model))
+        except (TypeError, ValueError) as e:
+            column = next((c for c in row.overrides if c.split(".")[-1] in str(e)), None)
+            raise ConfigError(f"{_where(row, column)}: {e}") from None
+        configs.append(config)
+    return configs
+
+
+def row_command(config_arg: str, run_id: str, workdir: str, rows_csv: str | None = None) -> str:
+    """The exact command line that reruns one row."""
+    parts = ["python -m inception_jax.main", f"--config={config_arg}", f"--workdir={workdir}"]
+    if rows_csv:
+        parts.append(f"--rows_csv={rows_csv}")
+    parts.append(f"--row={run_id}")
+    return " ".join(parts)

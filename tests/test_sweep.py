@@ -1,0 +1,132 @@
+"""The main job as users type it: the ablation sweep end to end (tiny preset, through the command line), one row
+rerun alone, finished rows skipped, interrupted ones resumed, and every spreadsheet refusal."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from inception_jax.configuration import ConfigError, load_config
+from inception_jax.sweep import config_rows
+from inception_jax.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
+from tests.training_helpers import ROOT
+
+CONFIG = "configs/ablation_scale.py"
+
+
+def main_job(*args, workdir, data_dir, check=True):
+    """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the plain machine a user has
+    cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
+           f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("sweep"))
+    proc = main_job(workdir=workdir, data_dir=shapes_tiny_dir)
+    return workdir, proc
+
+
+def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
+    workdir, proc = tiny_sweep
+    run_ids = [row.run_id for row in config_rows(f"{CONFIG}:preset=tiny")]
+    assert run_ids == ["w268_plain", "w268_scale1", "w268_scale0.1", "w1040_plain", "w1040_scale1",
+                       "w1040_scale0.1"]
+    assert sorted(os.listdir(os.path.join(workdir, "runs"))) == sorted(run_ids)
+    with open(os.path.join(workdir, "results.csv")) as f:
+        results = list(csv.DictReader(f))
+    assert [r["run_id"] for r in results] == run_ids
+    for r in results:
+        assert r["status"] == "finished" and r["steps"] == "4" and r["verdict"] in ("healthy", "damaged")
+        assert r["deepest_width"] in ("268", "1040") and float(r["wall_time_s"]) > 0
+    assert {r["variant"] for r in results} == {"plain", "scale=1", "scale=0.1"}
+    assert "steps_to_train_acc_0.3" in results[0]
+    with open(os.path.join(workdir, "runs", "w1040_scale1", "config.json")) as f:
+        config = json.load(f)
+    assert config["run_id"] == "w1040_scale1" and config["derived"]["deepest_width"] == 1040
+    assert config["sweep"]["overrides"]["model.residual_scale"] == 1.0
+    assert os.path.exists(os.path.join(workdir, "report", "report.html"))
+    assert f"results table: {os.path.join(workdir, 'results.csv')}" in proc.stdout
+
+
+def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir):
+    workdir, _ = tiny_sweep
+    metrics = os.path.join(workdir, "runs", "w268_plain", "metrics.jsonl")
+    before = os.path.getmtime(metrics)
+    # An interrupted row: its checkpoint exists, its result does not.
+    os.remove(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
+    proc = main_job(workdir=workdir, data_dir=shapes_tiny_dir)
+    log = proc.stderr
+    assert "w268_plain: finished earlier, skipped" in log
+    assert "resumed from" in log and os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
+    assert os.path.getmtime(metrics) == before
+
+
+def test_one_row_reruns_alone(tiny_sweep, shapes_tiny_dir):
+    workdir, _ = tiny_sweep
+    os.remove(os.path.join(workdir, "runs", "w1040_plain", "result.json"))
+    proc = main_job("--row=w1040_plain", workdir=workdir, data_dir=shapes_tiny_dir)
+    assert "[1/1] w1040_plain" in proc.stderr
+    assert os.path.exists(os.path.join(workdir, "runs", "w1040_plain", "result.json"))
+    bad = main_job("--row=w1040_plan", workdir=workdir, data_dir=shapes_tiny_dir, check=False)
+    assert bad.returncode == 2 and "--row='w1040_plan' is not a run_id of this sweep" in bad.stderr
+    assert "did you mean ['w1040_plain'" in bad.stderr
+
+
+def test_print_commands_gives_each_rows_exact_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
+                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 15
+    assert lines[0] == f"python -m inception_jax.main --config={CONFIG} --workdir={tmp_path} --row=w268_plain"
+
+
+def test_the_committed_spreadsheet_is_the_default_sweep(tmp_path):
+    """experiments/ablation_scale.csv is what --export_csv writes for the default preset (no drift)."""
+    exported = tmp_path / "rows.csv"
+    write_csv(str(exported), config_rows(CONFIG))
+    with open(os.path.join(ROOT, "experiments", "ablation_scale.csv")) as f:
+        assert exported.read_text() == f.read()
+    rows = read_csv(os.path.join(ROOT, "experiments", "ablation_scale.csv"))
+    assert rows == config_rows(CONFIG)
+
+
+def test_cells_round_trip():
+    for value in (0.1, 1, True, "sgd", "1", (1, 2, 2), (("reduction_b.b0_1", 298),), None):
+        assert parse_cell(format_cell(value)) == value
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([SweepRow("a", {"model.residual_scael": 0.1})],
+     r"sweep row 'a': unknown column 'model.residual_scael'; closest valid keys: \['model.residual_scale'"),
+    ([SweepRow("a", {"train.optimizer": "adam"})],
+     r"sweep row 'a', column 'train.optimizer': train.optimizer='adam' is not one of \['rmsprop', 'sgd', 'adamw'\]"),
+    ([SweepRow("a", {"model.residual_scale_mode": "rezero"})],
+     r"sweep row 'a', column 'model.residual_scale_mode': .*'rezero' is not one of \['constant', 'learnable'"),
+    ([SweepRow("a", {"train.batch_size": "big"})],
+     r"sweep row 'a', column 'train.batch_size': value 'big' does not fit \(the config holds int 32\)"),
+    ([SweepRow("a", {"model.residual_scale": -1.0})], r"sweep row 'a', column 'model.residual_scale': .*>= 0"),
+    ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep run_id 'a' appears twice"),
+    ([SweepRow("a b", {})], r"sweep run_id 'a b' is not valid"),
+])
+def test_rows_are_validated_before_anything_runs(rows, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_rows(load_config(os.path.join(ROOT, CONFIG)), rows)
+
+
+def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tiny_dir):
+    sheet = tmp_path / "rows.csv"
+    sheet.write_text("run_id,model.use_residual,train.learning_rat\nok,False,\nbad,,0.1\n")
+    proc = main_job(f"--rows_csv={sheet}", workdir=str(tmp_path / "w"), data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2
+    assert "sweep row 'bad': unknown column 'train.learning_rat'; closest valid keys: ['train.learning_rate'" \
+        in proc.stderr
+    assert not os.path.exists(tmp_path / "w" / "runs")
