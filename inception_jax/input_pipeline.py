@@ -34,6 +34,7 @@ __all__ = ["DataConfig", "DataError", "DatasetInfo", "EvalStream", "TrainStream"
 
 # Leading words of the seed sequences, so that permutations and augmentations never share a random stream.
 _PERMUTATION_STREAM, _AUGMENT_STREAM = 1, 2
+_EVAL_PREFETCH_BYTES = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +261,11 @@ class EvalStream:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        options = grain.ReadOptions(num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch_batches)
+        # 144 crops make batches large (64 images at 96 px = 1 GB): hold at most ~1 GB of batches in flight.
+        size = self.cfg.image_size
+        batch_bytes = self.local_batch_size * self.num_crops * size * size * 3 * 4
+        prefetch = max(1, min(self.cfg.prefetch_batches, _EVAL_PREFETCH_BYTES // batch_bytes))
+        options = grain.ReadOptions(num_threads=min(self.cfg.num_threads, prefetch), prefetch_buffer_size=prefetch)
         return iter(grain.MapDataset.range(0, self.num_batches).map(self.batch).to_iter_dataset(options))
 
 
