@@ -88,10 +88,23 @@ def test_to_model_range_endpoints():
     np.testing.assert_allclose(pp.to_model_range(x), [-1.0, 1.0, 51 / 127.5 - 1], atol=1e-7)
 
 
-def test_hsv_round_trip_and_colour_distortion_range():
+def test_hue_and_saturation_match_hsv_and_distortion_range():
+    import colorsys
+
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 1, (32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(pp._hsv_to_rgb(pp._rgb_to_hsv(image)), image, atol=1e-5)
+    np.testing.assert_allclose(pp.shift_hue(image, 0.0), image, atol=1e-6)
+    np.testing.assert_allclose(pp.shift_hue(image, 1.0), image, atol=1e-5)
+    shifted = pp.shift_hue(image, 0.15)
+    for pixel, out in zip(image.reshape(-1, 3)[:50], shifted.reshape(-1, 3)[:50]):
+        h, s, v = colorsys.rgb_to_hsv(*pixel)
+        np.testing.assert_allclose(out, colorsys.hsv_to_rgb((h + 0.15) % 1.0, s, v), atol=1e-5)
+    np.testing.assert_allclose(pp.shift_hue(np.array([[1.0, 0, 0]], np.float32), 1 / 3), [[0, 1.0, 0]], atol=1e-6)
+    for factor in (0.5, 1.4):
+        saturated = pp.adjust_saturation(image, factor)
+        for pixel, out in zip(image.reshape(-1, 3)[:50], saturated.reshape(-1, 3)[:50]):
+            h, s, v = colorsys.rgb_to_hsv(*pixel)
+            np.testing.assert_allclose(out, colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v), atol=1e-5)
     out = pp.distort_color(image, np.random.default_rng(1))
     assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
     assert np.abs(out - image).mean() > 1e-3
