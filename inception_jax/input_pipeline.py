@@ -186,6 +186,8 @@ class TrainStream:
         self.global_batch_size = global_batch_size
         self.num_examples = len(source)
         _check_batch_fits(global_batch_size, self.num_examples, cfg, cfg.train_split)
+        if not isinstance(seed, int | np.integer) or seed < 0:
+            raise DataError(f"seed={seed!r} must be an int >= 0 (it seeds the epoch permutations and augmentations)")
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
         self.steps_per_epoch = self.num_examples // global_batch_size
         self._reader = _Reader(source, cfg, cfg.train_split)

@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -48,15 +50,43 @@ def test_tiny_split_sizes_balance_and_features(shapes_tiny_dir):
     assert source[0]["image"].shape == (96, 96, 3)
 
 
-def test_prepared_records_are_exactly_the_rendered_images(shapes_tiny_dir):
-    """The version pins the content: re-rendering index i of a split gives the same JPEG bytes as on disk."""
+_PREPARE_IN_FRESH_PROCESS = """
+import hashlib, json, sys
+from inception_jax.datasets.shapes_textures import shapes_textures_dataset_builder as module
+from inception_jax.datasets.sources import open_split
+source = open_split("shapes_textures/tiny", sys.argv[1], "validation")
+hashes = [hashlib.sha1(source[i]["image"]).hexdigest() for i in range(len(source))]
+print(json.dumps({"workers": module._worker_pool_size(), "hashes": hashes}))
+"""
+
+
+def _rendered_validation_hashes() -> Counter:
+    from inception_jax.datasets.shapes_textures.shapes_textures_dataset_builder import _render_chunk
+
     cfg = Builder.builder_configs["tiny"]
-    source = open_split(TINY, shapes_tiny_dir, "validation")
-    stored = Counter(hashlib.sha1(source[i]["image"]).hexdigest() for i in range(len(source)))
-    rendered = Counter(
-        hashlib.sha1(render.encode_jpeg(render.render_image(render.example_rng(cfg.seed, 1, i), i % 10, 96),
-                                        cfg.jpeg_quality)).hexdigest() for i in range(cfg.validation_examples))
-    assert stored == rendered
+    chunk = _render_chunk((cfg.seed, 1, 0, cfg.validation_examples, cfg.image_size, cfg.jpeg_quality))
+    return Counter(hashlib.sha1(jpeg).hexdigest() for _, _, jpeg in chunk)
+
+
+def test_generation_in_process_gives_the_rendered_images(tmp_path, monkeypatch):
+    """The version pins the content: the stored JPEGs are exactly the rendered images of (seed, split, index)."""
+    from inception_jax.datasets.shapes_textures import shapes_textures_dataset_builder as module
+
+    monkeypatch.setattr(module, "_worker_pool_size", lambda: 0)
+    source = open_split(TINY, str(tmp_path), "validation")
+    assert Counter(hashlib.sha1(source[i]["image"]).hexdigest() for i in range(len(source))) == \
+        _rendered_validation_hashes()
+
+
+def test_generation_in_worker_processes_gives_the_same_images(tmp_path):
+    # a fresh process: JAX is not running there, so the builder forks its workers (this one may have started JAX)
+    result = subprocess.run([sys.executable, "-c", _PREPARE_IN_FRESH_PROCESS, str(tmp_path)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    if sys.platform == "linux" and (os.cpu_count() or 1) > 1:
+        assert out["workers"] == 2
+    assert Counter(out["hashes"]) == _rendered_validation_hashes()
 
 
 def test_prepare_is_once_per_data_dir(shapes_tiny_dir):

@@ -133,6 +133,8 @@ def test_bad_batch_and_process_arguments(cfg):
         ip.create_train_stream(cfg, global_batch_size=32, seed=0, process_count=3)
     with pytest.raises(DataError, match=r"process_index=2 must be in \[0, process_count=2\)"):
         ip.create_train_stream(cfg, global_batch_size=32, seed=0, process_index=2, process_count=2)
+    with pytest.raises(DataError, match="seed=-3 must be an int >= 0"):
+        ip.create_train_stream(cfg, global_batch_size=32, seed=-3)
     with pytest.raises(DataError, match="step=-1"):
         ip.create_train_stream(cfg, global_batch_size=32, seed=0).batch(-1)
 

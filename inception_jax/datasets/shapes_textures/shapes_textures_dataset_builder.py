@@ -41,12 +41,20 @@ def _render_chunk(args: tuple[int, int, int, int, int, int]) -> list[tuple[int, 
     return out
 
 
+def _jax_is_running() -> bool:
+    jax_bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(jax_bridge is not None and jax_bridge.backends_are_initialized())
+
+
 def _worker_pool_size() -> int:
-    # fork (not spawn) so that workers start in milliseconds and never re-import the caller's __main__; the workers
-    # only run numpy/PIL. Elsewhere (macOS, Windows) generation runs in this process.
-    if sys.platform != "linux":
+    """Worker processes for generation: 0 = generate in this process (about 2x slower on 2 cores)."""
+    # fork (not spawn) so that workers start in milliseconds and never re-import the caller's __main__; they only
+    # run numpy/PIL. Not after JAX has started its thread pools (JAX warns that fork may deadlock), and not off
+    # Linux (fork is unsafe on macOS).
+    cpus = os.cpu_count() or 1
+    if sys.platform != "linux" or cpus < 2 or _jax_is_running():
         return 0
-    return min(2, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+    return min(2, cpus)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
