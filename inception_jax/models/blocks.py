@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax.models.layers import ConvBN, LayerContext, avg_pool_3x3_same, avg_pool_valid, max_pool_3x3_s2
+from inception_jax.models.layers import (
+    ConvBN,
+    LayerContext,
+    avg_pool_3x3_same,
+    avg_pool_valid,
+    conv_general_dilated,
+    max_pool_3x3_s2,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +170,8 @@ class ResidualBlock(Mixed):
                  ctx: LayerContext, rngs: nnx.Rngs):
         super().__init__(in_channels, branches, filters, ctx=ctx, rngs=rngs)
         self.up = nnx.Conv(self.mixed_channels, in_channels, (1, 1), use_bias=True, kernel_init=ctx.up_init,
-                           dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+                           dtype=ctx.dtype, param_dtype=ctx.param_dtype, conv_general_dilated=conv_general_dilated,
+                           rngs=rngs)
         self.residual = residual
         self.activation = activation
         self.plain_scale = plain_scale

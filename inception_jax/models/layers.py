@@ -39,6 +39,59 @@ def scaled_initializer(name: str, scale: float = 1.0) -> Initializer:
     return init
 
 
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 SAME convolution (odd kernel) whose backward pass XLA:CPU runs fast inside `lax.scan`.
+
+    XLA:CPU lowers the kernel gradient of a convolution inside a while loop (the backward of a scan over
+    stacked blocks) to a slow generic convolution: 20-35x slower than the same gradient outside a loop. Here
+    the kernel gradient is kh*kw matmuls of shifted input windows with the output gradient, and the input
+    gradient a forward convolution with the flipped kernel; both run at full speed in and out of loops
+    (benchmarks/model_compile.py). The forward pass is the plain convolution.
+    """
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
+
+
+def _conv_same_fwd(x, kernel):
+    return conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(residuals, dy):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
+    height, width = x.shape[1:3]
+    taps = [jnp.einsum("bhwc,bhwd->cd", padded[:, i:i + height, j:j + width, :], dy,
+                       preferred_element_type=jnp.float32) for i in range(kh) for j in range(kw)]
+    dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, dkernel
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`jax.lax.conv_general_dilated` for nnx.Conv, routing the stride-1 SAME odd-kernel case to `conv_same`."""
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS)
+    dims = (jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            if dimension_numbers is not None else None)
+    plain = (tuple(window_strides) == (1, 1) and padding == "SAME" and feature_group_count == 1
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and all(k % 2 == 1 for k in rhs.shape[:2]) and dims == nhwc and precision is None
+             and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None)
+    if plain:
+        return conv_same(lhs, rhs)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerContext:
     """The settings every ConvBN / UP / Dense of one network shares (derived once from the model options)."""
@@ -113,7 +166,8 @@ class ConvBN(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], *, stride: int = 1,
                  padding: str = "SAME", ctx: LayerContext, rngs: nnx.Rngs):
         self.conv = nnx.Conv(in_channels, out_channels, kernel, strides=stride, padding=padding, use_bias=False,
-                             kernel_init=ctx.conv_init, dtype=ctx.dtype, param_dtype=ctx.param_dtype, rngs=rngs)
+                             kernel_init=ctx.conv_init, dtype=ctx.dtype, param_dtype=ctx.param_dtype,
+                             conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.bn = BatchNorm(out_channels, momentum=ctx.bn_momentum, epsilon=ctx.bn_eps, use_scale=ctx.bn_scale,
                             group_size=ctx.bn_group_size, param_dtype=ctx.param_dtype, dtype=ctx.dtype)
 
