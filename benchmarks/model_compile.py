@@ -18,12 +18,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
 
-from inception_jax.models import MODEL_NAMES, count_params, create_model, model_options  # noqa: E402
+from inception_jax.models import MODEL_NAMES, count_params, create_model, model_options
 
 jax.config.update("jax_enable_compilation_cache", False)
 

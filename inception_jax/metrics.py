@@ -83,7 +83,9 @@ class RunWriter:
             os.replace(tmp, self.path)
             from clu import metric_writers  # imports TensorFlow: only where something is written
 
-            self._clu = metric_writers.create_default_writer(workdir, asynchronous=True)
+            # TensorBoard events through clu; the human log is train.py's periodic progress line, not one INFO
+            # line per scalar (clu's LoggingWriter would print ~60 scalars on every log step).
+            self._clu = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
         self._file = open(self.path, "a") if self.is_main else None  # noqa: SIM115 (kept open for the run)
 
     def history(self) -> list[dict]:

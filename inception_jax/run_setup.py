@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -22,9 +23,9 @@ from inception_jax import input_pipeline, sharding
 from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
 from inception_jax.input_pipeline import DataConfig
-from inception_jax.models import ModelOptions, model_options
+from inception_jax.models import ModelOptions, build_model, model_options
 from inception_jax.optim import learning_rate_schedule, make_optimizer
-from inception_jax.train_step import StepConfig, TrainState, abstract_graphdef, init_state
+from inception_jax.train_step import StepConfig, TrainState, init_state
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Run:
     eval_batch_size: int
     mesh: Mesh
     step_cfg: StepConfig
+    model_facts: ModelFacts
 
     @property
     def derived(self) -> dict[str, Any]:
@@ -56,30 +58,34 @@ class Run:
         else:
             scales = sorted(set(o.residual_scale))
             variant = "scale=" + "/".join(f"{s:g}" for s in (scales if len(scales) == 1 else o.residual_scale))
-        widths = stage_widths(o)
+        widths = self.model_facts.stage_widths
         return {"stage_widths": widths, "deepest_width": widths["c"], "variant": variant,
-                "num_params": count_params(o), "num_classes": o.num_classes,
+                "num_params": self.model_facts.num_params, "num_classes": o.num_classes,
                 "steps_per_epoch": self.steps_per_epoch, "num_steps": self.num_steps,
                 "devices": jax.device_count(), "processes": jax.process_count(),
                 "bn_group": o.bn_group_size or self.config.train.batch_size}
 
 
-def count_params(opts: ModelOptions) -> int:
-    from inception_jax.models import count_params as _count
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """Everything a run reads off the network before it exists, from one abstract trace (tracing a full network
+    takes seconds, and a sweep does it per row)."""
 
-    return _count(opts)
+    graphdef: Any
+    abstract_params: nnx.State
+    abstract_rest: nnx.State
+    num_params: int
+    stage_widths: dict[str, int]  # residual-stream (block input) width per stage
+    stacked_counts: dict[str, int]
 
 
-def stage_widths(opts: ModelOptions) -> dict[str, int]:
-    """The residual-stream (block input) width of each stage, read off an abstract model."""
-    from inception_jax.models import build_model
-
-    model = nnx.eval_shape(lambda: build_model(dataclasses.replace(opts, scan_blocks=False)))
-    widths = {}
-    for stage, source in (("a", model.stem.out_channels), ("b", model.reduction_a.mixed_channels),
-                          ("c", model.reduction_b.mixed_channels)):
-        widths[stage] = int(source)
-    return widths
+def model_facts(opts: ModelOptions) -> ModelFacts:
+    model = nnx.eval_shape(lambda: build_model(opts))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    widths = {"a": int(model.stem.out_channels), "b": int(model.reduction_a.mixed_channels),
+              "c": int(model.reduction_b.mixed_channels)}
+    count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+    return ModelFacts(graphdef, params, rest, count, widths, model.stacked_counts())
 
 
 def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:
@@ -119,29 +125,38 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
         resolve_source(config.init_from)
     schedule = learning_rate_schedule(t, steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps)
+    facts = model_facts(opts)
     step_cfg = StepConfig(
-        graphdef=abstract_graphdef(opts), tx=make_optimizer(t, schedule), schedule=schedule,
+        graphdef=facts.graphdef, tx=make_optimizer(t, schedule), schedule=schedule,
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
         learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed))
     return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=info, train_stream=stream,
                steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps, eval_batch_size=eval_batch_size,
-               mesh=mesh, step_cfg=step_cfg)
+               mesh=mesh, step_cfg=step_cfg, model_facts=facts)
 
 
 # ------------------------------------------------------------------------------------------------ train state
 def state_layout(run: Run) -> tuple[TrainState, TrainState]:
     """(abstract state, shardings), the EMA included when the run keeps one."""
-    abstract = jax.eval_shape(lambda: init_state(run.opts, run.step_cfg.tx, run.config.seed))
-    if run.step_cfg.ema_decay:
-        abstract = abstract.replace(ema_params=abstract.params)
+    facts = run.model_facts
+    opt_state = jax.eval_shape(run.step_cfg.tx.init, facts.abstract_params)
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=facts.abstract_params,
+                          rest=facts.abstract_rest, opt_state=opt_state,
+                          ema_params=facts.abstract_params if run.step_cfg.ema_decay else None)
     return abstract, sharding.state_shardings(run.mesh, abstract, run.config.mesh.fsdp_min_size)
 
 
 def fresh_state(run: Run, shardings: TrainState) -> TrainState:
-    """A new state created already sharded (big_vision style: the full state never sits on one device)."""
+    """A new state created already sharded (big_vision style: the full state never sits on one device).
+
+    The initialising program is built with every residual scale at 1.0 and the run's scales are written in
+    afterwards: scales draw no random numbers, and runs that differ only in their scale then share one compiled
+    initialisation (a sweep's rows hit the compilation cache instead of compiling it again)."""
     no_ema = shardings.replace(ema_params=None)
-    state = jax.jit(lambda: init_state(run.opts, run.step_cfg.tx, run.config.seed), out_shardings=no_ema)()
+    init_opts = dataclasses.replace(run.opts, residual_scale=(1.0, 1.0, 1.0))
+    state = jax.jit(lambda: init_state(init_opts, run.step_cfg.tx, run.config.seed), out_shardings=no_ema)()
+    state = set_residual_scales(state, run.opts)
     if run.config.init_from:
         from inception_jax.warm_start import apply_init_from
 
@@ -151,6 +166,21 @@ def fresh_state(run: Run, shardings: TrainState) -> TrainState:
     if run.step_cfg.ema_decay:
         # A real copy: aliased buffers in a donated state crash multi-device runs (ECOSYSTEM.md T2).
         state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
+    return state
+
+
+def set_residual_scales(state: TrainState, opts: ModelOptions) -> TrainState:
+    """Write `opts.residual_scale` into every block's scale (constant or learnable); the released IR-v2's linear
+    last block keeps its 1.0 (ARCHITECTURE.md §1.6)."""
+    stages = dict(zip("abc", opts.residual_scale, strict=True))
+    linear_last = f"blocks_c_{opts.block_counts[2] - 1}" if opts.final_block_linear else None
+    for collection in (state.params, state.rest):
+        for path, variable in nnx.to_flat_state(collection):
+            block = str(path[0])
+            if path[-1] != "residual_scale" or block == linear_last or not block.startswith("blocks_"):
+                continue
+            value = variable[...]
+            variable[...] = jax.device_put(jnp.full(value.shape, stages[block[7]], value.dtype), value.sharding)
     return state
 
 

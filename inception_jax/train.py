@@ -68,38 +68,46 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     preemption = PreemptionWatcher(checkpoints.manager, distributed=jax.process_count() > 1)
     clock = Clock(offset=float(meta["elapsed"]) if meta else 0.0)
     batches = device_prefetch(run.train_stream.iterator(start), run.mesh)
-    status, step, last_log = "finished", start, (start, time.perf_counter())
+    train_log = TrainLog(writer, run, clock, history, start)
+    status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
              jax.device_count())
     try:
         for step in range(start + 1, run.num_steps + 1):
             state, metrics = train_fn(state, next(batches))
+            # The previous log step's metrics are fetched only now, so the host never waits for the step it
+            # just dispatched (logging every step would otherwise serialise host and device).
+            status = train_log.flush()
+            if status != "finished":
+                break
             if is_log_step(step, t, run.num_steps):
-                row = log_train(writer, step, metrics, run, clock, last_log)
-                last_log = (step, time.perf_counter())
-                history.append(row)
-                if not row["loss_finite"]:
-                    status = "diverged"
-                    log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked "
-                              "diverged", step, checkpoints.latest_step())
+                train_log.pending = (step, metrics)
+            due_eval = bool(t.eval_every_steps) and step % t.eval_every_steps == 0 and step < run.num_steps
+            due_probe = t.diagnostics and step % t.probe_every_steps == 0
+            preempted = preemption.reached(step)
+            if due_eval or due_probe or preempted or checkpoints.manager.should_save(step):
+                status = train_log.flush()  # never evaluate or save a state whose loss is not yet checked
+                if status != "finished":
                     break
-                if dead_for_long(history, run):
-                    status = "stopped_dead"
-                    break
-            if t.eval_every_steps and step % t.eval_every_steps == 0 and step < run.num_steps:
+            if due_eval:
                 evaluate(writer, step, state, eval_fn, run, clock)
-            if step % t.probe_every_steps == 0 and t.diagnostics:
+            if due_probe:
                 probe(writer, step, state, eval_fn, run, clock)
             checkpoints.save(step, state, checkpoint_meta(step, clock))
-            if preemption.reached(step):
+            if preempted:
                 checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
                 checkpoints.wait()
                 log.warning("preempted: checkpoint saved at step %d; rerun the same command to resume", step)
                 return RunResult("preempted", step, {})
+        else:
+            status = train_log.flush()
     finally:
         preemption.close()
         batches.close()
-    if status != "diverged":
+    if status == "diverged":
+        log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked diverged",
+                  train_log.last_step, checkpoints.latest_step())
+    else:
         checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
     result = finish(writer, step, state, eval_fn, run, clock, history, status)
     writer.close()
@@ -134,6 +142,31 @@ class Clock:
 
 def checkpoint_meta(step: int, clock: Clock) -> dict:
     return {"step": step, "elapsed": clock.elapsed(), "next_train_step": step}
+
+
+class TrainLog:
+    """Train metrics waiting to be written: `pending` holds the device metrics of the latest log step."""
+
+    def __init__(self, writer: RunWriter, run: Run, clock: Clock, history: list[dict], start: int):
+        self.writer, self.run, self.clock, self.history = writer, run, clock, history
+        self.pending: tuple[int, dict] | None = None
+        self.last = (start, time.perf_counter())
+        self.last_step = start
+
+    def flush(self) -> str:
+        """Write the pending metrics; "diverged" / "stopped_dead" when the run must end, else "finished"."""
+        if self.pending is None:
+            return "finished"
+        step, metrics = self.pending
+        self.pending = None
+        row = log_train(self.writer, step, metrics, self.run, self.clock, self.last)
+        self.last, self.last_step = (step, time.perf_counter()), step
+        self.history.append(row)
+        if not row["loss_finite"]:
+            return "diverged"
+        if dead_for_long(self.history, self.run):
+            return "stopped_dead"
+        return "finished"
 
 
 def log_train(writer: RunWriter, step: int, metrics: dict, run: Run, clock: Clock, last_log: tuple) -> dict:

@@ -50,10 +50,6 @@ def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
     return graphdef, params, rest
 
 
-def abstract_graphdef(opts: ModelOptions) -> Any:
-    return split_model(nnx.eval_shape(lambda: build_model(opts)))[0]
-
-
 def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded). The EMA starts
     as None here and is copied from the parameters by the caller: aliased buffers must not be donated (T2)."""

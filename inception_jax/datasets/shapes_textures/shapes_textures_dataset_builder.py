@@ -29,14 +29,15 @@ class ShapesTexturesConfig(tfds.core.BuilderConfig):
     validation_examples: int = 2_000
     seed: int = 0
     jpeg_quality: int = 92
+    difficulty: str = "standard"  # render.DIFFICULTIES; "easy" for minute-long CPU runs
 
 
-def _render_chunk(args: tuple[int, int, int, int, int, int]) -> list[tuple[int, int, bytes]]:
-    seed, split_index, start, stop, size, quality = args
+def _render_chunk(args: tuple[int, int, int, int, int, int, str]) -> list[tuple[int, int, bytes]]:
+    seed, split_index, start, stop, size, quality, difficulty = args
     out = []
     for index in range(start, stop):
         label = index % len(render.CLASS_NAMES)  # exactly balanced; tfds shuffles the order on disk
-        image = render.render_image(render.example_rng(seed, split_index, index), label, size)
+        image = render.render_image(render.example_rng(seed, split_index, index), label, size, difficulty)
         out.append((index, label, render.encode_jpeg(image, quality)))
     return out
 
@@ -90,6 +91,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         ShapesTexturesConfig(name="default", description="16,000 train / 2,000 validation images, 96x96."),
         ShapesTexturesConfig(name="tiny", description="480 train / 120 validation images, 96x96 (tests).",
                              train_examples=480, validation_examples=120),
+        ShapesTexturesConfig(name="easy", description="16,000 / 2,000 images, 96x96, flat backgrounds, no clutter, "
+                             "low noise: learnable in a few hundred CPU steps (the main job's ablation).",
+                             difficulty="easy"),
     ]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -114,7 +118,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, num_examples: int) -> Iterator[tuple[int, dict]]:
         cfg = self.builder_config
         tasks = [(cfg.seed, _SPLIT_INDEX[split], start, min(start + _CHUNK, num_examples), cfg.image_size,
-                  cfg.jpeg_quality) for start in range(0, num_examples, _CHUNK)]
+                  cfg.jpeg_quality, cfg.difficulty) for start in range(0, num_examples, _CHUNK)]
         workers = _worker_pool_size()
         if workers == 0 or len(tasks) == 1:
             chunks = map(_render_chunk, tasks)

@@ -1,0 +1,163 @@
+"""Training-step speed and memory of our networks next to timm's, in one run on one machine.
+
+    pip install -e '.[parity]'                      # torch + timm (make parity installs them)
+    python benchmarks/speed_vs_timm.py              # CPU: 299 px batch 8, and the CPU-ablation size
+    python benchmarks/speed_vs_timm.py --device=gpu --dtype=bfloat16 --batch=64   # a GPU (bf16 vs AMP)
+
+A training step = forward, softmax cross-entropy, backward and an RMSProp update (TF settings: decay 0.9,
+momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square root, which costs the same). Ours is the
+library's jitted train step with clipping, weight decay, EMA and diagnostics switched off, so both sides do the
+same work. After --warmup steps, --repeats timed steps per side, alternating sides; medians; images/s and the
+ratio ours / timm. Also our compile time, and the peak resident memory each side adds while stepping (Linux
+VmHWM, reset before each side). TensorFlow is not imported (torch and TF in one process crash at import).
+Targets (issue #7, CPU): ours >= 1.0x timm at 299 px and >= 1.3x at the CPU-ablation size, memory <= timm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+import numpy as np
+
+SIZES = {"299": (299, 8), "cpu": (96, 32)}  # image size, batch (cpu = configs/ablation_scale.py's input and batch)
+TIMM_NAMES = {"inception_resnet_v2": "inception_resnet_v2", "inception_v4": "inception_v4"}
+
+
+def rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+class Ours:
+    def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
+        import jax
+        import optax
+        from flax import nnx
+
+        from inception_jax.configuration import base_config
+        from inception_jax.models import model_options
+        from inception_jax.optim import make_optimizer
+        from inception_jax.run_setup import model_facts
+        from inception_jax.train_step import StepConfig, init_state, train_step
+
+        t = base_config().train
+        t.grad_clip_norm, t.weight_decay = 0.0, 0.0
+        opts = model_options(name, num_classes=1000, dtype=dtype, dropout_rate=0.0, image_size=size)
+        schedule = optax.constant_schedule(0.045)
+        tx = make_optimizer(t, schedule)
+        cfg = StepConfig(graphdef=model_facts(opts).graphdef, tx=tx, schedule=schedule, num_classes=1000,
+                         label_smoothing=0.0, aux_loss_weight=0.0, ema_decay=0.0, diagnostics=False,
+                         learnable_scales=False, seed=0)
+        self.state = jax.jit(lambda: init_state(opts, tx, 0))()
+        rng = np.random.default_rng(0)
+        self.batch = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+                                     "label": rng.integers(0, 1000, batch).astype(np.int32)})
+        step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0)
+        begin = time.perf_counter()
+        self.step_fn = step.lower(self.state, self.batch).compile()
+        self.compile_seconds = time.perf_counter() - begin
+        self._jax, self._nnx = jax, nnx
+
+    def step(self) -> None:
+        self.state, metrics = self.step_fn(self.state, self.batch)
+        self._jax.block_until_ready(metrics["loss"])
+
+
+class Timm:
+    def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
+        import timm
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if device == "gpu" else "cpu")
+        self.model = timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=1000).to(self.device).train()
+        self.channels_last = device == "gpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.RMSprop(self.model.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9)
+        self.amp = dtype == "bfloat16"
+        gen = torch.Generator().manual_seed(0)
+        self.x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(self.device)
+        if self.channels_last:
+            self.x = self.x.to(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 1000, (batch,), generator=gen).to(self.device)
+
+    def step(self) -> None:
+        torch = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        else:
+            loss.item()
+
+
+def compare(name: str, size_key: str, args) -> None:
+    size, batch = SIZES[size_key]
+    batch = args.batch or batch
+    sides = {}
+    peaks = {}
+    for label, cls in (("ours", Ours), ("timm", Timm)):
+        before = rss_kib("VmRSS")
+        sides[label] = cls(name, size, batch, args.dtype, args.device)
+        for _ in range(args.warmup):
+            sides[label].step()
+        reset_peak()
+        base = rss_kib("VmRSS")
+        sides[label].step()
+        peaks[label] = (rss_kib("VmHWM") - base, rss_kib("VmRSS") - before)
+    times = {label: [] for label in sides}
+    for _ in range(args.repeats):
+        for label, side in sides.items():
+            begin = time.perf_counter()
+            side.step()
+            times[label].append(time.perf_counter() - begin)
+    median = {label: statistics.median(t) for label, t in times.items()}
+    print(f"\n== {name}, {size} px, batch {batch}, {args.device} {args.dtype}, median of {args.repeats}")
+    for label in sides:
+        print(f"  {label:5s} {batch / median[label]:8.2f} img/s  {median[label] * 1e3:9.1f} ms/step  "
+              f"step peak +{peaks[label][0] / 1024:7.0f} MiB  resident after setup +{peaks[label][1] / 1024:7.0f} MiB")
+    print(f"  ours/timm images/s: {median['timm'] / median['ours']:.2f}x   our compile: "
+          f"{sides['ours'].compile_seconds:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="inception_resnet_v2,inception_v4")
+    parser.add_argument("--sizes", default="299,cpu")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--batch", type=int, default=0, help="override the batch of every size")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import torch
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {os.cpu_count()} CPUs")
+    for size_key in args.sizes.split(","):
+        for name in args.models.split(","):
+            compare(name, size_key, args)
+
+
+if __name__ == "__main__":
+    main()
