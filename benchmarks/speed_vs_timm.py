@@ -45,22 +45,25 @@ def reset_peak() -> None:
 
 class Ours:
     def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
+        import types
+
         import jax
         import optax
         from flax import nnx
 
-        from inception_jax.configuration import base_config
-        from inception_jax.models import model_options
+        from inception_jax.models import build_model, model_options
         from inception_jax.optim import make_optimizer
-        from inception_jax.run_setup import model_facts
         from inception_jax.train_step import StepConfig, init_state, train_step
 
-        t = base_config().train
-        t.grad_clip_norm, t.weight_decay = 0.0, 0.0
+        # The recipe's RMSProp without clipping or weight decay (plain attributes: no ml_collections needed, so the
+        # script also runs on a GPU image that lacks it).
+        t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
+                                  weight_decay=0.0, grad_clip_norm=0.0)
         opts = model_options(name, num_classes=1000, dtype=dtype, dropout_rate=0.0, image_size=size)
         schedule = optax.constant_schedule(0.045)
         tx = make_optimizer(t, schedule)
-        cfg = StepConfig(graphdef=model_facts(opts).graphdef, tx=tx, schedule=schedule, num_classes=1000,
+        graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
+        cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=1000,
                          label_smoothing=0.0, aux_loss_weight=0.0, ema_decay=0.0, diagnostics=False,
                          learnable_scales=False, seed=0)
         self.state = jax.jit(lambda: init_state(opts, tx, 0))()

@@ -27,8 +27,9 @@ POLYMORPHIC_KNOBS = ("use_residual", "residual_scale", "residual_scale_mode", "p
 RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "train.log_every_steps",
                   "train.log_dense_steps", "train.eval_every_steps", "train.probe_every_steps",
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "data.data_dir", "data.num_threads",
-                  "data.prefetch_batches", "mesh.", "distributed.", "compilation_cache_dir", "compile_only",
-                  "init_from", "init_from_ema", "sweep.")
+                  "data.prefetch_batches", "mesh.", "distributed.", "compilation_cache_dir",
+                  "compile_only", "eval_only",
+                  "init_from", "init_from_ema", "sweep.", "report.")
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.compile_only = False  # compile the train step, report time and memory, exit
+    c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
+    c.report = ml_collections.ConfigDict()
+    c.report.thresholds = (0.3, 0.4, 0.5)  # accuracies for the steps-to-threshold columns of results.csv / report
     c.sweep = ml_collections.ConfigDict()  # filled in by the sweep runner for each row (recorded, not read)
     c.sweep.name = ""
     c.sweep.row = ""

@@ -25,7 +25,6 @@ from inception_jax.sweep_rows import SweepRow, read_csv, row_command, validate_r
 from inception_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
-THRESHOLDS = (0.3, 0.4, 0.5)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -74,11 +73,12 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
             raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
         selected = [(r, c) for r, c in selected if r.run_id == row]
     return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],
-                     command=" ".join(shlex.quote(a) for a in sys.argv))
+                     command=" ".join(shlex.quote(a) for a in sys.argv),
+                     thresholds=tuple(config.report.thresholds))
 
 
 def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], all_rows: Sequence[SweepRow], *,
-              workdir: str, name: str, command: str) -> int:
+              workdir: str, name: str, command: str, thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -> int:
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     write_json_atomic(os.path.join(workdir, "sweep.json"), {
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
@@ -97,8 +97,8 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
             return 0
-    results = write_results(workdir, all_rows)
-    report = write_report(workdir, command)
+    results = write_results(workdir, all_rows, thresholds)
+    report = write_report(workdir, command, thresholds)
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
     print(f"results table: {results}")
     if report:
@@ -106,7 +106,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
     return 0
 
 
-def write_results(workdir: str, rows: Sequence[SweepRow]) -> str:
+def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[float]) -> str:
     """results.csv: one line per run folder present, with its overrides, final metrics, steps (and seconds) to
     the accuracy thresholds (analysis's rule), verdict and wall time."""
     import pandas as pd
@@ -134,7 +134,7 @@ def write_results(workdir: str, rows: Sequence[SweepRow]) -> str:
             record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
             record["variant"] = loaded.config.get("derived", {}).get("variant")
             for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
-                for t, crossing in run_crossings(loaded, source, THRESHOLDS).items():
+                for t, crossing in run_crossings(loaded, source, thresholds).items():
                     record[f"steps_to_{tag}_{t:g}"] = crossing.step
                     record[f"seconds_to_{tag}_{t:g}"] = (None if crossing.seconds is None
                                                          else round(crossing.seconds, 2))
@@ -145,10 +145,11 @@ def write_results(workdir: str, rows: Sequence[SweepRow]) -> str:
     return path
 
 
-def write_report(workdir: str, command: str) -> str | None:
+def write_report(workdir: str, command: str, thresholds: Sequence[float]) -> str | None:
     from analysis.report import generate_report
 
-    result = generate_report(os.path.join(workdir, "runs"), os.path.join(workdir, "report"), command=command)
+    result = generate_report(os.path.join(workdir, "runs"), os.path.join(workdir, "report"), command=command,
+                             thresholds=thresholds)
     for error in result.errors:
         log.warning("report: %s", error)
     return str(result.html)

@@ -46,6 +46,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         check_stored_config(run)
         if config.compile_only:
             return compile_only(run)
+        if config.eval_only:
+            return evaluate_only(run)
         checkpoints = RunCheckpoints(os.path.join(run.workdir, "checkpoints"),
                                      every_steps=config.train.checkpoint_every_steps,
                                      keep=config.train.keep_checkpoints)
@@ -199,10 +201,13 @@ def _eval_batches(run: Run) -> Iterator[dict]:
         yield sharding.global_batch(batch, run.mesh)
 
 
-def evaluate(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock) -> dict:
+def evaluate(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock, *,
+             with_ema: bool = True) -> dict:
     """Top-1, top-5 and loss over the whole eval split, with the raw parameters and (if kept) their EMA."""
     values: dict[str, float] = {}
-    weights = [("", state.params)] + ([("ema_", state.ema_params)] if state.ema_params is not None else [])
+    weights = [("", state.params)]
+    if with_ema and state.ema_params is not None:
+        weights.append(("ema_", state.ema_params))
     for prefix, params in weights:
         totals: dict[str, float] = {}
         for batch in _eval_batches(run):
@@ -348,6 +353,28 @@ class device_prefetch:
         self._stop.set()
         while not self._queue.empty():
             self._queue.get_nowait()
+
+
+def evaluate_only(run: Run) -> RunResult:
+    """`eval_only`: this workdir's checkpoint, else `init_from`, evaluated once with `data.eval_crops`."""
+    checkpoints = RunCheckpoints(os.path.join(run.workdir, "checkpoints"), every_steps=10**9, keep=1)
+    if checkpoints.latest_step() is None and not run.config.init_from:
+        checkpoints.close()
+        raise ConfigError(f"eval_only=True needs a checkpoint in {run.workdir} or init_from=<run or exported model>")
+    state, shardings, _ = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    _, eval_fn = compile_steps(run, shardings)
+    writer = RunWriter(run.workdir, resume_step=10**12)
+    step = int(jax.device_get(state.step))
+    values = evaluate(writer, step, state, eval_fn, run, Clock(0.0), with_ema=False)
+    result = {"run_id": run_record(run)["run_id"], "status": "evaluated", "steps": step,
+              "eval_crops": run.data.eval_crops, "init_from": run.config.init_from,
+              "eval_loss": values["loss"], "eval_top1": values["top1"], "eval_top5": values["top5"],
+              "num_examples": values["num_examples"]}
+    writer.write_json("eval_result.json", result)
+    writer.close()
+    print(json.dumps(result))
+    return RunResult("evaluated", step, result)
 
 
 def compile_only(run: Run) -> RunResult:

@@ -216,3 +216,12 @@ def test_a_workdir_in_use_is_not_written_by_a_second_job(shapes_tiny_dir, tmp_pa
     finally:
         os.close(fd)
     assert os.listdir(workdir) == [".lock"]
+
+
+def test_eval_only_evaluates_a_checkpoint_with_12_crops(one_device_run, shapes_tiny_dir, tmp_path):
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "eval_only": True, "init_from": one_device_run,
+                                             "data.eval_crops": "12"})
+    result = train_and_evaluate(config, str(tmp_path / "evaluated"))
+    assert result.status == "evaluated" and result.result["num_examples"] == 120
+    assert read_json(tmp_path / "evaluated", "eval_result.json")["eval_crops"] == "12"
+    assert 0.0 <= result.result["eval_top1"] <= result.result["eval_top5"] <= 1.0

@@ -1,0 +1,40 @@
+"""Every shipped config loads, validates and documents its command; arguments are parsed strictly."""
+
+import os
+
+import pytest
+
+from inception_jax.configuration import ConfigError, load_config, model_knobs, validate_static
+from inception_jax.models import MODEL_NAMES, model_options
+from tests.training_helpers import ROOT
+
+SPECS = ["configs/default.py", "configs/default.py:tiny", *(f"configs/ablation_scale.py:preset={p}" for p in
+         ("cpu", "cpu_long", "gpu", "imagenet", "tiny")), *(f"configs/paper.py:model={m}" for m in MODEL_NAMES),
+         "configs/paper.py:model=inception_v4,eval_only=true,batch=256"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_config_loads_and_validates(spec):
+    config = load_config(os.path.join(ROOT, spec))
+    validate_static(config)
+    model_options(config.model.name, num_classes=1000, **model_knobs(config.model))
+    with open(os.path.join(ROOT, spec.split(":")[0])) as f:
+        assert "python -m inception_jax.main --config=" + spec.split(":")[0] in f.read()
+
+
+def test_paper_config_scales_the_learning_rate_with_the_batch():
+    config = load_config(os.path.join(ROOT, "configs/paper.py:model=inception_v4,batch=640"))
+    assert config.train.learning_rate == pytest.approx(0.045) and config.train.optimizer == "rmsprop"
+    assert config.data.name == "imagenet2012" and config.data.image_size == 299
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("configs/ablation_scale.py:preset=laptop", r"preset='laptop' is not one of"),
+    ("configs/ablation_scale.py:seeds=two", r"config argument seeds='two' must be a int"),
+    ("configs/ablation_scale.py:preset=cpu,sedes=2", r"key 'sedes' is unknown \(did you mean 'seeds'\?\)"),
+    ("configs/paper.py:model=resnet50", r"model='resnet50' is not one of"),
+    ("configs/default.py:huge", r"size='huge' is not one of"),
+])
+def test_config_arguments_are_parsed_strictly(spec, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config(os.path.join(ROOT, spec))
