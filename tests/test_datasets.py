@@ -64,7 +64,8 @@ def _rendered_validation_hashes() -> Counter:
     from inception_jax.datasets.shapes_textures.shapes_textures_dataset_builder import _render_chunk
 
     cfg = Builder.builder_configs["tiny"]
-    chunk = _render_chunk((cfg.seed, 1, 0, cfg.validation_examples, cfg.image_size, cfg.jpeg_quality))
+    chunk = _render_chunk((cfg.seed, 1, 0, cfg.validation_examples, cfg.image_size, cfg.jpeg_quality,
+                           cfg.difficulty))
     return Counter(hashlib.sha1(jpeg).hexdigest() for _, _, jpeg in chunk)
 
 

@@ -48,7 +48,8 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
         assert r["status"] == "finished" and r["steps"] == "4" and r["verdict"] in ("healthy", "damaged")
         assert r["deepest_width"] in ("268", "1040") and float(r["wall_time_s"]) > 0
     assert {r["variant"] for r in results} == {"plain", "scale=1", "scale=0.1"}
-    assert "steps_to_train_acc_0.3" in results[0]
+    threshold = load_config(f"{CONFIG}:preset=tiny").report.thresholds[0]  # the config's own thresholds
+    assert f"steps_to_train_acc_{threshold:g}" in results[0]
     with open(os.path.join(workdir, "runs", "w1040_scale1", "config.json")) as f:
         config = json.load(f)
     assert config["run_id"] == "w1040_scale1" and config["derived"]["deepest_width"] == 1040
