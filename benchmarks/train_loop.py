@@ -12,7 +12,7 @@ For each size it reports images/s of
 and how long an async checkpoint save blocks the loop. Targets (issue #4): the loop within 10 % of the bare
 forward+backward, diagnostics within 5 % of a plain step, a save blocking for 1 s or less.
 
-Sizes: `cpu` = configs/ablation_scale.py (inception_resnet_v2_paper, width 0.125, blocks (1, 2, 2), 96 px,
+Sizes: `cpu` = configs/ablation_scale.py (inception_resnet_v2_paper, width 0.125, blocks (1, 2, 2), 75 px,
 batch 32); `299` = the full inception_resnet_v2 at 299 px, batch 8, on the embedded dataset upscaled.
 """
 

@@ -42,52 +42,90 @@ def scaled_initializer(name: str, scale: float = 1.0) -> Initializer:
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-@jax.custom_vjp
-def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 SAME convolution (odd kernel) whose backward pass XLA:CPU runs fast inside `lax.scan`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """NHWC x HWIO convolution (explicit padding) whose kernel gradient XLA:CPU runs fast, in and out of loops.
 
-    XLA:CPU lowers the kernel gradient of a convolution inside a while loop (the backward of a scan over
-    stacked blocks) to a slow generic convolution: 20-35x slower than the same gradient outside a loop. Here
-    the kernel gradient is kh*kw matmuls of shifted input windows with the output gradient, and the input
-    gradient a forward convolution with the flipped kernel; both run at full speed in and out of loops
-    (benchmarks/model_compile.py). The forward pass is the plain convolution.
+    XLA:CPU lowers the kernel gradient of a convolution to a generic convolution that is slow everywhere (the
+    stem's 3x3 VALID convs: 3x slower than matmuls) and 20-35x slower inside a while loop (the backward of a
+    scan over stacked blocks). Here the kernel gradient is kh*kw matmuls of the (strided) shifted input windows
+    with the output gradient, and the input gradient a plain HWIO convolution with the flipped kernel
+    (benchmarks/model_compile.py, benchmarks/profile_step.py).
     """
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS)
 
 
-def _conv_same_fwd(x, kernel):
-    return conv_same(x, kernel), (x, kernel)
+def _conv2d_fwd(x, kernel, strides, padding):
+    return conv2d(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_same_bwd(residuals, dy):
+def _conv2d_bwd(strides, padding, residuals, dy):
     x, kernel = residuals
+    return (input_gradient(dy, kernel, x.shape, strides, padding),
+            kernel_gradient(x, dy, kernel.shape, strides, padding).astype(kernel.dtype))
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def input_gradient(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strides: tuple[int, int],
+                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """d loss / d input: the output gradient (dilated by the stride) convolved with the flipped kernel.
+
+    Written out because JAX's own transpose gives XLA an IO-swapped kernel layout (`01oi`), which XLA:CPU runs
+    on a generic path 3-10x slower inside while loops; here the kernel is transposed to HWIO explicitly.
+    """
     kh, kw = kernel.shape[:2]
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
-    ph, pw = (kh - 1) // 2, (kw - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
-    height, width = x.shape[1:3]
-    taps = [jnp.einsum("bhwc,bhwd->cd", padded[:, i:i + height, j:j + width, :], dy,
-                       preferred_element_type=jnp.float32) for i in range(kh) for j in range(kw)]
-    dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-    return dx, dkernel
+    pads = []
+    for (lo, hi), size, stride, n_in, n_out in zip(padding, (kh, kw), strides, x_shape[1:3], dy.shape[1:3],
+                                                    strict=True):
+        uncovered = n_in + lo + hi - size - stride * (n_out - 1)  # input rows/cols no output window reached
+        pads.append((size - 1 - lo, size - 1 - hi + uncovered))
+    return jax.lax.conv_general_dilated(dy, flipped, (1, 1), pads, lhs_dilation=strides,
+                                        dimension_numbers=_DIMENSIONS)
 
 
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                    padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """d loss / d kernel of an NHWC x HWIO convolution, as one matmul per kernel tap."""
+    kh, kw, cin, cout = kernel_shape
+    sh, sw = strides
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
+    batch, out_h, out_w = dy.shape[:3]
+    # A small (cin x cout) product over a huge contraction runs on one thread; per-example partial products
+    # parallelise it (stem convs: 1.7x faster), and cost extra for wider convs.
+    per_example = cin * cout <= 8192
+    equation = "bhwc,bhwd->bcd" if per_example else "bhwc,bhwd->cd"
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            window = jax.lax.slice(padded, (0, i, j, 0),
+                                   (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin), (1, sh, sw, 1))
+            tap = jnp.einsum(equation, window, dy, preferred_element_type=jnp.float32)
+            taps.append(tap.sum(0) if per_example else tap)
+    return jnp.stack(taps).reshape(kernel_shape)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`jax.lax.conv_general_dilated` for nnx.Conv, routing the stride-1 SAME odd-kernel case to `conv_same`."""
+    """`jax.lax.conv_general_dilated` for nnx.Conv, routing every plain NHWC convolution to `conv2d`."""
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS)
     dims = (jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             if dimension_numbers is not None else None)
-    plain = (tuple(window_strides) == (1, 1) and padding == "SAME" and feature_group_count == 1
+    plain = (feature_group_count == 1 and dims == nhwc and precision is None
              and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-             and all(k % 2 == 1 for k in rhs.shape[:2]) and dims == nhwc and precision is None
              and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None)
+    if plain and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and padding in ("SAME", "VALID"):
+        # A pointwise convolution is a matmul: XLA:CPU runs dot and its gradients at full speed (a 1x1 conv in
+        # a loop body reached half of it), and there is no window to slide.
+        return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
     if plain:
-        return conv_same(lhs, rhs)
+        strides = tuple(int(s) for s in window_strides)
+        if isinstance(padding, str):
+            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+        return conv2d(lhs, rhs, strides, tuple((int(lo), int(hi)) for lo, hi in padding))
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
 

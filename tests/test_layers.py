@@ -1,0 +1,71 @@
+"""The model's convolution computes exactly XLA's convolution and its gradients, for every stride, padding and
+kernel shape the networks use (its backward is hand-written for speed, models/layers.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax.models.layers import conv_general_dilated
+
+CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
+    ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
+    ((2, 13, 13, 8), (3, 3, 8, 8), 1, "VALID"),
+    ((2, 9, 9, 8), (3, 3, 8, 12), 1, "SAME"),
+    ((2, 9, 9, 16), (1, 7, 16, 12), 1, "SAME"),
+    ((2, 9, 9, 16), (7, 1, 16, 12), 1, "SAME"),
+    ((2, 9, 9, 16), (1, 1, 16, 24), 1, "SAME"),
+    ((2, 11, 11, 16), (3, 3, 16, 24), 2, "VALID"),
+    ((2, 6, 6, 96), (3, 3, 96, 128), 1, "SAME"),  # cin * cout above the per-example threshold
+    ((2, 8, 8, 4), (2, 2, 4, 4), 1, "SAME"),  # an even kernel: padding not symmetric
+]
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _reference(x, k, stride, padding):
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
+
+
+def _ours(x, k, stride, padding):
+    return conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,stride,padding", CASES)
+def test_outputs_and_both_gradients_equal_xla_convolution(x_shape, k_shape, stride, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+    y_ref = _reference(x, k, stride, padding)
+    weights = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)  # a loss whose gradient is not uniform
+
+    def loss(conv):
+        return lambda x_, k_: jnp.sum(conv(x_, k_, stride, padding) * weights)
+
+    np.testing.assert_allclose(_ours(x, k, stride, padding), y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.grad(loss(_ours), (0, 1))(x, k), jax.grad(loss(_reference), (0, 1))(x, k),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_gradients_inside_a_scan_equal_xla_convolution():
+    """The scanned layout's backward (a while loop) gets the same kernel gradients as XLA's own convolution."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 7, 7, 8)), jnp.float32)
+    kernels = jnp.asarray(rng.normal(size=(3, 3, 3, 8, 8)) * 0.2, jnp.float32)
+
+    def loss(conv):
+        def body(h, k):
+            return jnp.tanh(conv(h, k, 1, "SAME")), None
+        return lambda ks: jnp.sum(jax.lax.scan(body, x, ks)[0] ** 2)
+
+    np.testing.assert_allclose(jax.grad(loss(_ours))(kernels), jax.grad(loss(_reference))(kernels),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_or_dilated_convolutions_fall_back_to_xla():
+    x = jnp.ones((1, 5, 5, 4))
+    k = jnp.ones((3, 3, 2, 4))
+    y = conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
+    assert y.shape == (1, 5, 5, 4)
+    np.testing.assert_allclose(y, jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN,
+                                                               feature_group_count=2))
