@@ -5,8 +5,9 @@
     python benchmarks/speed_vs_timm.py --device=gpu --dtype=bfloat16 --batch=64   # a GPU (bf16 vs AMP)
 
 Each side runs in its own process (spawned one after the other, then stepped alternately by this one), so
-thread pools and allocators never interfere. A training step = forward, softmax cross-entropy, backward and an RMSProp update (TF settings: decay 0.9,
-momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square root, which costs the same). Ours is the
+thread pools and allocators never interfere. A training step = forward, softmax cross-entropy, backward and
+an RMSProp update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square
+root, which costs the same). Ours is the
 library's jitted train step with clipping, weight decay, EMA and diagnostics switched off, so both sides do the
 same work. After --warmup steps, --repeats timed steps per side, alternating sides; medians; images/s and the
 ratio ours / timm. Also our compile time, and each process's memory: the peak it adds during one step (Linux
