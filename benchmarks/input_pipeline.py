@@ -2,13 +2,14 @@
 
     TF_CPP_MIN_LOG_LEVEL=2 TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/input_pipeline.py [--skip_full_model]
 
-1. Prepares the embedded dataset (shapes_textures, default config) in a fresh temp dir, in a fresh Python process
-   (imports included), and reports the wall time and the size on disk.
-2. Train-pipeline images/s (`TrainStream.iterator`, DataConfig defaults: inception crop + flip, 2 threads) at the
-   default CPU size 96 (batch 64) and at 299 (batch 8); single-threaded `batch()` too, and eval crops at 96.
+1. Prepares the embedded dataset (shapes_textures: the default config, and the main job's `easy` one) in a fresh
+   temp dir, each in a fresh Python process (imports included), and reports the wall time and the size on disk.
+2. Train-pipeline images/s (`TrainStream.iterator`, 2 threads) at the default CPU size, exactly as
+   configs/ablation_scale.py feeds it (shapes_textures/easy, flip, 75 px, batch 32), and at 299 px (the default
+   config, inception crop + flip, batch 8); single-threaded `batch()` too, and eval crops.
 3. Model consumption, jitted `jax.value_and_grad` of the training forward pass (BatchNorm in train mode):
-   - inception_resnet_v2, num_classes=10, width_multiplier=0.125, block_counts=(2, 2, 2), 96 px, batch 64;
-   - inception_resnet_v2 (full), num_classes=10, 299 px, batch 8 (minutes to compile on 2 cores).
+   - the main job's network (inception_resnet_v2_paper, width 0.125, blocks (1, 2, 2)), 75 px, batch 32;
+   - inception_resnet_v2 (full), num_classes=10, 299 px, batch 8.
    Then the ratio pipeline / model (target >= 3x), and the small model fed by the pipeline vs on a resident batch.
 Timings on a shared machine are noisy; compare the ratios measured within one run.
 """
@@ -25,13 +26,23 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-SMALL = dict(name="inception_resnet_v2", num_classes=10, width_multiplier=0.125, block_counts=(2, 2, 2))
 FULL = dict(name="inception_resnet_v2", num_classes=10)
 
 
-def prepare(data_dir: str) -> tuple[float, float]:
+def main_job_size() -> tuple[dict, dict, int]:
+    """(model spec, DataConfig fields, batch) of configs/ablation_scale.py's default preset."""
+    from inception_jax.configuration import load_config
+
+    c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "configs/ablation_scale.py"))
+    spec = dict(name=c.model.name, num_classes=10, width_multiplier=c.model.width_multiplier,
+                block_counts=tuple(c.model.block_counts))
+    return spec, dict(name=c.data.name, augment=c.data.augment, image_size=c.data.image_size), c.train.batch_size
+
+
+def prepare(data_dir: str, name: str) -> tuple[float, float]:
     code = ("from inception_jax.input_pipeline import DataConfig, dataset_info; "
-            f"print(dataset_info(DataConfig(data_dir={data_dir!r})).split_sizes)")
+            f"print(dataset_info(DataConfig(name={name!r}, data_dir={data_dir!r})).split_sizes)")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
@@ -39,10 +50,10 @@ def prepare(data_dir: str) -> tuple[float, float]:
     return seconds, size / 1e6
 
 
-def pipeline_rate(data_dir: str, image_size: int, batch: int, num_batches: int, **cfg_kwargs) -> float:
+def pipeline_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    cfg = ip.DataConfig(data_dir=data_dir, image_size=image_size, **cfg_kwargs)
+    cfg = ip.DataConfig(data_dir=data_dir, **cfg_kwargs)
     it = ip.create_train_stream(cfg, global_batch_size=batch, seed=0).iterator(0)
     next(it)  # threads started, first epoch's permutation drawn
     start = time.perf_counter()
@@ -51,10 +62,10 @@ def pipeline_rate(data_dir: str, image_size: int, batch: int, num_batches: int, 
     return num_batches * batch / (time.perf_counter() - start)
 
 
-def serial_rate(data_dir: str, image_size: int, batch: int, num_batches: int) -> float:
+def serial_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    stream = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, image_size=image_size),
+    stream = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, **cfg_kwargs),
                                     global_batch_size=batch, seed=0)
     stream.batch(0)
     start = time.perf_counter()
@@ -63,10 +74,11 @@ def serial_rate(data_dir: str, image_size: int, batch: int, num_batches: int) ->
     return num_batches * batch / (time.perf_counter() - start)
 
 
-def eval_rate(data_dir: str, crops: str, batch: int, num_batches: int) -> float:
+def eval_rate(data_dir: str, crops: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    stream = ip.create_eval_stream(ip.DataConfig(data_dir=data_dir, eval_crops=crops), global_batch_size=batch)
+    stream = ip.create_eval_stream(ip.DataConfig(data_dir=data_dir, eval_crops=crops, **cfg_kwargs),
+                                   global_batch_size=batch)
     it = iter(stream)
     next(it)
     start = time.perf_counter()
@@ -112,19 +124,19 @@ def model_rate(spec: dict, image_size: int, batch: int, steps: int) -> tuple[flo
     return steps * batch / (time.perf_counter() - start), first
 
 
-def fed_model_rate(data_dir: str, spec: dict, image_size: int, batch: int, steps: int) -> tuple[float, float]:
+def fed_model_rate(data_dir: str, spec: dict, data: dict, batch: int, steps: int) -> tuple[float, float]:
     """Small model consuming the pipeline's batches (as training does) vs the same model on one resident batch."""
     import jax
 
     from inception_jax import input_pipeline as ip
 
-    step, (params, rest, x, y, key) = make_step(spec, image_size, batch)
+    step, (params, rest, x, y, key) = make_step(spec, data["image_size"], batch)
     jax.block_until_ready(step(params, rest, x, y, key))
     start = time.perf_counter()
     for _ in range(steps):
         jax.block_until_ready(step(params, rest, x, y, key))
     resident = steps * batch / (time.perf_counter() - start)
-    it = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, image_size=image_size), global_batch_size=batch,
+    it = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, **data), global_batch_size=batch,
                                 seed=0).iterator(0)
     next(it)
     start = time.perf_counter()
@@ -141,33 +153,38 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
 
+    spec, data, batch = main_job_size()
+    size = data["image_size"]
     with tempfile.TemporaryDirectory() as data_dir:
-        seconds, megabytes = prepare(data_dir)
-        print(f"prepare shapes_textures (16,000 + 2,000 images, fresh process incl. imports): {seconds:.1f} s, "
-              f"{megabytes:.0f} MB on disk (target <= 60 s)", flush=True)
+        for name in ("shapes_textures", data["name"]):
+            seconds, megabytes = prepare(data_dir, name)
+            print(f"prepare {name} (16,000 + 2,000 images, fresh process incl. imports): {seconds:.1f} s, "
+                  f"{megabytes:.0f} MB on disk in all (target <= 60 s)", flush=True)
 
-        rates = {96: pipeline_rate(data_dir, 96, 64, 40), 299: pipeline_rate(data_dir, 299, 8, 60)}
-        print(f"train pipeline, 2 threads: 96 px {rates[96]:.0f} img/s, 299 px {rates[299]:.0f} img/s", flush=True)
-        print(f"train pipeline, batch() on 1 thread: 96 px {serial_rate(data_dir, 96, 64, 10):.0f} img/s; "
-              f"with color_distort: {pipeline_rate(data_dir, 96, 64, 10, color_distort=True):.0f} img/s", flush=True)
-        print("eval pipeline at 96 px, 2 threads: " + ", ".join(
-            f"{crops} crop(s) {eval_rate(data_dir, crops, b, n):.0f} img/s"
-            for crops, b, n in (("single", 64, 10), ("12", 16, 6), ("144", 2, 4))), flush=True)
+        rates = {size: pipeline_rate(data_dir, batch, 80, **data),
+                 299: pipeline_rate(data_dir, 8, 60, image_size=299)}
+        print(f"train pipeline, 2 threads: {size} px ({data['name']}, {data['augment']}) {rates[size]:.0f} img/s, "
+              f"299 px (inception crop) {rates[299]:.0f} img/s", flush=True)
+        print(f"train pipeline, batch() on 1 thread: {size} px {serial_rate(data_dir, batch, 20, **data):.0f} img/s; "
+              f"inception crop + color_distort: "
+              f"{pipeline_rate(data_dir, batch, 20, image_size=size, color_distort=True):.0f} img/s", flush=True)
+        print(f"eval pipeline at {size} px, 2 threads: " + ", ".join(
+            f"{crops} crop(s) {eval_rate(data_dir, crops, b, n, name=data['name'], image_size=size):.0f} img/s"
+            for crops, b, n in (("single", 100, 10), ("12", 16, 6), ("144", 2, 4))), flush=True)
 
-        small, compile_small = model_rate(SMALL, 96, 64, steps=5)
-        print(f"model {SMALL} at 96 px, batch 64: {small:.1f} img/s (compile + first step {compile_small:.0f} s)",
-              flush=True)
-        fed, resident = fed_model_rate(data_dir, SMALL, 96, 64, steps=10)
+        small, compile_small = model_rate(spec, size, batch, steps=10)
+        print(f"model {spec} at {size} px, batch {batch}: {small:.1f} img/s (compile + first step "
+              f"{compile_small:.0f} s)", flush=True)
+        fed, resident = fed_model_rate(data_dir, spec, data, batch, steps=20)
         print(f"small model fed by the pipeline: {fed:.1f} img/s vs {resident:.1f} img/s on a resident batch "
               f"({100 * (1 - fed / resident):+.0f} % slower)", flush=True)
-        print(f"\n96 px : pipeline {rates[96]:8.0f} img/s / model {small:8.1f} img/s = {rates[96] / small:6.1f}x "
-              f"(target >= 3x)", flush=True)
+        print(f"\n{size} px : pipeline {rates[size]:8.0f} img/s / model {small:8.1f} img/s = "
+              f"{rates[size] / small:6.1f}x (target >= 3x)", flush=True)
         if not args.skip_full_model:
             full, compile_full = model_rate(FULL, 299, 8, steps=args.full_steps)
             print(f"model {FULL} at 299 px, batch 8: {full:.2f} img/s (compile + first step {compile_full:.0f} s)")
             print(f"299 px: pipeline {rates[299]:8.0f} img/s / model {full:8.2f} img/s = {rates[299] / full:6.1f}x "
                   f"(target >= 3x)", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -4,12 +4,12 @@
     python benchmarks/speed_vs_timm.py              # CPU: 299 px batch 8, and the CPU-ablation size
     python benchmarks/speed_vs_timm.py --device=gpu --dtype=bfloat16 --batch=64   # a GPU (bf16 vs AMP)
 
-Each side runs in its own process (spawned one after the other, then stepped alternately by this one), so
-thread pools and allocators never interfere. A training step = forward, softmax cross-entropy, backward and
+Each side runs alone in its own process, one after the other (ours, then timm), so thread pools, allocators
+and memory never interfere. A training step = forward, softmax cross-entropy, backward and
 an RMSProp update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square
 root, which costs the same). Ours is the
 library's jitted train step with clipping, weight decay, EMA and diagnostics switched off, so both sides do the
-same work. After --warmup steps, --repeats timed steps per side, alternating sides; medians; images/s and the
+same work. After --warmup steps, --repeats timed steps per side; medians; images/s and the
 ratio ours / timm. Also our compile time, and each process's memory: the peak it adds during one step (Linux
 VmHWM, reset before the step) and what it holds after setup. TensorFlow is not imported (torch and TF in one
 process crash at import).
@@ -116,25 +116,28 @@ class Timm:
             loss.item()
 
 
-def side_worker(cls_name: str, name: str, size: int, batch: int, dtype: str, device: str, warmup: int, conn) -> None:
-    """One side in its own process: its own allocator and thread pools, so neither side's idle threads or freed
-    memory slow the other (in one process, our steps ran 1.5x slower right after timm's), and its memory is its
-    own. Answers "step" with the step's seconds until told "stop"."""
-    if device == "cpu":
+def side_worker(cls_name: str, name: str, size: int, batch: int, args: argparse.Namespace, conn) -> None:
+    """One side, alone on the machine in its own process: its own allocator and thread pools, its own memory.
+
+    (With the other side's process merely resident and idle, our 299 px step ran 1.2-1.5x slower on this
+    2-core VM, so the sides are never alive at the same time.)"""
+    if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     before = rss_kib("VmRSS")
-    side = {"ours": Ours, "timm": Timm}[cls_name](name, size, batch, dtype, device)
-    for _ in range(warmup):
+    side = {"ours": Ours, "timm": Timm}[cls_name](name, size, batch, args.dtype, args.device)
+    for _ in range(args.warmup):
         side.step()
     reset_peak()
     base = rss_kib("VmRSS")
     side.step()
-    conn.send({"compile_seconds": getattr(side, "compile_seconds", None),
-               "step_peak_kib": rss_kib("VmHWM") - base, "resident_kib": rss_kib("VmRSS") - before})
-    while conn.recv() == "step":
+    peak, resident = rss_kib("VmHWM") - base, rss_kib("VmRSS") - before
+    times = []
+    for _ in range(args.repeats):
         begin = time.perf_counter()
         side.step()
-        conn.send(time.perf_counter() - begin)
+        times.append(time.perf_counter() - begin)
+    conn.send({"compile_seconds": getattr(side, "compile_seconds", None), "step_peak_kib": peak,
+               "resident_kib": resident, "times": times})
 
 
 def compare(name: str, size_key: str, args) -> None:
@@ -143,30 +146,20 @@ def compare(name: str, size_key: str, args) -> None:
     size, batch = SIZES[size_key]
     batch = args.batch or batch
     context = multiprocessing.get_context("spawn")
-    sides, facts, procs = {}, {}, []
-    for label in ("ours", "timm"):  # set up one after the other: compiles and warm-ups do not overlap
+    facts = {}
+    for label in ("ours", "timm"):
         parent, child = context.Pipe()
-        proc = context.Process(target=side_worker, args=(label, name, size, batch, args.dtype, args.device,
-                                                         args.warmup, child))
+        proc = context.Process(target=side_worker, args=(label, name, size, batch, args, child))
         proc.start()
-        procs.append(proc)
-        sides[label] = parent
         facts[label] = parent.recv()
-    times = {label: [] for label in sides}
-    for _ in range(args.repeats):  # alternating sides: the machine's load drifts over minutes
-        for label, conn in sides.items():
-            conn.send("step")
-            times[label].append(conn.recv())
-    for conn in sides.values():
-        conn.send("stop")
-    for proc in procs:
         proc.join()
-    median = {label: statistics.median(t) for label, t in times.items()}
+    median = {label: statistics.median(f["times"]) for label, f in facts.items()}
     print(f"\n== {name}, {size} px, batch {batch}, {args.device} {args.dtype}, median of {args.repeats}")
-    for label in sides:
+    for label, f in facts.items():
         print(f"  {label:5s} {batch / median[label]:8.2f} img/s  {median[label] * 1e3:9.1f} ms/step  "
-              f"step peak +{facts[label]['step_peak_kib'] / 1024:7.0f} MiB  "
-              f"process resident after setup +{facts[label]['resident_kib'] / 1024:7.0f} MiB")
+              f"(min {min(f['times']) * 1e3:.0f}, max {max(f['times']) * 1e3:.0f})  "
+              f"step peak +{f['step_peak_kib'] / 1024:6.0f} MiB  process resident after setup "
+              f"+{f['resident_kib'] / 1024:6.0f} MiB")
     print(f"  ours/timm images/s: {median['timm'] / median['ours']:.2f}x   our compile: "
           f"{facts['ours']['compile_seconds']:.1f} s")
 
