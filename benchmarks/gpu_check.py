@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -27,26 +26,11 @@ MODELS = ("inception_resnet_v2", "inception_v4", "inception_resnet_v1", "incepti
 
 def train_check(name: str, steps: int = 30, batch: int = 32, size: int = 299) -> tuple[bool, str]:
     import jax
-    import optax
-    from flax import nnx
+    from bench_step import build_train_step
 
-    from inception_jax.models import build_model, model_options
-    from inception_jax.optim import make_optimizer
-    from inception_jax.train_step import StepConfig, init_state, train_step
-
-    t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
-                              weight_decay=4e-5, grad_clip_norm=2.0)
-    opts = model_options(name, num_classes=10, dtype="bfloat16", dropout_rate=0.0, bn_momentum=0.9)
-    schedule = optax.constant_schedule(0.01)
-    tx = make_optimizer(t, schedule)
-    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
-    cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=10, label_smoothing=0.0,
-                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=True, learnable_scales=False, seed=0)
-    state = jax.jit(lambda: init_state(opts, tx, 0))()
-    rng = np.random.default_rng(0)
-    batch_data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
-                                 "label": rng.integers(0, 10, batch).astype(np.int32)})
-    step = jax.jit(lambda s, b: train_step(s, b, cfg), donate_argnums=0)
+    step, state, batch_data, compile_seconds = build_train_step(
+        name, size=size, batch=batch, num_classes=10, dtype="bfloat16", learning_rate=0.01, weight_decay=4e-5,
+        grad_clip_norm=2.0, diagnostics=True, bn_momentum=0.9)
     begin = time.perf_counter()
     losses = []
     for _ in range(steps):
@@ -55,7 +39,8 @@ def train_check(name: str, steps: int = 30, batch: int = 32, size: int = 299) ->
     seconds = time.perf_counter() - begin
     ok = all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
     dtypes = {str(x.dtype) for x in jax.tree.leaves(state.params)}
-    return ok, (f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps ({seconds:.1f} s incl. compile), "
+    return ok, (f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps ({seconds:.1f} s; compile "
+                f"{compile_seconds:.1f} s), "
                 f"parameters {sorted(dtypes)}, prepool zero fraction {float(metrics['prepool_zero_frac']):.3f}, "
                 f"device {jax.devices()[0].device_kind}")
 

@@ -15,41 +15,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import os
 import re
 import tempfile
 import time
 
-import numpy as np
-
-
-def build_step(name: str, size: int, batch: int):
-    import types
-
-    import jax
-    import optax
-    from flax import nnx
-
-    from inception_jax.models import build_model, model_options
-    from inception_jax.optim import make_optimizer
-    from inception_jax.train_step import StepConfig, init_state, train_step
-
-    t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
-                              weight_decay=0.0, grad_clip_norm=0.0)
-    opts = model_options(name, num_classes=1000, dropout_rate=0.0, image_size=size)
-    schedule = optax.constant_schedule(0.045)
-    tx = make_optimizer(t, schedule)
-    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
-    cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=1000, label_smoothing=0.0,
-                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=False, learnable_scales=False, seed=0)
-    state = jax.jit(lambda: init_state(opts, tx, 0))()
-    rng = np.random.default_rng(0)
-    data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
-                           "label": rng.integers(0, 1000, batch).astype(np.int32)})
-    step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0).lower(state, data).compile()
-    return step, state, data
+from bench_step import build_train_step
 
 
 def op_kind(name: str, hlo_text: str) -> str:
@@ -121,7 +93,7 @@ def main() -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    step, state, data = build_step(args.model, args.size, args.batch)
+    step, state, data, _ = build_train_step(args.model, size=args.size, batch=args.batch)
     hlo = step.as_text()
     bodies = fusion_bodies(hlo)
     state, metrics = step(state, data)  # warm-up

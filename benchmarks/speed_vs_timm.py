@@ -19,12 +19,9 @@ Targets (issue #7, CPU): ours >= 1.0x timm at 299 px and >= 1.3x at the CPU-abla
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import time
-
-import numpy as np
 
 SIZES = {"299": (299, 8), "cpu": (75, 32)}  # image size, batch (cpu = configs/ablation_scale.py's input and batch)
 TIMM_NAMES = {"inception_resnet_v2": "inception_resnet_v2", "inception_v4": "inception_v4"}
@@ -48,36 +45,12 @@ def reset_peak() -> None:
 
 class Ours:
     def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
-        import types
-
         import jax
-        import optax
-        from flax import nnx
+        from bench_step import build_train_step
 
-        from inception_jax.models import build_model, model_options
-        from inception_jax.optim import make_optimizer
-        from inception_jax.train_step import StepConfig, init_state, train_step
-
-        # The recipe's RMSProp without clipping or weight decay (plain attributes: no ml_collections needed, so the
-        # script also runs on a GPU image that lacks it).
-        t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
-                                  weight_decay=0.0, grad_clip_norm=0.0)
-        opts = model_options(name, num_classes=1000, dtype=dtype, dropout_rate=0.0, image_size=size)
-        schedule = optax.constant_schedule(0.045)
-        tx = make_optimizer(t, schedule)
-        graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
-        cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=1000,
-                         label_smoothing=0.0, aux_loss_weight=0.0, ema_decay=0.0, diagnostics=False,
-                         learnable_scales=False, seed=0)
-        self.state = jax.jit(lambda: init_state(opts, tx, 0))()
-        rng = np.random.default_rng(0)
-        self.batch = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
-                                     "label": rng.integers(0, 1000, batch).astype(np.int32)})
-        step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0)
-        begin = time.perf_counter()
-        self.step_fn = step.lower(self.state, self.batch).compile()
-        self.compile_seconds = time.perf_counter() - begin
-        self._jax, self._nnx = jax, nnx
+        self.step_fn, self.state, self.batch, self.compile_seconds = build_train_step(name, size=size, batch=batch,
+                                                                                     dtype=dtype)
+        self._jax = jax
 
     def step(self) -> None:
         self.state, metrics = self.step_fn(self.state, self.batch)

@@ -1,0 +1,46 @@
+"""The library's jitted train step on a random resident batch, as the benchmarks time it (no data pipeline).
+
+Plain attributes instead of an ml_collections config, so the GPU check also runs on an image that lacks it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import types
+from typing import Any
+
+import numpy as np
+
+
+def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
+                     learning_rate: float = 0.045, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
+                     diagnostics: bool = False, **model_knobs: Any):
+    """(compiled step, state, batch, compile seconds) for the recipe's RMSProp (TF settings) on model `name`.
+
+    EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
+    """
+    import jax
+    import optax
+    from flax import nnx
+
+    from inception_jax.models import build_model, model_options
+    from inception_jax.optim import make_optimizer
+    from inception_jax.train_step import StepConfig, init_state, train_step
+
+    t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
+                              weight_decay=weight_decay, grad_clip_norm=grad_clip_norm)
+    opts = model_options(name, num_classes=num_classes, dtype=dtype, dropout_rate=0.0, image_size=size,
+                         **model_knobs)
+    schedule = optax.constant_schedule(learning_rate)
+    tx = make_optimizer(t, schedule)
+    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
+    cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
+                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False, seed=0)
+    state = jax.jit(lambda: init_state(opts, tx, 0))()
+    rng = np.random.default_rng(0)
+    data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+                           "label": rng.integers(0, num_classes, batch).astype(np.int32)})
+    begin = time.perf_counter()
+    step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0).lower(state, data).compile()
+    return step, state, data, time.perf_counter() - begin
