@@ -24,15 +24,16 @@ import time
 from bench_step import build_train_step
 
 
-def op_kind(name: str, hlo_text: str) -> str:
-    """The kind of an executed op, from its HLO instruction name and (for fusions) what the fusion computes."""
+def op_kind(name: str, bodies: dict[str, str]) -> str | None:
+    """The kind of an executed op, from its HLO instruction name and (for fusions) what the fusion computes;
+    None for control-flow containers, whose bodies' ops are counted themselves."""
     base = re.sub(r"[.\d]+$", "", name)
     if base.startswith("convolution"):
         return "convolution (forward and input gradients)"
     if base in ("dot", "custom-call") or "dot" in base:
         return "matmul (dense layers, custom-VJP kernel gradients)"
     if "fusion" in base:
-        body = hlo_text.get(name, "")
+        body = bodies.get(name, "")
         if " convolution(" in body:
             return "convolution fusions"
         if " dot(" in body:

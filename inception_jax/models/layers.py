@@ -117,17 +117,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     plain = (feature_group_count == 1 and dims == nhwc and precision is None
              and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
              and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None)
-    if plain and rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and padding in ("SAME", "VALID"):
+    if not plain:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
         # A pointwise convolution is a matmul: XLA:CPU runs dot and its gradients at full speed (a 1x1 conv in
         # a loop body reached half of it), and there is no window to slide.
         return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
-    if plain:
-        strides = tuple(int(s) for s in window_strides)
-        if isinstance(padding, str):
-            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-        return conv2d(lhs, rhs, strides, tuple((int(lo), int(hi)) for lo, hi in padding))
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return conv2d(lhs, rhs, strides, padding)
 
 
 @dataclasses.dataclass(frozen=True)
