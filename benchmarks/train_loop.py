@@ -8,7 +8,9 @@ For each size it reports images/s of
   2. the train step without diagnostics (optimizer, clipping, EMA, BatchNorm updates), same batch,
   3. the train step with the dying diagnostics (what every log step computes),
   4. the training loop itself: the step fed by the real input pipeline with device prefetch, metrics fetched
-     and written every log step as `train_and_evaluate` does,
+     and written every log step as `train_and_evaluate` does; once with every image decoded (a run's first
+     read of it), once with the decoded images cached (inception_jax/image_cache.py: a sweep's later runs, later
+     epochs),
 and how long an async checkpoint save blocks the loop. Targets (issue #4): the loop within 10 % of the bare
 forward+backward, diagnostics within 5 % of a plain step, a save blocking for 1 s or less.
 
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from inception_jax import image_cache
 from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import load_config
 from inception_jax.metrics import RunWriter
@@ -55,18 +58,21 @@ def config_for(size: str):
     return c
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` (which must block until its result is ready)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each `fn()` (which must block until its result is ready), timed in turns: one round
+    runs every fn once, so the machine's drift (a shared, noisy host) hits every variant alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            begin = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - begin)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bare_grad(run, state, batch):
+def bare_grad(run, holder: dict, batch):
     graphdef = run.step_cfg.graphdef
 
     def loss(params, rest):
@@ -75,12 +81,19 @@ def bare_grad(run, state, batch):
         return jnp.mean(cross_entropy(out.logits, batch["label"], run.opts.num_classes, 0.0))
 
     fn = jax.jit(jax.value_and_grad(loss))
-    return lambda: jax.block_until_ready(fn(state.params, state.rest))
+    return lambda: jax.block_until_ready(fn(holder["state"].params, holder["state"].rest))
+
+
+def stepper(train_fn, holder: dict, batch: dict):
+    def step():
+        holder["state"], metrics = train_fn(holder["state"], batch)
+        jax.block_until_ready(metrics)
+    return step
 
 
 def measure(size: str, repeats: int, loop_steps: int) -> None:
     workdir = tempfile.mkdtemp(prefix=f"bench_loop_{size}_")
-    figures = {}
+    runs = {}
     for diagnostics in (False, True):
         config = config_for(size)
         config.train.diagnostics = diagnostics
@@ -88,28 +101,28 @@ def measure(size: str, repeats: int, loop_steps: int) -> None:
         checkpoints = RunCheckpoints(os.path.join(run.workdir, "checkpoints"), every_steps=10**9, keep=2)
         state, shardings, _ = restore_or_init(run, checkpoints)
         train_fn, _ = compile_steps(run, shardings)
-        batch = global_batch(run.train_stream.batch(0), run.mesh)
-        if not diagnostics:
-            figures["bare forward+backward"] = timed(bare_grad(run, state, batch), repeats)
-        holder = {"state": state}
-
-        def step(holder=holder, train_fn=train_fn, batch=batch):
-            holder["state"], metrics = train_fn(holder["state"], batch)
-            jax.block_until_ready(metrics)
-
-        figures[f"train step, diagnostics {'on' if diagnostics else 'off'}"] = timed(step, repeats)
-        if diagnostics:
-            figures["training loop (pipeline, prefetch, logging)"] = loop_seconds(run, holder, train_fn, loop_steps)
-            begin = time.perf_counter()
-            checkpoints.save(1, holder["state"], {"step": 1, "elapsed": 0.0}, force=True)
-            blocked = time.perf_counter() - begin
-            checkpoints.wait()
-            total = time.perf_counter() - begin
-        checkpoints.close()
+        runs[diagnostics] = (run, checkpoints, train_fn, {"state": state})
+    run, checkpoints, train_fn, holder = runs[True]
+    batch = global_batch(run.train_stream.batch(0), run.mesh)
+    figures = interleaved({
+        "bare forward+backward": bare_grad(run, runs[False][3], batch),
+        "train step, diagnostics off": stepper(runs[False][2], runs[False][3], batch),
+        "train step, diagnostics on": stepper(train_fn, holder, batch)}, repeats)
+    image_cache.clear()
+    figures["training loop, every image decoded"] = loop_seconds(run, holder, train_fn, loop_steps)
+    # The same steps again: what a sweep's later runs (same seed, same images) and later epochs see.
+    figures["training loop, images cached"] = loop_seconds(run, holder, train_fn, loop_steps)
+    begin = time.perf_counter()
+    checkpoints.save(1, holder["state"], {"step": 1, "elapsed": 0.0}, force=True)
+    blocked = time.perf_counter() - begin
+    checkpoints.wait()
+    total = time.perf_counter() - begin
+    for _, manager, _, _ in runs.values():
+        manager.close()
     bare = figures["bare forward+backward"]
     batch_size = config_for(size).train.batch_size
     print(f"\n== {size}: {run.opts.name}, {run.data.image_size} px, batch {batch_size}, "
-          f"{jax.device_count()} device(s), median of {repeats}")
+          f"{jax.device_count()} device(s), steps: median of {repeats} interleaved rounds, loops: {loop_steps} steps")
     for name, seconds in figures.items():
         print(f"  {name:46s} {batch_size / seconds:8.1f} img/s   {seconds * 1e3:8.1f} ms/step   "
               f"x{seconds / bare:5.2f} of bare")
@@ -122,7 +135,8 @@ def loop_seconds(run, holder, train_fn, steps: int) -> float:
     """Seconds per step of the loop as train_and_evaluate runs it (data, prefetch, log-step fetch + write)."""
     writer = RunWriter(run.workdir, resume_step=0)
     batches = device_prefetch(run.train_stream.iterator(1), run.mesh)
-    holder["state"], _ = train_fn(holder["state"], next(batches))  # warm the pipeline
+    holder["state"], _ = train_fn(holder["state"], next(batches))  # warm the pipeline ...
+    jax.block_until_ready(holder["state"].params)  # ... and finish that step before the clock starts
     begin = time.perf_counter()
     for step in range(2, steps + 2):
         holder["state"], metrics = train_fn(holder["state"], next(batches))

@@ -27,7 +27,7 @@ POLYMORPHIC_KNOBS = ("use_residual", "residual_scale", "residual_scale_mode", "p
 RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "train.log_every_steps",
                   "train.log_dense_steps", "train.eval_every_steps", "train.probe_every_steps",
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "data.data_dir", "data.num_threads",
-                  "data.prefetch_batches", "mesh.", "distributed.", "compilation_cache_dir",
+                  "data.prefetch_batches", "data.cache_mb", "mesh.", "distributed.", "compilation_cache_dir",
                   "compile_only", "eval_only",
                   "init_from", "init_from_ema", "sweep.", "report.")
 
@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.central_fraction = 0.875
     c.data.num_threads = 2
     c.data.prefetch_batches = 4
+    c.data.cache_mb = 1024  # decoded images kept in memory for later reads in this process (sweeps, epochs)
     c.model.image_size = c.data.get_ref("image_size")  # the aux head's kernel follows the training size
 
     c.train = ml_collections.ConfigDict()

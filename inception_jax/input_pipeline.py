@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from inception_jax import eval_crops, preprocessing
-from inception_jax.datasets.sources import DataError, DatasetInfo, open_split, resolve_data_dir
+from inception_jax import eval_crops, image_cache, preprocessing
+from inception_jax.datasets.sources import DataError, DatasetInfo, get_builder, open_split, resolve_data_dir
 from inception_jax.datasets.sources import dataset_info as _source_info
 from inception_jax.models.architecture import MIN_IMAGE_SIZE
 
@@ -54,6 +55,7 @@ class DataConfig:
     central_fraction: float = 0.875  # single crop: fraction of each side kept; 12 crops: S / fraction scale
     num_threads: int = 2  # threads preparing batches in the background
     prefetch_batches: int = 4  # batches prepared ahead of the consumer
+    cache_mb: int = 1024  # decoded images kept for later reads in this process, per split (image_cache); 0: off
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> DataError:
@@ -81,7 +83,7 @@ class DataConfig:
                 raise bad(field, f"must be (min, max) with {low} < min <= max <= {high}")
         if not isinstance(self.central_fraction, int | float) or not 0.0 < self.central_fraction <= 1.0:
             raise bad("central_fraction", "must be in (0, 1]")
-        for field, low in (("num_threads", 1), ("prefetch_batches", 1)):
+        for field, low in (("num_threads", 1), ("prefetch_batches", 1), ("cache_mb", 0)):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise bad(field, f"must be an int >= {low}")
@@ -180,7 +182,7 @@ class TrainStream:
     """This process's slice of each global training batch, by step; see the module docstring."""
 
     def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, cache_key: Hashable | None = None):
         self.cfg = cfg
         self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
         self.global_batch_size = global_batch_size
@@ -191,6 +193,8 @@ class TrainStream:
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
         self.steps_per_epoch = self.num_examples // global_batch_size
         self._reader = _Reader(source, cfg, cfg.train_split)
+        self._cache = image_cache.store_for((cache_key, cfg.train_split, cfg.image_size), cfg.cache_mb) \
+            if cache_key is not None and cfg.augment != "inception" else None
         self._steps = grain.MapDataset.range(0, 2**62).map(self.batch)
 
     def example_indices(self, step: int) -> tuple[int, np.ndarray]:
@@ -203,17 +207,32 @@ class TrainStream:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         epoch, indices = self.example_indices(step)
-        records = self._reader.read(indices)
+        cached, misses = image_cache.split_hits(self._cache, indices)
+        for j, record in zip(misses, self._reader.read(indices[misses]) if misses else []):
+            cached[j] = self._deterministic_part(int(indices[j]), record)
         size = self.cfg.image_size
         images = np.empty((len(indices), size, size, 3), np.float32)
-        for j, (index, record) in enumerate(zip(indices, records)):
+        for j, (index, item) in enumerate(zip(indices, cached)):
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, int(index)])
-            images[j] = self._reader.transform(
-                int(index), record, preprocessing.train_transform, rng=rng, image_size=size,
-                augment=self.cfg.augment, color_distort=self.cfg.color_distort, area_range=self.cfg.area_range,
-                aspect_range=self.cfg.aspect_range)
-        labels = np.asarray([int(r["label"]) for r in records], np.int32)
+            if self._cache is None:  # "inception": the box is drawn from rng before anything is decoded
+                images[j] = self._reader.transform(
+                    int(index), item[0], preprocessing.train_transform, rng=rng, image_size=size,
+                    augment=self.cfg.augment, color_distort=self.cfg.color_distort, area_range=self.cfg.area_range,
+                    aspect_range=self.cfg.aspect_range)
+            else:
+                images[j] = preprocessing.augment_pixels(item[0], rng, augment=self.cfg.augment,
+                                                         color_distort=self.cfg.color_distort)
+        labels = np.asarray([item[1] for item in cached], np.int32)
         return {"image": images, "label": labels}
+
+    def _deterministic_part(self, index: int, record: Mapping) -> tuple[Any, int]:
+        """(cacheable pixels, label) of a record read from the source; (the record, label) when nothing is."""
+        if self._cache is None:
+            return record, int(record["label"])
+        pixels = self._reader.transform(index, record, preprocessing.whole_image_pixels,
+                                        image_size=self.cfg.image_size)
+        self._cache.put(index, pixels, int(record["label"]))
+        return pixels, int(record["label"])
 
     def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """batch(start_step), batch(start_step + 1), ... prepared ahead on `cfg.num_threads` threads."""
@@ -227,7 +246,7 @@ class EvalStream:
     """The whole eval split once, in order, as (local_batch, n_crops, S, S, 3) images with a padding mask."""
 
     def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, cache_key: Hashable | None = None):
         self.cfg = cfg
         self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
         self.global_batch_size = global_batch_size
@@ -237,6 +256,8 @@ class EvalStream:
         self.num_batches = -(-self.num_examples // global_batch_size)
         self.num_crops = cfg.num_eval_crops
         self._reader = _Reader(source, cfg, cfg.eval_split)
+        identity = (cache_key, cfg.eval_split, cfg.image_size, cfg.eval_crops, cfg.central_fraction)
+        self._cache = image_cache.store_for(identity, cfg.cache_mb) if cache_key is not None else None
 
     def example_indices(self, batch_index: int) -> np.ndarray:
         """Dataset indices of this process's slice of global eval batch `batch_index`; >= num_examples = padding."""
@@ -252,11 +273,16 @@ class EvalStream:
         images = np.zeros((len(indices), self.num_crops, size, size, 3), np.float32)
         labels = np.zeros((len(indices),), np.int32)
         valid = indices[mask]
-        for j, (index, record) in enumerate(zip(valid, self._reader.read(valid))):
-            images[j] = self._reader.transform(
-                int(index), record, preprocessing.eval_transform, image_size=size, protocol=self.cfg.eval_crops,
-                central_fraction=self.cfg.central_fraction)
-            labels[j] = int(record["label"])
+        cached, misses = image_cache.split_hits(self._cache, valid)
+        for j, record in zip(misses, self._reader.read(valid[misses]) if misses else []):
+            pixels = self._reader.transform(int(valid[j]), record, preprocessing.eval_pixels, image_size=size,
+                                            protocol=self.cfg.eval_crops, central_fraction=self.cfg.central_fraction)
+            cached[j] = (pixels, int(record["label"]))
+            if self._cache is not None:
+                self._cache.put(int(valid[j]), pixels, int(record["label"]))
+        for j, (pixels, label) in enumerate(cached):
+            images[j] = preprocessing.to_model_range(pixels)
+            labels[j] = label
         return {"image": images, "label": labels, "mask": mask}
 
     def __len__(self) -> int:
@@ -276,7 +302,7 @@ def create_train_stream(cfg: DataConfig, *, global_batch_size: int, seed: int, p
     _check_processes(global_batch_size, process_index, process_count)
     source = open_split(cfg.name, cfg.data_dir, cfg.train_split, origin="DataConfig.train_split")
     return TrainStream(cfg, source, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                       process_count=process_count)
+                       process_count=process_count, cache_key=_cache_key(cfg))
 
 
 def create_eval_stream(cfg: DataConfig, *, global_batch_size: int, process_index: int = 0,
@@ -284,7 +310,16 @@ def create_eval_stream(cfg: DataConfig, *, global_batch_size: int, process_index
     _check_processes(global_batch_size, process_index, process_count)
     source = open_split(cfg.name, cfg.data_dir, cfg.eval_split, origin="DataConfig.eval_split")
     return EvalStream(cfg, source, global_batch_size=global_batch_size, process_index=process_index,
-                      process_count=process_count)
+                      process_count=process_count, cache_key=_cache_key(cfg))
+
+
+def _cache_key(cfg: DataConfig) -> Hashable | None:
+    """The prepared files behind `cfg.name` (image_cache: a re-prepared dataset is a new identity); None when
+    caching is off or the source is not a prepared folder (tfds.testing.mock_data)."""
+    if cfg.cache_mb <= 0:
+        return None
+    path = str(get_builder(cfg.name, cfg.data_dir).data_path)
+    return (path, image_cache.files_signature(path)) if os.path.isdir(path) else None
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: Any) -> dict[str, Any]:

@@ -188,18 +188,34 @@ def train_transform(encoded: bytes | np.ndarray, rng: np.random.Generator, *, im
 
     augment: "inception" = distorted box + flip; "flip" = whole image + flip; "none" = whole image.
     The draws from `rng` happen in a fixed order (box, flip, colour), so equal generators give equal pixels.
+    For "flip" and "none" this is `augment_pixels(whole_image_pixels(encoded, size), rng, ...)`: the first part is
+    deterministic, which is what the input pipeline's image cache keeps.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment={augment!r} is not one of {list(AUGMENTATIONS)}")
-    image = open_image(encoded)
-    width, height = image.size
     if augment == "inception":
+        image = open_image(encoded)
+        width, height = image.size
         top, left, h, w = sample_distorted_box(rng, height, width, area_range, aspect_range)
+        box = (float(top), float(left), float(top + h), float(left + w))
+        image, scale_yx = _load_for_boxes(image, [box], image_size)
+        pixels = resize_box(image, box, image_size, scale_yx)
     else:
-        top, left, h, w = 0, 0, height, width
-    box = (float(top), float(left), float(top + h), float(left + w))
+        pixels = whole_image_pixels(encoded, image_size)
+    return augment_pixels(pixels, rng, augment=augment, color_distort=color_distort)
+
+
+def whole_image_pixels(encoded: bytes | np.ndarray, image_size: int) -> np.ndarray:
+    """The whole image resampled to uint8 (image_size, image_size, 3): the deterministic part of "flip" / "none"."""
+    image = open_image(encoded)
+    box = (0.0, 0.0, float(image.size[1]), float(image.size[0]))
     image, scale_yx = _load_for_boxes(image, [box], image_size)
-    pixels = resize_box(image, box, image_size, scale_yx)
+    return resize_box(image, box, image_size, scale_yx)
+
+
+def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, *, augment: str,
+                   color_distort: bool = False) -> np.ndarray:
+    """uint8 (S, S, 3) crop -> float32 in [-1, 1]: the random flip (unless augment is "none"), then colour."""
     if augment != "none" and rng.uniform() < 0.5:
         pixels = pixels[:, ::-1]
     if color_distort:
@@ -227,6 +243,13 @@ def render_crops(image: Image.Image | bytes | np.ndarray, crops: Sequence[Crop],
 def eval_transform(encoded: bytes | np.ndarray, *, image_size: int, protocol: str = "single",
                    central_fraction: float = 0.875) -> np.ndarray:
     """One evaluation image -> float32 (n_crops, image_size, image_size, 3) in [-1, 1] (n_crops = 1, 12, 144)."""
+    return to_model_range(eval_pixels(encoded, image_size=image_size, protocol=protocol,
+                                      central_fraction=central_fraction))
+
+
+def eval_pixels(encoded: bytes | np.ndarray, *, image_size: int, protocol: str = "single",
+                central_fraction: float = 0.875) -> np.ndarray:
+    """The crops of `eval_transform` as uint8 (n_crops, image_size, image_size, 3), before the model range."""
     image = open_image(encoded)
     crops = crop_boxes(protocol, image.size[1], image.size[0], image_size, central_fraction)
-    return to_model_range(render_crops(image, crops, image_size))
+    return render_crops(image, crops, image_size)

@@ -50,6 +50,7 @@ def test_defaults_and_from_config():
     ("aspect_range", (0.0, 2.0), r"DataConfig.aspect_range"),
     ("central_fraction", 1.5, r"DataConfig.central_fraction=1.5 .* \(0, 1\]"),
     ("num_threads", 0, r"DataConfig.num_threads=0 .* >= 1"),
+    ("cache_mb", -1, r"DataConfig.cache_mb=-1 .* >= 0"),
     ("name", "", r"DataConfig.name=''"),
 ])
 def test_bad_config_values(field, value, message):
