@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.models.layers import conv_general_dilated
+from inception_jax.models.layers import conv_general_dilated, max_pool_3x3_s2
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
     ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
@@ -71,3 +71,23 @@ def test_grouped_or_dilated_convolutions_fall_back_to_xla():
     assert y.shape == (1, 5, 5, 4)
     np.testing.assert_allclose(y, jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN,
                                                                feature_group_count=2))
+
+
+def xla_max_pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+
+
+@pytest.mark.parametrize("side", [7, 8, 9, 16, 35])
+@pytest.mark.parametrize("ties", ["continuous", "relu zeros", "small integers"])
+def test_max_pool_gradient_equals_xlas_first_maximum_rule(side, ties):
+    rng = np.random.default_rng(side)
+    x = rng.normal(size=(2, side, side + 2, 3)).astype(np.float32)
+    if ties == "relu zeros":  # whole windows of zeros, as after a ReLU: the first zero takes the gradient
+        x = np.maximum(x - 1.0, 0.0)
+    elif ties == "small integers":
+        x = np.round(x).astype(np.float32)
+    g = rng.normal(size=xla_max_pool(x).shape).astype(np.float32)
+    ours, ours_vjp = jax.vjp(max_pool_3x3_s2, jnp.asarray(x))
+    theirs, their_vjp = jax.vjp(xla_max_pool, jnp.asarray(x))
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours_vjp(jnp.asarray(g))[0], their_vjp(jnp.asarray(g))[0])

@@ -214,9 +214,45 @@ class ConvBN(nnx.Module):
         return jax.nn.relu(self.bn(self.conv(x), train=train))
 
 
+@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """MaxPool(3, 2, VALID): every stride-2 pooling of the five networks."""
+    """MaxPool(3, 2, VALID): every stride-2 pooling of the five networks.
+
+    The gradient is XLA's (each output's gradient goes to the first maximum of its window, row-major), written
+    as nine strided masks: XLA:CPU runs its own select-and-scatter as a scalar loop.
+    """
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+
+
+def _max_pool_fwd(x):
+    y = max_pool_3x3_s2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+    x, y = residuals
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    taken = jnp.zeros(y.shape, bool)
+    zero = jnp.zeros((), g.dtype)
+    grads = {}
+    for di in range(3):  # the window's first maximum, row-major, takes the gradient (select with >=)
+        for dj in range(3):
+            window = jax.lax.slice(x, (0, di, dj, 0), (x.shape[0], di + 2 * out_h - 1, dj + 2 * out_w - 1,
+                                                       x.shape[3]), (1, 2, 2, 1))
+            first = (window == y) & ~taken
+            taken = taken | first
+            grads[di, dj] = jnp.where(first, g, zero)
+    # An input read by several windows sums their gradients in XLA's order (windows row-major), which is the
+    # taps in reverse; interior padding 1 puts a tap's gradients back on the stride-2 grid it was read from.
+    dx = jnp.zeros(x.shape, g.dtype)
+    for (di, dj), tap in reversed(grads.items()):
+        dx = dx + jax.lax.pad(tap, zero, ((0, 0, 0), (di, height - di - 2 * out_h + 1, 1),
+                                          (dj, width - dj - 2 * out_w + 1, 1), (0, 0, 0)))
+    return (dx,)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 @functools.lru_cache(maxsize=64)
