@@ -1,7 +1,7 @@
 """What the training loop costs on top of the bare model, on this machine (prints figures, asserts nothing).
 
     python benchmarks/train_loop.py                   # the default CPU size and 299 px
-    python benchmarks/train_loop.py --sizes=cpu       # only the default CPU size (about a minute)
+    python benchmarks/train_loop.py --sizes=cpu       # only the default CPU size (about two minutes)
 
 For each size it reports images/s of
   1. the bare forward+backward (jit(value_and_grad(loss)) on a batch already on the device),
@@ -38,7 +38,7 @@ from inception_jax.configuration import load_config
 from inception_jax.metrics import RunWriter
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.sharding import global_batch
-from inception_jax.train import compile_steps, device_prefetch, is_log_step
+from inception_jax.train import Clock, TrainLog, compile_steps, device_prefetch, is_log_step
 from inception_jax.train_step import cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,16 +59,18 @@ def config_for(size: str):
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each `fn()` (which must block until its result is ready), timed in turns: one round
-    runs every fn once, so the machine's drift (a shared, noisy host) hits every variant alike."""
+    """Median seconds of each `fn()`, timed in turns: one round runs every fn once, so the machine's drift (a
+    shared, noisy host) hits every variant alike. A fn blocks until its work is done; one that returns a float
+    has timed itself (the part of its work that counts)."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             begin = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - begin)
+            timed_itself = fn()
+            wall = time.perf_counter() - begin
+            times[name].append(timed_itself if isinstance(timed_itself, float) else wall)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -104,14 +106,20 @@ def measure(size: str, repeats: int, loop_steps: int) -> None:
         runs[diagnostics] = (run, checkpoints, train_fn, {"state": state})
     run, checkpoints, train_fn, holder = runs[True]
     batch = global_batch(run.train_stream.batch(0), run.mesh)
+
+    def cold_loop() -> float:
+        image_cache.clear()
+        return run_loop(run, holder, train_fn, loop_steps)
+
     figures = interleaved({
         "bare forward+backward": bare_grad(run, runs[False][3], batch),
         "train step, diagnostics off": stepper(runs[False][2], runs[False][3], batch),
-        "train step, diagnostics on": stepper(train_fn, holder, batch)}, repeats)
-    image_cache.clear()
-    figures["training loop, every image decoded"] = loop_seconds(run, holder, train_fn, loop_steps)
-    # The same steps again: what a sweep's later runs (same seed, same images) and later epochs see.
-    figures["training loop, images cached"] = loop_seconds(run, holder, train_fn, loop_steps)
+        "train step, diagnostics on": stepper(train_fn, holder, batch),
+        "training loop, every image decoded": cold_loop,
+        # The same steps again: what a sweep's later runs (same seed, same images) and later epochs see.
+        "training loop, images cached": lambda: run_loop(run, holder, train_fn, loop_steps)}, repeats)
+    for name in ("training loop, every image decoded", "training loop, images cached"):
+        figures[name] /= loop_steps
     begin = time.perf_counter()
     checkpoints.save(1, holder["state"], {"step": 1, "elapsed": 0.0}, force=True)
     blocked = time.perf_counter() - begin
@@ -122,7 +130,7 @@ def measure(size: str, repeats: int, loop_steps: int) -> None:
     bare = figures["bare forward+backward"]
     batch_size = config_for(size).train.batch_size
     print(f"\n== {size}: {run.opts.name}, {run.data.image_size} px, batch {batch_size}, "
-          f"{jax.device_count()} device(s), steps: median of {repeats} interleaved rounds, loops: {loop_steps} steps")
+          f"{jax.device_count()} device(s), median of {repeats} interleaved rounds (loops: {loop_steps} steps each)")
     for name, seconds in figures.items():
         print(f"  {name:46s} {batch_size / seconds:8.1f} img/s   {seconds * 1e3:8.1f} ms/step   "
               f"x{seconds / bare:5.2f} of bare")
@@ -131,19 +139,24 @@ def measure(size: str, repeats: int, loop_steps: int) -> None:
     print(f"  async checkpoint save: blocked the loop {blocked:.3f} s (write finished after {total:.2f} s)")
 
 
-def loop_seconds(run, holder, train_fn, steps: int) -> float:
-    """Seconds per step of the loop as train_and_evaluate runs it (data, prefetch, log-step fetch + write)."""
+def run_loop(run, holder, train_fn, steps: int) -> float:
+    """`steps` steps of the loop as train_and_evaluate runs them: batches from the input pipeline through device
+    prefetch, each log step's metrics fetched after the next step is dispatched and written (TrainLog). The
+    pipeline's start and one step to fill it are not timed. Returns the seconds of the `steps` steps."""
     writer = RunWriter(run.workdir, resume_step=0)
     batches = device_prefetch(run.train_stream.iterator(1), run.mesh)
-    holder["state"], _ = train_fn(holder["state"], next(batches))  # warm the pipeline ...
-    jax.block_until_ready(holder["state"].params)  # ... and finish that step before the clock starts
+    holder["state"], _ = train_fn(holder["state"], next(batches))
+    jax.block_until_ready(holder["state"].params)
+    train_log = TrainLog(writer, run, Clock(0.0), [], 1)
     begin = time.perf_counter()
     for step in range(2, steps + 2):
         holder["state"], metrics = train_fn(holder["state"], next(batches))
+        train_log.flush()
         if is_log_step(step, run.config.train, 10**9):
-            writer.write(step, "train", jax.device_get(metrics))
+            train_log.pending = (step, metrics)
+    train_log.flush()
     jax.block_until_ready(holder["state"].params)
-    seconds = (time.perf_counter() - begin) / steps
+    seconds = time.perf_counter() - begin
     batches.close()
     writer.close()
     return seconds
@@ -152,12 +165,12 @@ def loop_seconds(run, holder, train_fn, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="cpu,299")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--loop_steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=6, help="interleaved rounds (a third of it at 299 px)")
+    parser.add_argument("--loop_steps", type=int, default=30, help="steps per timed loop (a quarter at 299 px)")
     args = parser.parse_args()
     for size in args.sizes.split(","):
-        repeats = args.repeats if size == "cpu" else max(2, args.repeats // 4)
-        measure(size, repeats, args.loop_steps if size == "cpu" else max(4, args.loop_steps // 8))
+        repeats = args.repeats if size == "cpu" else max(2, args.repeats // 3)
+        measure(size, repeats, args.loop_steps if size == "cpu" else max(3, args.loop_steps // 4))
 
 
 if __name__ == "__main__":
