@@ -29,6 +29,11 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 FULL = dict(name="inception_resnet_v2", num_classes=10)
 
 
+# Every image decoded: the rates are what a run's first read of each image costs (inception_jax/image_cache.py
+# serves later reads; benchmarks/train_loop.py measures the loop both ways).
+UNCACHED = {"cache_mb": 0}
+
+
 def main_job_size() -> tuple[dict, dict, int]:
     """(model spec, DataConfig fields, batch) of configs/ablation_scale.py's default preset."""
     from inception_jax.configuration import load_config
@@ -53,7 +58,7 @@ def prepare(data_dir: str, name: str) -> tuple[float, float]:
 def pipeline_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    cfg = ip.DataConfig(data_dir=data_dir, **cfg_kwargs)
+    cfg = ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **cfg_kwargs})
     it = ip.create_train_stream(cfg, global_batch_size=batch, seed=0).iterator(0)
     next(it)  # threads started, first epoch's permutation drawn
     start = time.perf_counter()
@@ -65,7 +70,7 @@ def pipeline_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> 
 def serial_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    stream = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, **cfg_kwargs),
+    stream = ip.create_train_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **cfg_kwargs}),
                                     global_batch_size=batch, seed=0)
     stream.batch(0)
     start = time.perf_counter()
@@ -77,7 +82,8 @@ def serial_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> fl
 def eval_rate(data_dir: str, crops: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
     from inception_jax import input_pipeline as ip
 
-    stream = ip.create_eval_stream(ip.DataConfig(data_dir=data_dir, eval_crops=crops, **cfg_kwargs),
+    stream = ip.create_eval_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, "eval_crops": crops,
+                                                    **cfg_kwargs}),
                                    global_batch_size=batch)
     it = iter(stream)
     next(it)
@@ -136,7 +142,7 @@ def fed_model_rate(data_dir: str, spec: dict, data: dict, batch: int, steps: int
     for _ in range(steps):
         jax.block_until_ready(step(params, rest, x, y, key))
     resident = steps * batch / (time.perf_counter() - start)
-    it = ip.create_train_stream(ip.DataConfig(data_dir=data_dir, **data), global_batch_size=batch,
+    it = ip.create_train_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **data}), global_batch_size=batch,
                                 seed=0).iterator(0)
     next(it)
     start = time.perf_counter()
