@@ -135,6 +135,7 @@ def fed_model_rate(data_dir: str, spec: dict, data: dict, batch: int, steps: int
     import jax
 
     from inception_jax import input_pipeline as ip
+    from inception_jax.train_step import model_input
 
     step, (params, rest, x, y, key) = make_step(spec, data["image_size"], batch)
     jax.block_until_ready(step(params, rest, x, y, key))
@@ -144,11 +145,11 @@ def fed_model_rate(data_dir: str, spec: dict, data: dict, batch: int, steps: int
     resident = steps * batch / (time.perf_counter() - start)
     it = ip.create_train_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **data}), global_batch_size=batch,
                                 seed=0).iterator(0)
-    next(it)
+    model_input(next(it)["image"])  # compiles the uint8 -> [-1, 1] table lookup before the clock starts
     start = time.perf_counter()
     for _ in range(steps):
         b = next(it)
-        jax.block_until_ready(step(params, rest, b["image"], b["label"], key))
+        jax.block_until_ready(step(params, rest, model_input(b["image"]), b["label"], key))
     return steps * batch / (time.perf_counter() - start), resident
 
 

@@ -39,7 +39,7 @@ from inception_jax.metrics import RunWriter
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.sharding import global_batch
 from inception_jax.train import Clock, TrainLog, compile_steps, device_prefetch, is_log_step
-from inception_jax.train_step import cross_entropy
+from inception_jax.train_step import cross_entropy, model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +78,7 @@ def bare_grad(run, holder: dict, batch):
     graphdef = run.step_cfg.graphdef
 
     def loss(params, rest):
-        out = nnx.merge(graphdef, params, rest, copy=True).forward(batch["image"], train=True,
+        out = nnx.merge(graphdef, params, rest, copy=True).forward(model_input(batch["image"]), train=True,
                                                                    dropout_key=jax.random.key(0))
         return jnp.mean(cross_entropy(out.logits, batch["label"], run.opts.num_classes, 0.0))
 

@@ -211,12 +211,12 @@ class TrainStream:
         for j, record in zip(misses, self._reader.read(indices[misses]) if misses else []):
             cached[j] = self._deterministic_part(int(indices[j]), record)
         size = self.cfg.image_size
-        images = np.empty((len(indices), size, size, 3), np.float32)
+        images = np.empty((len(indices), size, size, 3), np.float32 if self.cfg.color_distort else np.uint8)
         for j, (index, item) in enumerate(zip(indices, cached)):
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, int(index)])
             if self._cache is None:  # "inception": the box is drawn from rng before anything is decoded
                 images[j] = self._reader.transform(
-                    int(index), item[0], preprocessing.train_transform, rng=rng, image_size=size,
+                    int(index), item[0], preprocessing.train_pixels, rng=rng, image_size=size,
                     augment=self.cfg.augment, color_distort=self.cfg.color_distort, area_range=self.cfg.area_range,
                     aspect_range=self.cfg.aspect_range)
             else:
@@ -270,7 +270,7 @@ class EvalStream:
         indices = self.example_indices(batch_index)
         mask = indices < self.num_examples
         size = self.cfg.image_size
-        images = np.zeros((len(indices), self.num_crops, size, size, 3), np.float32)
+        images = np.zeros((len(indices), self.num_crops, size, size, 3), np.uint8)
         labels = np.zeros((len(indices),), np.int32)
         valid = indices[mask]
         cached, misses = image_cache.split_hits(self._cache, valid)
@@ -281,7 +281,7 @@ class EvalStream:
             if self._cache is not None:
                 self._cache.put(int(valid[j]), pixels, int(record["label"]))
         for j, (pixels, label) in enumerate(cached):
-            images[j] = preprocessing.to_model_range(pixels)
+            images[j] = pixels
             labels[j] = label
         return {"image": images, "label": labels, "mask": mask}
 
@@ -289,9 +289,9 @@ class EvalStream:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        # 144 crops make batches large (64 images at 96 px = 1 GB): hold at most ~1 GB of batches in flight.
+        # 144 crops make batches large (64 images at 96 px = 250 MB): hold at most ~1 GB of batches in flight.
         size = self.cfg.image_size
-        batch_bytes = self.local_batch_size * self.num_crops * size * size * 3 * 4
+        batch_bytes = self.local_batch_size * self.num_crops * size * size * 3
         prefetch = max(1, min(self.cfg.prefetch_batches, _EVAL_PREFETCH_BYTES // batch_bytes))
         options = grain.ReadOptions(num_threads=min(self.cfg.num_threads, prefetch), prefetch_buffer_size=prefetch)
         return iter(grain.MapDataset.range(0, self.num_batches).map(self.batch).to_iter_dataset(options))

@@ -5,6 +5,11 @@ ranges), resized straight from the decoded image to the model size, a random hor
 distortion. Eval: the crops of `eval_crops` (single central crop of 87.5 %, or 12 / 144 crops). Output: float32
 RGB in [-1, 1] (`x / 127.5 - 1`, ARCHITECTURE.md §1.9).
 
+The input pipeline ships uint8 pixels (a quarter of the bytes to copy and to put on devices); the jitted steps map
+them to [-1, 1] with `UINT8_TO_MODEL_RANGE`, a 256-entry table of `to_model_range`, so the device sees exactly
+the values computed here (XLA fuses x / 127.5 - 1 into one rounding, numpy rounds twice). Colour distortion
+leaves the uint8 grid, so its images travel as float32 in [-1, 1].
+
 Nothing here knows about datasets, steps or processes; the pipeline supplies the random generator. Every crop is
 one PIL resample from the source pixels (bilinear, antialiased when shrinking), and JPEGs are decoded at a reduced
 DCT scale when the crop is shrunk 2x or more, which is what keeps ImageNet-sized inputs cheap on 2 cores.
@@ -110,6 +115,9 @@ def to_model_range(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
 
 
+UINT8_TO_MODEL_RANGE: np.ndarray = to_model_range(np.arange(256, dtype=np.uint8))
+
+
 def _mod6(x: np.ndarray) -> np.ndarray:
     return x - np.float32(6) * np.floor(x * np.float32(1 / 6))  # 10x faster than np.remainder on float32
 
@@ -184,7 +192,16 @@ def train_transform(encoded: bytes | np.ndarray, rng: np.random.Generator, *, im
                     augment: str = "inception", color_distort: bool = False,
                     area_range: tuple[float, float] = (0.05, 1.0),
                     aspect_range: tuple[float, float] = (0.75, 1.333)) -> np.ndarray:
-    """One training image -> float32 (image_size, image_size, 3) in [-1, 1].
+    """One training image -> float32 (image_size, image_size, 3) in [-1, 1]: `model_range(train_pixels(...))`."""
+    return model_range(train_pixels(encoded, rng, image_size=image_size, augment=augment,
+                                    color_distort=color_distort, area_range=area_range, aspect_range=aspect_range))
+
+
+def train_pixels(encoded: bytes | np.ndarray, rng: np.random.Generator, *, image_size: int,
+                 augment: str = "inception", color_distort: bool = False,
+                 area_range: tuple[float, float] = (0.05, 1.0),
+                 aspect_range: tuple[float, float] = (0.75, 1.333)) -> np.ndarray:
+    """One training image -> uint8 (image_size, image_size, 3) pixels; float32 in [-1, 1] with color_distort.
 
     augment: "inception" = distorted box + flip; "flip" = whole image + flip; "none" = whole image.
     The draws from `rng` happen in a fixed order (box, flip, colour), so equal generators give equal pixels.
@@ -215,13 +232,19 @@ def whole_image_pixels(encoded: bytes | np.ndarray, image_size: int) -> np.ndarr
 
 def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, *, augment: str,
                    color_distort: bool = False) -> np.ndarray:
-    """uint8 (S, S, 3) crop -> float32 in [-1, 1]: the random flip (unless augment is "none"), then colour."""
+    """uint8 (S, S, 3) crop -> the random flip (unless augment is "none") as uint8; with color_distort, then the
+    colour distortion, as float32 in [-1, 1] (its output is not on the uint8 grid)."""
     if augment != "none" and rng.uniform() < 0.5:
         pixels = pixels[:, ::-1]
     if color_distort:
         unit = distort_color(pixels.astype(np.float32) * np.float32(1 / 255), rng)
         return unit * np.float32(2.0) - np.float32(1.0)
-    return to_model_range(pixels)
+    return pixels
+
+
+def model_range(images: np.ndarray) -> np.ndarray:
+    """Pipeline images -> the model's float32 [-1, 1]: uint8 pixels through `to_model_range`, floats as they are."""
+    return to_model_range(images) if images.dtype == np.uint8 else images
 
 
 def render_crops(image: Image.Image | bytes | np.ndarray, crops: Sequence[Crop], image_size: int) -> np.ndarray:

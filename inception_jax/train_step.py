@@ -18,6 +18,7 @@ from flax import nnx
 from inception_jax.diagnostics import activation_stats
 from inception_jax.models import ModelOptions, build_model
 from inception_jax.optim import update_ema
+from inception_jax.preprocessing import UINT8_TO_MODEL_RANGE
 
 
 @flax.struct.dataclass
@@ -58,6 +59,14 @@ def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int) 
                       ema_params=None)
 
 
+def model_input(images: jax.Array) -> jax.Array:
+    """Pipeline images -> the model's [-1, 1]: uint8 pixels through the host's own table (bit-identical to
+    `preprocessing.to_model_range`), float images (colour distortion, predict) as they are."""
+    if images.dtype != jnp.uint8:
+        return images
+    return jnp.asarray(UINT8_TO_MODEL_RANGE)[images]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else \
         jax.nn.one_hot(labels, num_classes)
@@ -71,7 +80,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) 
 
     def loss_fn(params):
         model = nnx.merge(cfg.graphdef, params, state.rest, copy=True)
-        out = model.forward(batch["image"], train=True, dropout_key=dropout_key, diagnostics=cfg.diagnostics)
+        out = model.forward(model_input(batch["image"]), train=True, dropout_key=dropout_key,
+                            diagnostics=cfg.diagnostics)
         loss = jnp.mean(cross_entropy(out.logits, batch["label"], cfg.num_classes, cfg.label_smoothing))
         total = loss
         if out.aux_logits is not None:
@@ -109,7 +119,7 @@ def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], c
     """Sums over the real (mask True) examples of a batch: loss, top-1, top-5 and the count. With several crops
     per image (batch["image"]: B x crops x H x W x 3) the softmax is averaged over the crops (ARCHITECTURE.md
     §6.4). Also returns the eval-mode diagnostics of the batch, which the run logs as its fixed probe."""
-    images = batch["image"]
+    images = model_input(batch["image"])
     b, n = images.shape[:2]
     model = nnx.merge(cfg.graphdef, params, rest, copy=True)
     out = model.forward(images.reshape((b * n, *images.shape[2:])), diagnostics=cfg.diagnostics)

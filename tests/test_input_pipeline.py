@@ -1,19 +1,23 @@
 """The data pipeline: config validation, determinism, exact resume, process shards, eval coverage, bad input,
 mock_data datasets and a no-network run."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from inception_jax import input_pipeline as ip
+from inception_jax import preprocessing as pp
 from inception_jax.input_pipeline import DataConfig, DataError
+from inception_jax.train_step import model_input
 
 TINY = "shapes_textures/tiny"  # 480 train / 120 validation images (tests/conftest.py prepares it once)
 
@@ -72,10 +76,17 @@ def test_batch_shapes_ranges_and_labels(cfg):
     stream = ip.create_train_stream(cfg, global_batch_size=32, seed=0)
     assert stream.steps_per_epoch == 480 // 32
     batch = stream.batch(0)
-    assert batch["image"].shape == (32, 75, 75, 3) and batch["image"].dtype == np.float32
+    # uint8 pixels travel to the devices; the step maps them to [-1, 1] with the host's own table
+    assert batch["image"].shape == (32, 75, 75, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
-    assert -1.0 <= batch["image"].min() < 0 < batch["image"].max() <= 1.0
+    assert batch["image"].min() < 64 and batch["image"].max() > 192
     assert set(batch["label"]) <= set(range(10))
+    on_device = np.asarray(model_input(jnp.asarray(batch["image"])))
+    np.testing.assert_array_equal(on_device, pp.to_model_range(batch["image"]))  # bit for bit
+    distorted = ip.create_train_stream(dataclasses.replace(cfg, color_distort=True), global_batch_size=32, seed=0)
+    colours = distorted.batch(0)["image"]  # off the uint8 grid: float32 in [-1, 1], passed through as it is
+    assert colours.dtype == np.float32 and -1.0 <= colours.min() < 0 < colours.max() <= 1.0
+    assert model_input(jnp.asarray(colours)).dtype == jnp.float32
 
 
 def test_same_seed_same_batches_different_seed_differs(cfg):
@@ -219,8 +230,7 @@ def test_eval_matches_single_process_batches(cfg):
 def test_eval_crop_protocols(cfg, crops, n):
     c = DataConfig(name=TINY, data_dir=cfg.data_dir, image_size=75, eval_crops=crops)
     batch = ip.create_eval_stream(c, global_batch_size=2).batch(0)
-    assert batch["image"].shape == (2, n, 75, 75, 3)
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["image"].shape == (2, n, 75, 75, 3) and batch["image"].dtype == np.uint8
 
 
 # --- mock_data datasets ----------------------------------------------------------------------------------------
@@ -234,8 +244,7 @@ def test_mock_data_datasets(tmp_path, name, num_classes):
         assert info.num_classes == num_classes
         train = ip.create_train_stream(c, global_batch_size=4, seed=0, process_index=1, process_count=2)
         batch = train.batch(1)
-        assert batch["image"].shape == (2, 75, 75, 3) and batch["image"].dtype == np.float32
-        assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+        assert batch["image"].shape == (2, 75, 75, 3) and batch["image"].dtype == np.uint8
         assert np.all((batch["label"] >= 0) & (batch["label"] < num_classes))
         evaluation = ip.create_eval_stream(c, global_batch_size=8)
         (only,) = list(evaluation)
