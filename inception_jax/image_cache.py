@@ -21,7 +21,8 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,10 +77,18 @@ def store_for(identity: Hashable, cache_mb: int) -> ImageStore | None:
         return store
 
 
-def split_hits(store: ImageStore | None, indices: Sequence[int]) -> tuple[list, list[int]]:
-    """([(pixels, label) or None per index], positions of the misses)."""
-    cached = [store.get(int(i)) for i in indices] if store is not None else [None] * len(indices)
-    return cached, [j for j, item in enumerate(cached) if item is None]
+def fetch(store: ImageStore | None, indices: np.ndarray, read: Callable[[np.ndarray], Sequence[Mapping]],
+          compute: Callable[[int, Mapping], Any]) -> list[tuple[Any, int]]:
+    """(value, label) per index: from `store` where it holds one, else `compute(index, record)` on the records
+    `read` returns for the misses (one batched read), kept in `store` for later reads. No store: all computed."""
+    items = [store.get(int(i)) for i in indices] if store is not None else [None] * len(indices)
+    misses = [j for j, item in enumerate(items) if item is None]
+    for j, record in zip(misses, read(indices[misses]) if misses else []):
+        index, label = int(indices[j]), int(record["label"])
+        items[j] = (compute(index, record), label)
+        if store is not None:
+            store.put(index, items[j][0], label)
+    return items
 
 
 def clear() -> None:

@@ -207,14 +207,14 @@ class TrainStream:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         epoch, indices = self.example_indices(step)
-        cached, misses = image_cache.split_hits(self._cache, indices)
-        for j, record in zip(misses, self._reader.read(indices[misses]) if misses else []):
-            cached[j] = self._deterministic_part(int(indices[j]), record)
+        # Cached: the whole image resized (flip / none); uncached ("inception"): the record itself, because the
+        # box is drawn from rng before anything is decoded.
+        cached = image_cache.fetch(self._cache, indices, self._reader.read, self._deterministic_part)
         size = self.cfg.image_size
         images = np.empty((len(indices), size, size, 3), np.float32 if self.cfg.color_distort else np.uint8)
         for j, (index, item) in enumerate(zip(indices, cached)):
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, int(index)])
-            if self._cache is None:  # "inception": the box is drawn from rng before anything is decoded
+            if self._cache is None:
                 images[j] = self._reader.transform(
                     int(index), item[0], preprocessing.train_pixels, rng=rng, image_size=size,
                     augment=self.cfg.augment, color_distort=self.cfg.color_distort, area_range=self.cfg.area_range,
@@ -225,14 +225,11 @@ class TrainStream:
         labels = np.asarray([item[1] for item in cached], np.int32)
         return {"image": images, "label": labels}
 
-    def _deterministic_part(self, index: int, record: Mapping) -> tuple[Any, int]:
-        """(cacheable pixels, label) of a record read from the source; (the record, label) when nothing is."""
+    def _deterministic_part(self, index: int, record: Mapping) -> Any:
+        """What `image_cache` keeps of a record: its whole image resized; the record itself when nothing is kept."""
         if self._cache is None:
-            return record, int(record["label"])
-        pixels = self._reader.transform(index, record, preprocessing.whole_image_pixels,
-                                        image_size=self.cfg.image_size)
-        self._cache.put(index, pixels, int(record["label"]))
-        return pixels, int(record["label"])
+            return record
+        return self._reader.transform(index, record, preprocessing.whole_image_pixels, image_size=self.cfg.image_size)
 
     def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """batch(start_step), batch(start_step + 1), ... prepared ahead on `cfg.num_threads` threads."""
@@ -273,14 +270,9 @@ class EvalStream:
         images = np.zeros((len(indices), self.num_crops, size, size, 3), np.uint8)
         labels = np.zeros((len(indices),), np.int32)
         valid = indices[mask]
-        cached, misses = image_cache.split_hits(self._cache, valid)
-        for j, record in zip(misses, self._reader.read(valid[misses]) if misses else []):
-            pixels = self._reader.transform(int(valid[j]), record, preprocessing.eval_pixels, image_size=size,
-                                            protocol=self.cfg.eval_crops, central_fraction=self.cfg.central_fraction)
-            cached[j] = (pixels, int(record["label"]))
-            if self._cache is not None:
-                self._cache.put(int(valid[j]), pixels, int(record["label"]))
-        for j, (pixels, label) in enumerate(cached):
+        crops = functools.partial(self._reader.transform, fn=preprocessing.eval_pixels, image_size=size,
+                                  protocol=self.cfg.eval_crops, central_fraction=self.cfg.central_fraction)
+        for j, (pixels, label) in enumerate(image_cache.fetch(self._cache, valid, self._reader.read, crops)):
             images[j] = pixels
             labels[j] = label
         return {"image": images, "label": labels, "mask": mask}

@@ -214,9 +214,7 @@ def train_pixels(encoded: bytes | np.ndarray, rng: np.random.Generator, *, image
         image = open_image(encoded)
         width, height = image.size
         top, left, h, w = sample_distorted_box(rng, height, width, area_range, aspect_range)
-        box = (float(top), float(left), float(top + h), float(left + w))
-        image, scale_yx = _load_for_boxes(image, [box], image_size)
-        pixels = resize_box(image, box, image_size, scale_yx)
+        pixels = _box_pixels(image, (float(top), float(left), float(top + h), float(left + w)), image_size)
     else:
         pixels = whole_image_pixels(encoded, image_size)
     return augment_pixels(pixels, rng, augment=augment, color_distort=color_distort)
@@ -225,9 +223,13 @@ def train_pixels(encoded: bytes | np.ndarray, rng: np.random.Generator, *, image
 def whole_image_pixels(encoded: bytes | np.ndarray, image_size: int) -> np.ndarray:
     """The whole image resampled to uint8 (image_size, image_size, 3): the deterministic part of "flip" / "none"."""
     image = open_image(encoded)
-    box = (0.0, 0.0, float(image.size[1]), float(image.size[0]))
-    image, scale_yx = _load_for_boxes(image, [box], image_size)
-    return resize_box(image, box, image_size, scale_yx)
+    return _box_pixels(image, (0.0, 0.0, float(image.size[1]), float(image.size[0])), image_size)
+
+
+def _box_pixels(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """One box of a not yet decoded image, decoded (at a reduced JPEG scale when it allows) and resampled."""
+    image, scale_yx = _load_for_boxes(image, [box], size)
+    return resize_box(image, box, size, scale_yx)
 
 
 def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, *, augment: str,

@@ -87,13 +87,19 @@ def input_gradient(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], s
                                         dimension_numbers=_DIMENSIONS)
 
 
+def tap_window(x: jax.Array, i: int, j: int, strides: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
+    """The NHWC input pixels that kernel tap (i, j) meets at each of the out_hw output positions (strided)."""
+    (sh, sw), (out_h, out_w) = strides, out_hw
+    return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
+                                           x.shape[3]), (1, sh, sw, 1))
+
+
 def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
                     padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """d loss / d kernel of an NHWC x HWIO convolution, as one matmul per kernel tap."""
     kh, kw, cin, cout = kernel_shape
-    sh, sw = strides
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
-    batch, out_h, out_w = dy.shape[:3]
+    out_h, out_w = dy.shape[1:3]
     # A small (cin x cout) product over a huge contraction runs on one thread; per-example partial products
     # parallelise it (stem convs: 1.7x faster), and cost extra for wider convs.
     per_example = cin * cout <= 8192
@@ -101,8 +107,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], 
     taps = []
     for i in range(kh):
         for j in range(kw):
-            window = jax.lax.slice(padded, (0, i, j, 0),
-                                   (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin), (1, sh, sw, 1))
+            window = tap_window(padded, i, j, strides, (out_h, out_w))
             tap = jnp.einsum(equation, window, dy, preferred_element_type=jnp.float32)
             taps.append(tap.sum(0) if per_example else tap)
     return jnp.stack(taps).reshape(kernel_shape)
@@ -238,8 +243,7 @@ def _max_pool_bwd(residuals, g):
     grads = {}
     for di in range(3):  # the window's first maximum, row-major, takes the gradient (select with >=)
         for dj in range(3):
-            window = jax.lax.slice(x, (0, di, dj, 0), (x.shape[0], di + 2 * out_h - 1, dj + 2 * out_w - 1,
-                                                       x.shape[3]), (1, 2, 2, 1))
+            window = tap_window(x, di, dj, (2, 2), (out_h, out_w))
             first = (window == y) & ~taken
             taken = taken | first
             grads[di, dj] = jnp.where(first, g, zero)
