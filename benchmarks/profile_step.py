@@ -21,6 +21,11 @@ import re
 import tempfile
 import time
 
+from inception_jax import host_memory
+
+if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/host_memory.py)
+    host_memory.reexec_with_huge_pages()
+
 from bench_step import build_train_step
 
 

@@ -5,7 +5,9 @@
     python benchmarks/speed_vs_timm.py --device=gpu --dtype=bfloat16 --batch=64   # a GPU (bf16 vs AMP)
 
 Each side runs alone in its own process, one after the other (ours, then timm), so thread pools, allocators
-and memory never interfere. A training step = forward, softmax cross-entropy, backward and
+and memory never interfere. Both processes get the same host allocator: by default glibc's malloc with
+transparent huge pages, which our main job sets for itself (inception_jax/host_memory.py); `--allocator=default`
+runs both on glibc's defaults instead. A training step = forward, softmax cross-entropy, backward and
 an RMSProp update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square
 root, which costs the same). Ours is the
 library's jitted train step with clipping, weight decay, EMA and diagnostics switched off, so both sides do the
@@ -22,6 +24,8 @@ import argparse
 import os
 import statistics
 import time
+
+from inception_jax import host_memory
 
 SIZES = {"299": (299, 8), "cpu": (75, 32)}  # image size, batch (cpu = configs/ablation_scale.py's input and batch)
 TIMM_NAMES = {"inception_resnet_v2": "inception_resnet_v2", "inception_v4": "inception_v4"}
@@ -137,6 +141,15 @@ def compare(name: str, size_key: str, args) -> None:
           f"{facts['ours']['compile_seconds']:.1f} s")
 
 
+def set_children_allocator(allocator: str) -> None:
+    """The environment both sides' processes start with (glibc reads its tunables at process start)."""
+    tunables = [e for e in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                if e and e.split("=", 1)[0] != host_memory.TUNABLE]
+    if allocator == "huge_pages":
+        tunables.append(host_memory.WANTED)
+    os.environ["GLIBC_TUNABLES"] = ":".join(tunables)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="inception_resnet_v2,inception_v4")
@@ -146,11 +159,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="override the batch of every size")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--allocator", default="huge_pages", choices=("huge_pages", "default"),
+                        help="host allocator of both sides' processes (inception_jax/host_memory.py)")
     args = parser.parse_args()
+    set_children_allocator(args.allocator)
     import torch
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; each side in "
-          "its own process")
+          f"its own process; allocator: {args.allocator} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})")
     for size_key in args.sizes.split(","):
         for name in args.models.split(","):
             compare(name, size_key, args)

@@ -7,6 +7,13 @@
 import os
 import sys
 
+from inception_jax import host_memory
+
+# First of all, while no library or thread exists: glibc's malloc with transparent huge pages (host_memory.py).
+# Only as a command: a process that imports this module (a test, a notebook) is never replaced.
+if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
+
 # Before TensorFlow or JAX load: TF (used by TFDS and clu) must not grab GPUs, and must stay quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -31,6 +38,7 @@ def main(argv) -> int:
     from inception_jax.input_pipeline import DataError
 
     runtime.setup(_CONFIG.value)
+    logging.info("%s", host_memory.describe())
     logging.info("process %d of %d, %d local / %d global devices", *runtime.device_summary())
     try:
         return _run(sweep)
