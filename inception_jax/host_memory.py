@@ -87,3 +87,26 @@ def describe() -> str:
         return f"host allocator: transparent huge pages ({WANTED}; {OPT_OUT}=0 turns it off)"
     reason = why_not_applicable() or "this process was not started through an entry point that sets it"
     return f"host allocator: glibc defaults ({reason})"
+
+
+def release_freed_memory() -> int:
+    """Hand the memory malloc holds but no longer uses back to the kernel (glibc's malloc_trim); the bytes freed.
+
+    XLA's compiler frees most of what it allocates, but glibc keeps it in the heap: after compiling IR-v2's train
+    step the process held 850 MiB it had freed (README, "Host memory"). Call it after compiling, not per step.
+    """
+    if glibc_version() is None:
+        return 0
+    import ctypes
+
+    before = _resident_bytes()
+    ctypes.CDLL(None).malloc_trim(0)
+    return max(before - _resident_bytes(), 0)
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -83,3 +83,20 @@ def test_the_main_command_runs_with_huge_pages_and_says_so():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "host allocator: transparent huge pages (glibc.malloc.hugetlb=1" in proc.stderr
     assert proc.stdout.startswith("python -m inception_jax.main --config=configs/ablation_scale.py")
+
+
+@pytest.mark.skipif(host_memory.glibc_version() is None, reason="malloc_trim is glibc's")
+def test_memory_the_program_freed_goes_back_to_the_system():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 << 10) for _ in range(3000)]  # 190 MiB of heap, too small a block each for mmap
+    for block in blocks:
+        ctypes.memset(block, 1, 64 << 10)
+    # The last block stays: the freed ones lie below it, where free() itself never gives memory back.
+    for block in blocks[:-1]:
+        libc.free(block)
+    assert host_memory.release_freed_memory() >= 100 << 20
+    libc.free(blocks[-1])
