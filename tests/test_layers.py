@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.models.layers import conv_general_dilated, max_pool_3x3_s2
+from inception_jax.models.layers import conv_general_dilated, max_pool_3x3_s2, reachable_taps
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
     ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
@@ -20,6 +20,14 @@ CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduc
     ((2, 8, 8, 4), (2, 2, 4, 4), 1, "SAME"),  # an even kernel: padding not symmetric
     ((2, 9, 9, 16), (1, 1, 16, 24), 1, ((0, 0), (0, 0))),  # explicit padding pairs: still a matmul
     ((2, 9, 9, 8), (3, 3, 8, 8), 2, ((1, 0), (2, 1))),  # explicit, asymmetric, strided
+    # small grids, where SAME padding leaves taps that meet no pixel (they are cut off, models/layers.py)
+    ((2, 1, 1, 16), (1, 3, 16, 12), 1, "SAME"),  # the C blocks' 1x3 / 3x1 convs on a 1x1 grid: a matmul
+    ((2, 1, 1, 16), (3, 1, 16, 12), 1, "SAME"),
+    ((2, 3, 3, 16), (1, 7, 16, 12), 1, "SAME"),  # a 1x7 conv on a 3-wide grid: 5 of 7 taps remain
+    ((2, 2, 2, 8), (3, 3, 8, 8), 1, "SAME"),
+    ((2, 1, 1, 8), (3, 3, 8, 8), 1, "SAME"),
+    ((2, 3, 3, 8), (3, 3, 8, 8), 2, "SAME"),  # strided: the padded last row is never read
+    ((2, 4, 4, 8), (3, 3, 8, 8), 2, ((2, 3), (1, 0))),  # explicit padding wider than the reach of the taps
 ]
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -91,3 +99,21 @@ def test_max_pool_gradient_equals_xlas_first_maximum_rule(side, ties):
     theirs, their_vjp = jax.vjp(xla_max_pool, jnp.asarray(x))
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(ours_vjp(jnp.asarray(g))[0], their_vjp(jnp.asarray(g))[0])
+
+
+@pytest.mark.parametrize("size,k,stride,lo,hi,expected", [
+    (1, 3, 1, 1, 1, (1, 1, 0, 0)),  # only the centre tap meets the single pixel
+    (3, 7, 1, 3, 3, (1, 5, 2, 2)),
+    (9, 7, 1, 3, 3, (0, 6, 3, 3)),  # a large grid: every tap is kept
+    (3, 3, 2, 1, 1, (0, 2, 1, 1)),
+    (4, 3, 2, 2, 3, (0, 2, 2, 3)),
+    (1, 3, 1, 0, 2, (0, 0, 0, 0)),
+])
+def test_reachable_taps_keep_exactly_the_taps_that_meet_a_pixel_and_the_output_size(size, k, stride, lo, hi,
+                                                                                       expected):
+    first, last, new_lo, new_hi = reachable_taps(size, k, stride, lo, hi)
+    assert (first, last, new_lo, new_hi) == expected
+    n_out = (size + lo + hi - k) // stride + 1
+    assert (size + new_lo + new_hi - (last - first + 1)) // stride + 1 == n_out
+    met = {tap for o in range(n_out) for tap in range(k) if 0 <= o * stride + tap - lo < size}
+    assert met == set(range(first, last + 1))

@@ -129,11 +129,38 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    rhs, padding = crop_to_reachable_taps(rhs, lhs.shape[1:3], strides, padding)
     if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
         # A pointwise convolution is a matmul: XLA:CPU runs dot and its gradients at full speed (a 1x1 conv in
         # a loop body reached half of it), and there is no window to slide.
         return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
     return conv2d(lhs, rhs, strides, padding)
+
+
+def reachable_taps(size: int, k: int, stride: int, lo: int, hi: int) -> tuple[int, int, int, int]:
+    """(first tap, last tap, new lo, new hi): the kernel taps of one spatial dimension that meet an input pixel at
+    some output position, and the padding that keeps the output size once the others are cut off."""
+    n_out = (size + lo + hi - k) // stride + 1
+    first = max(0, lo - (n_out - 1) * stride)  # output o reads input o * stride + tap - lo
+    last = min(k - 1, lo + size - 1)
+    return first, last, lo - first, hi - (k - 1 - last)
+
+
+def crop_to_reachable_taps(kernel: jax.Array, in_hw: tuple[int, int], strides: tuple[int, int],
+                           padding: tuple[tuple[int, int], tuple[int, int]]):
+    """The kernel without the taps that only ever meet padding, and the padding that goes with it.
+
+    On small feature maps SAME padding makes many taps multiply zeros only: a 1x3 or 3x1 conv on the 1x1 grid
+    of the C blocks at 75 px (XLA rewrote those into a batch-as-feature convolution on a slow generic path, up to
+    35 ms each per Inception-v4 step), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
+    sum without the zero terms, and the cut taps' gradient is zero, as it is for the full kernel.
+    """
+    (fh, lh, *pad_h), (fw, lw, *pad_w) = (
+        reachable_taps(n, k, s, lo, hi)
+        for n, k, s, (lo, hi) in zip(in_hw, kernel.shape[:2], strides, padding, strict=True))
+    if (fh, lh, fw, lw) == (0, kernel.shape[0] - 1, 0, kernel.shape[1] - 1):
+        return kernel, padding
+    return kernel[fh:lh + 1, fw:lw + 1], (tuple(pad_h), tuple(pad_w))
 
 
 @dataclasses.dataclass(frozen=True)
