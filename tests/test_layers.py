@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.models.layers import conv_general_dilated, max_pool_3x3_s2, reachable_taps
+from inception_jax.models.layers import avg_pool_3x3_same, conv_general_dilated, max_pool_3x3_s2, reachable_taps
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
     ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
@@ -117,3 +117,20 @@ def test_reachable_taps_keep_exactly_the_taps_that_meet_a_pixel_and_the_output_s
     assert (size + new_lo + new_hi - (last - first + 1)) // stride + 1 == n_out
     met = {tap for o in range(n_out) for tap in range(k) if 0 <= o * stride + tap - lo < size}
     assert met == set(range(first, last + 1))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (2, 2, 5, 4), (2, 7, 7, 8), (1, 17, 17, 16)])
+def test_average_pool_and_its_gradient_equal_tf_semantics_reduce_window(shape):
+    """AvgPool(3, 1, SAME) as TF computes it (padding excluded from the divisor), and XLA's gradient of that."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def reference(x_):
+        total = jax.lax.reduce_window(x_, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+        count = jax.lax.reduce_window(jnp.ones_like(x_), 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+        return total / count
+
+    np.testing.assert_allclose(avg_pool_3x3_same(x), reference(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x_: jnp.sum(avg_pool_3x3_same(x_) * weights))(x),
+                               jax.grad(lambda x_: jnp.sum(reference(x_) * weights))(x), rtol=1e-6, atol=1e-6)

@@ -294,11 +294,40 @@ def _same_pool_counts(height: int, width: int) -> np.ndarray:
     return (rows[:, None] * cols[None, :]).astype(np.float32)[None, :, :, None]
 
 
+def box_sum_3x3(x: jax.Array) -> jax.Array:
+    """Sums over each pixel's 3x3 neighbourhood inside the grid (zero padding), as shifted adds: rows, then columns.
+
+    XLA:CPU's reduce-window emitter ran a 3x3 window 4-6x slower than these fused adds (8x17x17x1024: 3.9 ms
+    against 0.6 ms).
+    """
+    height, width = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = padded[:, 0:height] + padded[:, 1:height + 1] + padded[:, 2:height + 2]
+    return rows[:, :, 0:width] + rows[:, :, 1:width + 1] + rows[:, :, 2:width + 2]
+
+
+@jax.custom_vjp
 def avg_pool_3x3_same(x: jax.Array) -> jax.Array:
-    """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4)."""
-    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
-    counts = _same_pool_counts(x.shape[1], x.shape[2])
-    return total * jnp.asarray(1.0 / counts, x.dtype)
+    """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4).
+
+    The gradient is the same box sum of the scaled output gradient: a zero-padded 3x3 box sum is its own adjoint.
+    """
+    return box_sum_3x3(x) * _inverse_counts(x)
+
+
+def _inverse_counts(x: jax.Array) -> jax.Array:
+    return jnp.asarray(1.0 / _same_pool_counts(x.shape[1], x.shape[2]), x.dtype)
+
+
+def _avg_pool_fwd(x):
+    return avg_pool_3x3_same(x), None
+
+
+def _avg_pool_bwd(_, g):
+    return (box_sum_3x3(g * _inverse_counts(g)),)
+
+
+avg_pool_3x3_same.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 
 def avg_pool_valid(x: jax.Array, window: int, stride: int) -> jax.Array:
