@@ -28,6 +28,11 @@ CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduc
     ((2, 1, 1, 8), (3, 3, 8, 8), 1, "SAME"),
     ((2, 3, 3, 8), (3, 3, 8, 8), 2, "SAME"),  # strided: the padded last row is never read
     ((2, 4, 4, 8), (3, 3, 8, 8), 2, ((2, 3), (1, 0))),  # explicit padding wider than the reach of the taps
+    # strided input gradients, phase by phase: a phase no tap reaches, even sizes, stride 3, a non-square input
+    ((2, 8, 8, 4), (1, 1, 4, 6), 2, "VALID"),
+    ((2, 10, 10, 4), (3, 3, 4, 6), 2, "SAME"),
+    ((2, 10, 9, 4), (3, 3, 4, 6), 3, "VALID"),
+    ((2, 12, 12, 4), (2, 2, 4, 6), 2, "VALID"),
 ]
 DN = ("NHWC", "HWIO", "NHWC")
 
