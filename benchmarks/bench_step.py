@@ -17,10 +17,12 @@ from inception_jax import host_memory
 
 def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
                      learning_rate: float = 0.045, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                     diagnostics: bool = False, **model_knobs: Any):
+                     diagnostics: bool = False, logs: bool = False, **model_knobs: Any):
     """(compiled step, state, batch, compile seconds) for the recipe's RMSProp (TF settings) on model `name`.
 
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
+    `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
+    the first 200), which skips the global norms of the logged metrics (train_step.py).
     """
     import jax
     import optax
@@ -38,7 +40,8 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     tx = make_optimizer(t, schedule)
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
-                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False, seed=0)
+                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False, seed=0,
+                     log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1))
     state = jax.jit(lambda: init_state(opts, tx, 0))()
     rng = np.random.default_rng(0)
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),

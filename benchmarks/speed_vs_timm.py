@@ -7,14 +7,13 @@
 Each side runs alone in its own process, one after the other (ours, then timm), so thread pools, allocators
 and memory never interfere. Both processes get the same host allocator: by default glibc's malloc with
 transparent huge pages, which our main job sets for itself (inception_jax/host_memory.py); `--allocator=default`
-runs both on glibc's defaults instead. A training step = forward, softmax cross-entropy, backward and
-an RMSProp update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square
-root, which costs the same). Ours is the
-library's jitted train step with clipping, weight decay, EMA and diagnostics switched off, so both sides do the
-same work. After --warmup steps, --repeats timed steps per side; medians; images/s and the
-ratio ours / timm. Also our compile time, and each process's memory: the peak it adds during one step (Linux
-VmHWM, reset before the step) and what it holds after setup. TensorFlow is not imported (torch and TF in one
-process crash at import).
+runs both on glibc's defaults instead. A training step = forward, softmax cross-entropy, backward and an RMSProp
+update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square root, which
+costs the same). Ours is the library's jitted train step with clipping, weight decay, EMA and diagnostics
+switched off, as it runs on a step that does not log (no global norms), so both sides do the same work. After
+--warmup steps, --repeats timed steps per side; medians; images/s and the ratio ours / timm. Also our compile
+time, and each process's memory: the peak it adds during one step (Linux VmHWM, reset before the step) and what
+it holds after setup. TensorFlow is not imported (torch and TF in one process crash at import).
 Targets (issue #7, CPU): ours >= 1.0x timm at 299 px and >= 1.3x at the CPU-ablation size, memory <= timm's.
 """
 

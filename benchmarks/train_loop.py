@@ -43,8 +43,8 @@ from inception_jax.configuration import load_config
 from inception_jax.metrics import RunWriter
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.sharding import global_batch
-from inception_jax.train import Clock, TrainLog, compile_steps, device_prefetch, is_log_step
-from inception_jax.train_step import cross_entropy, model_input
+from inception_jax.train import Clock, TrainLog, compile_steps, device_prefetch
+from inception_jax.train_step import cross_entropy, is_log_step, model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +157,7 @@ def run_loop(run, holder, train_fn, steps: int) -> float:
     for step in range(2, steps + 2):
         holder["state"], metrics = train_fn(holder["state"], next(batches))
         train_log.flush()
-        if is_log_step(step, run.config.train, 10**9):
+        if is_log_step(step, run.step_cfg.log_schedule):
             train_log.pending = (step, metrics)
     train_log.flush()
     jax.block_until_ready(holder["state"].params)

@@ -130,7 +130,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         graphdef=facts.graphdef, tx=make_optimizer(t, schedule), schedule=schedule,
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
-        learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed))
+        learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed),
+        log_schedule=log_schedule(t, num_steps))
     return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=info, train_stream=stream,
                steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps, eval_batch_size=eval_batch_size,
                mesh=mesh, step_cfg=step_cfg, model_facts=facts)
@@ -229,3 +230,9 @@ def restore_or_init(run: Run, checkpoints: RunCheckpoints) -> tuple[TrainState, 
         log.info("resumed from %s at step %d", checkpoints.directory, int(meta["step"]))
         return state, shardings, meta
     return fresh_state(run, shardings), shardings, None
+
+
+def log_schedule(t: Any, num_steps: int) -> tuple[int, int, int]:
+    """The steps that log (train_step.is_log_step): the first `train.log_dense_steps`, every
+    `train.log_every_steps`-th, and the last."""
+    return int(t.log_dense_steps), int(t.log_every_steps), int(num_steps)

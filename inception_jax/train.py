@@ -27,7 +27,7 @@ from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
 from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
-from inception_jax.train_step import eval_step, train_step
+from inception_jax.train_step import eval_step, is_log_step, train_step
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
             status = train_log.flush()
             if status != "finished":
                 break
-            if is_log_step(step, t, run.num_steps):
+            if is_log_step(step, run.step_cfg.log_schedule):
                 train_log.pending = (step, metrics)
             due_eval = bool(t.eval_every_steps) and step % t.eval_every_steps == 0 and step < run.num_steps
             due_probe = t.diagnostics and step % t.probe_every_steps == 0
@@ -135,10 +135,6 @@ def release_compiler_memory(what: str) -> None:
     released = host_memory.release_freed_memory()
     if released >= 64 << 20:
         log.info("after the %s: %d MiB of freed host memory returned to the system", what, released >> 20)
-
-
-def is_log_step(step: int, t: Any, num_steps: int) -> bool:
-    return step <= t.log_dense_steps or step % t.log_every_steps == 0 or step == num_steps
 
 
 class Clock:

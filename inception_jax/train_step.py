@@ -44,6 +44,17 @@ class StepConfig:
     diagnostics: bool
     learnable_scales: bool
     seed: int
+    # (log_dense_steps, log_every_steps, num_steps): the steps whose metrics the loop fetches. The three global
+    # norms (a full read of gradients, updates and parameters: 7 % of IR-v2's step at 75 px) are computed on
+    # those steps only. The default logs every step.
+    log_schedule: tuple[int, int, int] = (0, 1, 0)
+
+
+def is_log_step(step: Any, log_schedule: tuple[int, int, int]) -> Any:
+    """Whether step `step` (1-based) logs: each of the first `dense` steps, every `every`-th, and the last. Works
+    on Python ints (the loop) and traced step counters (the step)."""
+    dense, every, last = log_schedule
+    return (step <= dense) | (step % every == 0) | (step == last)
 
 
 def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
@@ -99,13 +110,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) 
         "loss_finite": jnp.isfinite(loss).astype(jnp.float32),
         "accuracy": jnp.mean((jnp.argmax(out.logits, -1) == batch["label"]).astype(jnp.float32)),
         "lr": jnp.asarray(cfg.schedule(state.step), jnp.float32),
-        "grad_norm": optax.tree.norm(grads),
-        "update_norm": optax.tree.norm(updates),
-        "param_norm": optax.tree.norm(params),
+        **jax.lax.cond(is_log_step(step, cfg.log_schedule), global_norms, _skipped_norms, grads, updates, params),
     }
     if cfg.diagnostics:
         metrics.update(_diagnostics(out, cfg))
     return TrainState(step=step, params=params, rest=rest, opt_state=opt_state, ema_params=ema), metrics
+
+
+def global_norms(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array]:
+    return {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+            "param_norm": optax.tree.norm(params)}
+
+
+def _skipped_norms(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array]:
+    """A step that does not log: its metrics are never fetched, so the norms are not computed (NaN if read)."""
+    return {key: jnp.full((), jnp.nan, jnp.float32) for key in ("grad_norm", "update_norm", "param_norm")}
 
 
 def _diagnostics(out, cfg: StepConfig) -> dict[str, jax.Array]:

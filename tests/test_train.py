@@ -142,6 +142,36 @@ def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     assert train_fn._cache_size() == 1
 
 
+def test_global_norms_are_computed_on_log_steps_only_and_are_exact_there(shapes_tiny_dir, tmp_path):
+    """A step whose metrics are never fetched skips the three full reads of gradients, updates and parameters."""
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 5,
+                                             "train.log_dense_steps": 0, "train.log_every_steps": 2})
+    run = prepare_run(config, str(tmp_path))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=100, keep=1)
+    state, shardings, _ = restore_or_init(run, checkpoints)
+    checkpoints.close()
+    train_fn, _ = compile_steps(run, shardings)
+    from inception_jax.sharding import global_batch
+    from inception_jax.train_step import is_log_step
+
+    assert [s for s in range(1, 6) if is_log_step(s, run.step_cfg.log_schedule)] == [2, 4, 5]
+    for step in (1, 2):
+        before = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+        state, metrics = train_fn(state, global_batch(run.train_stream.batch(step - 1), run.mesh))
+        after = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+        norms = {k: float(metrics[k]) for k in ("grad_norm", "update_norm", "param_norm")}
+        if step == 1:  # not a log step
+            assert all(np.isnan(v) for v in norms.values()), norms
+            continue
+        delta = jax.tree.map(lambda a, b: a.astype(np.float64) - b, after, before)
+        np.testing.assert_allclose(norms["update_norm"], np.sqrt(sum(np.sum(d ** 2) for d in jax.tree.leaves(delta))),
+                                   rtol=1e-4)
+        np.testing.assert_allclose(norms["param_norm"],
+                                   np.sqrt(sum(np.sum(p.astype(np.float64) ** 2) for p in jax.tree.leaves(after))),
+                                   rtol=1e-5)
+        assert np.isfinite(norms["grad_norm"]) and norms["grad_norm"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- init_from
 def test_init_from_a_run_replaces_the_classifier_when_classes_differ(one_device_run, shapes_tiny_dir, tmp_path):
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "init_from": one_device_run,
