@@ -27,7 +27,7 @@ from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
 from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
-from inception_jax.train_step import eval_step, is_log_step, train_step
+from inception_jax.train_step import LeafStep, eval_step, is_log_step
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,11 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
              jax.device_count())
+    leaves = jax.tree.leaves(state)  # the loop holds the state as leaves; `state` is rebuilt where it is read
+    del state  # donated by the first step
     try:
         for step in range(start + 1, run.num_steps + 1):
-            state, metrics = train_fn(state, next(batches))
+            leaves, metrics = train_fn.step_leaves(leaves, next(batches))
             if step == start + 1:  # compiled by now: the compiler's freed memory goes back to the system
                 release_compiler_memory("train step")
             # The previous log step's metrics are fetched only now, so the host never waits for the step it
@@ -89,15 +91,19 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
             due_eval = bool(t.eval_every_steps) and step % t.eval_every_steps == 0 and step < run.num_steps
             due_probe = t.diagnostics and step % t.probe_every_steps == 0
             preempted = preemption.reached(step)
-            if due_eval or due_probe or preempted or checkpoints.manager.should_save(step):
-                status = train_log.flush()  # never evaluate or save a state whose loss is not yet checked
-                if status != "finished":
-                    break
+            due_save = checkpoints.manager.should_save(step)
+            if not (due_eval or due_probe or preempted or due_save):
+                continue
+            status = train_log.flush()  # never evaluate or save a state whose loss is not yet checked
+            if status != "finished":
+                break
+            state = train_fn.state(leaves)
             if due_eval:
                 evaluate(writer, step, state, eval_fn, run, clock)
             if due_probe:
                 probe(writer, step, state, eval_fn, run, clock)
-            checkpoints.save(step, state, checkpoint_meta(step, clock))
+            if due_save:
+                checkpoints.save(step, state, checkpoint_meta(step, clock))
             if preempted:
                 checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
                 checkpoints.wait()
@@ -108,6 +114,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     finally:
         preemption.close()
         batches.close()
+    state = train_fn.state(leaves)
     if status == "diverged":
         log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked diverged",
                   train_log.last_step, checkpoints.latest_step())
@@ -123,8 +130,7 @@ def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
     """The jitted train step (state donated, explicit in/out shardings) and eval step."""
     batch_sh = sharding.batch_sharding(run.mesh)
     replicated = sharding.replicated(run.mesh)
-    train_fn = jax.jit(functools.partial(train_step, cfg=run.step_cfg), in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, replicated), donate_argnums=0)
+    train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated)
     eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg),
                       in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)
     return train_fn, eval_fn
