@@ -142,6 +142,15 @@ def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     assert train_fn._cache_size() == 1
 
 
+def test_compile_only_reports_compile_time_and_memory_and_trains_nothing(shapes_tiny_dir, tmp_path):
+    result = train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "compile_only": True}),
+                                str(tmp_path))
+    assert result.status == "compiled" and result.steps == 0
+    report = read_json(str(tmp_path), "compile_report.json")
+    assert report == result.result and report["compile_seconds"] > 0 and report["temp_size_in_bytes"] > 0
+    assert not os.path.exists(tmp_path / "checkpoints") and not os.path.exists(tmp_path / "metrics.jsonl")
+
+
 def test_global_norms_are_computed_on_log_steps_only_and_are_exact_there(shapes_tiny_dir, tmp_path):
     """A step whose metrics are never fetched skips the three full reads of gradients, updates and parameters."""
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 5,
