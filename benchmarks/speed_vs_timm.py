@@ -142,8 +142,7 @@ def compare(name: str, size_key: str, args) -> None:
 
 def set_children_allocator(allocator: str) -> None:
     """The environment both sides' processes start with (glibc reads its tunables at process start)."""
-    tunables = [e for e in os.environ.get("GLIBC_TUNABLES", "").split(":")
-                if e and e.split("=", 1)[0] != host_memory.TUNABLE]
+    tunables = host_memory.other_tunables(os.environ.get("GLIBC_TUNABLES"))
     if allocator == "huge_pages":
         tunables.append(host_memory.WANTED)
     os.environ["GLIBC_TUNABLES"] = ":".join(tunables)

@@ -21,13 +21,18 @@ OPT_OUT = "INCEPTION_JAX_HUGE_PAGES"  # "0": leave the allocator as the environm
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def other_tunables(current: str | None) -> list[str]:
+    """The entries of a GLIBC_TUNABLES value other than the huge-page tunable."""
+    return [e for e in (current or "").split(":") if e and e.split("=", 1)[0] != TUNABLE]
+
+
 def tunables_with_huge_pages(current: str | None) -> str | None:
     """GLIBC_TUNABLES with the huge-page tunable added; None when it is already set (to any value: a value the
     user chose, 0 included, is kept)."""
-    entries = [e for e in (current or "").split(":") if e]
-    if any(e.split("=", 1)[0] == TUNABLE for e in entries):
+    others = other_tunables(current)
+    if len(others) != len([e for e in (current or "").split(":") if e]):
         return None
-    return ":".join([*entries, WANTED])
+    return ":".join([*others, WANTED])
 
 
 def glibc_version() -> tuple[int, int] | None:
