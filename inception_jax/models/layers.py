@@ -1,5 +1,5 @@
-"""The units every network is made of: the conv unit (conv -> BatchNorm -> ReLU), BatchNorm with an explicit
-normalization group, the two poolings of the spec, and the initializers the knobs name.
+"""The units every network is made of: the conv unit (conv -> BatchNorm -> ReLU; BatchNorm itself is in
+batchnorm.py), the convolution and pooling gradients we write by hand, and the initializers the knobs name.
 
 Nothing here knows about a particular network; the filter counts and layouts live in the family files.
 """
@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from .batchnorm import BatchNorm
 
 Initializer = Callable[..., jax.Array]
 
@@ -230,59 +232,6 @@ class LayerContext:
     dense_init: Initializer
 
 
-class BatchNorm(nnx.Module):
-    """BatchNorm over N, H, W with TF/Flax momentum semantics (`ra <- m * ra + (1 - m) * batch_stat`).
-
-    `group_size` makes the normalization group explicit: None normalizes over the whole batch the step sees
-    (under `jax.jit` on a mesh that is the *global* batch: sync-BN), an integer g normalizes each consecutive
-    group of g examples on its own ("ghost" BN, as each replica did in the paper's asynchronous training).
-    Running statistics are the mean of the groups' statistics. Statistics are always float32.
-    """
-
-    def __init__(self, num_features: int, *, momentum: float, epsilon: float, use_scale: bool,
-                 group_size: int | None, param_dtype, dtype):
-        self.momentum = momentum
-        self.epsilon = epsilon
-        self.group_size = group_size
-        self.dtype = dtype
-        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_scale else None
-        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-
-    def _batch_moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Per-group mean and variance, shaped (groups, 1, 1, 1, C) so they broadcast over a grouped x."""
-        n = x.shape[0]
-        g = n if self.group_size is None else self.group_size
-        if n % g:
-            raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples this BatchNorm sees; "
-                             "use a group size that divides the per-step batch, or None for the whole batch")
-        xf = x.astype(jnp.float32).reshape((n // g, g, *x.shape[1:]))
-        mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
-        # One pass (E[x^2] - E[x]^2), as flax's use_fast_variance; clipped at 0 against rounding.
-        var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(1, 2, 3), keepdims=True) - jnp.square(mean), 0.0)
-        return mean, var
-
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if train:
-            mean, var = self._batch_moments(x)
-            m = self.momentum
-            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * jnp.mean(mean, axis=(0, 1, 2, 3)))
-            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * jnp.mean(var, axis=(0, 1, 2, 3)))
-        else:
-            mean, var = self.mean[...], self.var[...]
-        inv = jax.lax.rsqrt(var + self.epsilon)
-        if self.scale is not None:
-            inv = inv * self.scale[...].astype(jnp.float32)
-        shift = self.bias[...].astype(jnp.float32) - mean * inv
-        if train:
-            # Fold normalize + affine into one multiply-add per element on the grouped view.
-            shape = x.shape
-            xg = x.reshape((mean.shape[0], -1, *shape[1:]))
-            return (xg * inv.astype(self.dtype) + shift.astype(self.dtype)).reshape(shape)
-        return x * inv.astype(self.dtype) + shift.astype(self.dtype)
-
-
 class ConvBN(nnx.Module):
     """The spec's CBR unit: convolution without bias -> BatchNorm -> ReLU (ARCHITECTURE.md §1.1)."""
 
@@ -295,7 +244,7 @@ class ConvBN(nnx.Module):
                             group_size=ctx.bn_group_size, param_dtype=ctx.param_dtype, dtype=ctx.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return jax.nn.relu(self.bn(self.conv(x), train=train))
+        return self.bn(self.conv(x), train=train, relu=True)
 
 
 @jax.custom_vjp
