@@ -2,6 +2,7 @@
 
     pip install -e '.[parity]'                      # torch + timm (make parity installs them)
     python benchmarks/speed_vs_timm.py              # CPU: 299 px batch 8, and the CPU-ablation size
+    python benchmarks/speed_vs_timm.py --rounds=3   # the same, three (ours, timm) process pairs each
     python benchmarks/speed_vs_timm.py --device=gpu --dtype=bfloat16 --batch=64   # a GPU (bf16 vs AMP)
 
 Each side runs alone in its own process, one after the other (ours, then timm), so thread pools, allocators
@@ -12,8 +13,13 @@ update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps 
 costs the same). Ours is the library's jitted train step with clipping, weight decay, EMA and diagnostics
 switched off, as it runs on a step that does not log (no global norms), so both sides do the same work. After
 --warmup steps, --repeats timed steps per side; medians; images/s and the ratio ours / timm. Also our compile
-time, and each process's memory: the peak it adds during one step (Linux VmHWM, reset before the step) and what
-it holds after setup. TensorFlow is not imported (torch and TF in one process crash at import).
+time, and each process's memory while it trains: its peak resident memory over the timed steps (Linux VmHWM,
+reset after warm-up) above what it held before building its side (so the framework's libraries, the model, its
+optimizer state and each step's temporaries count; the interpreter does not). One step's peak alone would be
+unreliable: XLA:CPU allocates a step's temporaries afresh each step, and whether the last step's are still
+resident when a step starts varies from run to run. Ours also prints XLA's own count of its step's temporaries.
+--rounds=N repeats the pair of processes N times and reports the median of the N ratios. TensorFlow is not
+imported (torch and TF in one process crash at import).
 Targets (issue #7, CPU): ours >= 1.0x timm at 299 px and >= 1.3x at the CPU-ablation size, memory <= timm's.
 """
 
@@ -53,6 +59,7 @@ class Ours:
 
         self.step_fn, self.state, self.batch, self.compile_seconds = build_train_step(name, size=size, batch=batch,
                                                                                      dtype=dtype)
+        self.temp_mib = self.step_fn.memory_analysis().temp_size_in_bytes >> 20
         self._jax = jax
 
     def step(self) -> None:
@@ -104,40 +111,51 @@ def side_worker(cls_name: str, name: str, size: int, batch: int, args: argparse.
     for _ in range(args.warmup):
         side.step()
     reset_peak()
-    base = rss_kib("VmRSS")
-    side.step()
-    peak, resident = rss_kib("VmHWM") - base, rss_kib("VmRSS") - before
     times = []
     for _ in range(args.repeats):
         begin = time.perf_counter()
         side.step()
         times.append(time.perf_counter() - begin)
-    conn.send({"compile_seconds": getattr(side, "compile_seconds", None), "step_peak_kib": peak,
-               "resident_kib": resident, "times": times})
+    conn.send({"compile_seconds": getattr(side, "compile_seconds", None), "peak_kib": rss_kib("VmHWM") - before,
+               "temp_mib": getattr(side, "temp_mib", None), "times": times})
+
+
+def run_side(label: str, name: str, size: int, batch: int, args) -> dict:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    proc = context.Process(target=side_worker, args=(label, name, size, batch, args, child))
+    proc.start()
+    facts = parent.recv()
+    proc.join()
+    return facts
 
 
 def compare(name: str, size_key: str, args) -> None:
-    import multiprocessing
-
+    """--rounds rounds of (ours, timm), each side a fresh process: the machine's drift between two processes is
+    what limits a single ratio (timm alone ranged 52-77 img/s at 75 px across runs of one day), so the ratio
+    reported is the median of the rounds' ratios, each from two neighbouring processes."""
     size, batch = SIZES[size_key]
     batch = args.batch or batch
-    context = multiprocessing.get_context("spawn")
-    facts = {}
-    for label in ("ours", "timm"):
-        parent, child = context.Pipe()
-        proc = context.Process(target=side_worker, args=(label, name, size, batch, args, child))
-        proc.start()
-        facts[label] = parent.recv()
-        proc.join()
-    median = {label: statistics.median(f["times"]) for label, f in facts.items()}
-    print(f"\n== {name}, {size} px, batch {batch}, {args.device} {args.dtype}, median of {args.repeats}")
-    for label, f in facts.items():
-        print(f"  {label:5s} {batch / median[label]:8.2f} img/s  {median[label] * 1e3:9.1f} ms/step  "
-              f"(min {min(f['times']) * 1e3:.0f}, max {max(f['times']) * 1e3:.0f})  "
-              f"step peak +{f['step_peak_kib'] / 1024:6.0f} MiB  process resident after setup "
-              f"+{f['resident_kib'] / 1024:6.0f} MiB")
-    print(f"  ours/timm images/s: {median['timm'] / median['ours']:.2f}x   our compile: "
-          f"{facts['ours']['compile_seconds']:.1f} s")
+    rounds = [{label: run_side(label, name, size, batch, args) for label in ("ours", "timm")}
+              for _ in range(args.rounds)]
+    print(f"\n== {name}, {size} px, batch {batch}, {args.device} {args.dtype}, {args.rounds} round(s) of "
+          f"{args.repeats} timed steps per side")
+    ratios = []
+    for r, facts in enumerate(rounds):
+        median = {label: statistics.median(f["times"]) for label, f in facts.items()}
+        ratios.append(median["timm"] / median["ours"])
+        for label, f in facts.items():
+            print(f"  {r + 1}: {label:5s} {batch / median[label]:8.2f} img/s  {median[label] * 1e3:9.1f} ms/step  "
+                  f"(min {min(f['times']) * 1e3:.0f}, max {max(f['times']) * 1e3:.0f})  "
+                  f"peak memory while training +{f['peak_kib'] / 1024:6.0f} MiB"
+                  + (f" (XLA's step temporaries {f['temp_mib']} MiB)" if f["temp_mib"] is not None else ""))
+    compile_seconds = statistics.median(facts["ours"]["compile_seconds"] for facts in rounds)
+    peak = {label: max(facts[label]["peak_kib"] for facts in rounds) / 1024 for label in ("ours", "timm")}
+    print(f"  ours/timm images/s: {statistics.median(ratios):.2f}x (rounds: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)})   peak memory ours/timm: {peak['ours'] / peak['timm']:.2f}x   "
+          f"our compile: {compile_seconds:.1f} s")
 
 
 def set_children_allocator(allocator: str) -> None:
@@ -157,6 +175,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="override the batch of every size")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="(ours, timm) process pairs per comparison")
     parser.add_argument("--allocator", default="huge_pages", choices=("huge_pages", "default"),
                         help="host allocator of both sides' processes (inception_jax/host_memory.py)")
     args = parser.parse_args()
