@@ -158,7 +158,7 @@ def run_loop(run, holder, train_fn, steps: int) -> float:
     batches = device_prefetch(run.train_stream.iterator(1), run.mesh)
     holder["leaves"], _ = train_fn.step_leaves(holder["leaves"], next(batches))
     jax.block_until_ready(holder["leaves"])
-    train_log = TrainLog(writer, run, Clock(0.0), [], 1)
+    train_log = TrainLog(writer, run, Clock(0.0), [], 1, fetch=train_fn.metrics)
     begin = time.perf_counter()
     for step in range(2, steps + 2):
         holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], next(batches))

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -70,7 +70,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     preemption = PreemptionWatcher(checkpoints.manager, distributed=jax.process_count() > 1)
     clock = Clock(offset=float(meta["elapsed"]) if meta else 0.0)
     batches = device_prefetch(run.train_stream.iterator(start), run.mesh)
-    train_log = TrainLog(writer, run, clock, history, start)
+    train_log = TrainLog(writer, run, clock, history, start, fetch=train_fn.metrics)
     status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
              jax.device_count())
@@ -158,11 +158,14 @@ def checkpoint_meta(step: int, clock: Clock) -> dict:
 
 
 class TrainLog:
-    """Train metrics waiting to be written: `pending` holds the device metrics of the latest log step."""
+    """Train metrics waiting to be written: `pending` holds the step and the device metrics of the latest log
+    step, as the train step returned them; `fetch` turns those into named host values (LeafStep.metrics)."""
 
-    def __init__(self, writer: RunWriter, run: Run, clock: Clock, history: list[dict], start: int):
+    def __init__(self, writer: RunWriter, run: Run, clock: Clock, history: list[dict], start: int, *,
+                 fetch: Callable[[Any], Mapping[str, Any]]):
         self.writer, self.run, self.clock, self.history = writer, run, clock, history
-        self.pending: tuple[int, dict] | None = None
+        self.fetch = fetch
+        self.pending: tuple[int, Any] | None = None
         self.last = (start, time.perf_counter())
         self.last_step = start
 
@@ -172,7 +175,7 @@ class TrainLog:
             return "finished"
         step, metrics = self.pending
         self.pending = None
-        row = log_train(self.writer, step, metrics, self.run, self.clock, self.last)
+        row = log_train(self.writer, step, self.fetch(metrics), self.run, self.clock, self.last)
         self.last, self.last_step = (step, time.perf_counter()), step
         self.history.append(row)
         if not row["loss_finite"]:
@@ -182,8 +185,8 @@ class TrainLog:
         return "finished"
 
 
-def log_train(writer: RunWriter, step: int, metrics: dict, run: Run, clock: Clock, last_log: tuple) -> dict:
-    values = jax.device_get(metrics)
+def log_train(writer: RunWriter, step: int, values: Mapping[str, Any], run: Run, clock: Clock,
+              last_log: tuple) -> dict:
     now = time.perf_counter()
     images_per_sec = (step - last_log[0]) * run.config.train.batch_size / max(now - last_log[1], 1e-9)
     row = writer.write(step, "train", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch,

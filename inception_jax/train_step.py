@@ -7,11 +7,13 @@ Every random draw of step s comes from `fold_in(seed key, s)`, so a resumed run 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -127,30 +129,71 @@ def _skipped_norms(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array
     return {key: jnp.full((), jnp.nan, jnp.float32) for key in ("grad_norm", "update_norm", "param_norm")}
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricsLayout:
+    """Where each metric sits in the packed vector: the dict's tree structure and each leaf's shape."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+
+
+def pack_metrics(metrics: dict) -> tuple[jax.Array, MetricsLayout]:
+    """A step's metrics as one float32 vector, so the host fetches them in one transfer, not one per metric
+    (~60 with the diagnostics: 0.36 ms of host time against 0.01 ms, on the cores the next step runs on)."""
+    leaves, treedef = jax.tree.flatten(metrics)
+    for leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"metric of dtype {leaf.dtype} cannot be packed into float32 without loss; "
+                            "log it as a float")
+    packed = jnp.concatenate([jnp.ravel(leaf).astype(jnp.float32) for leaf in leaves])
+    return packed, MetricsLayout(treedef, tuple(tuple(leaf.shape) for leaf in leaves))
+
+
+def unpack_metrics(packed: np.ndarray, layout: MetricsLayout) -> dict[str, np.ndarray]:
+    """The host side of pack_metrics: numpy float32 values under the step's metric names."""
+    sizes = [math.prod(shape) for shape in layout.shapes]
+    if packed.shape != (sum(sizes),):
+        raise ValueError(f"packed metrics of shape {packed.shape} do not match the layout ({sum(sizes)} values)")
+    parts = np.split(np.asarray(packed), np.cumsum(sizes)[:-1])
+    return jax.tree.unflatten(layout.treedef, [p.reshape(shape) for p, shape in zip(parts, layout.shapes)])
+
+
 class LeafStep:
-    """A jitted train step that takes and returns the state as its list of leaves.
+    """A jitted train step that takes and returns the state as its list of leaves, and its metrics packed.
 
     A TrainState holds about 240 nnx Variables, and jit flattens and rebuilds them in Python on every call: 5 ms
     of host time per step at the CPU-ablation size (a 25-30 ms step), on the cores the step runs on. The loop
-    keeps the leaves (a list, flattened in C++) and rebuilds the state only to evaluate or save. Calling it with
-    a TrainState works too, at the old cost (tests, benchmarks).
+    keeps the leaves (a list, flattened in C++) and rebuilds the state only to evaluate or save. The metrics come
+    back as one vector (pack_metrics); `metrics(packed)` fetches and names them. Calling it with a TrainState
+    works too, at the old cost, and returns the metrics fetched (tests, benchmarks).
     """
 
     def __init__(self, cfg: StepConfig, state_shardings: Any, batch_sharding: Any, metrics_sharding: Any):
         self.treedef = jax.tree.structure(state_shardings)
+        self.metrics_layout: MetricsLayout | None = None
         treedef = self.treedef
         leaf_shardings = jax.tree.leaves(state_shardings)
 
         def step_leaves(leaves, batch):
             state, metrics = train_step(jax.tree.unflatten(treedef, leaves), batch, cfg)
-            return jax.tree.leaves(state), metrics
+            packed, layout = pack_metrics(metrics)
+            # Recorded while tracing, which jit does in every process before its first call (a persistent
+            # compilation cache skips XLA's compile, not the trace): the layout is known before a metric is read.
+            self.metrics_layout = layout
+            return jax.tree.leaves(state), packed
 
         self.step_leaves = jax.jit(step_leaves, in_shardings=(leaf_shardings, batch_sharding),
                                    out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0)
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        leaves, metrics = self.step_leaves(jax.tree.leaves(state), batch)
-        return self.state(leaves), metrics
+        leaves, packed = self.step_leaves(jax.tree.leaves(state), batch)
+        return self.state(leaves), self.metrics(packed)
+
+    def metrics(self, packed: jax.Array) -> dict[str, np.ndarray]:
+        """Fetch a step's packed metrics (blocks until that step is done) and name them."""
+        if self.metrics_layout is None:
+            raise RuntimeError("the train step has not been traced yet: call or lower it first")
+        return unpack_metrics(np.asarray(jax.device_get(packed)), self.metrics_layout)
 
     def state(self, leaves: list) -> TrainState:
         return jax.tree.unflatten(self.treedef, leaves)

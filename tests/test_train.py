@@ -142,6 +142,26 @@ def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     assert train_fn._cache_size() == 1
 
 
+def test_metrics_come_back_as_one_vector_and_unpack_to_the_same_values():
+    """The loop fetches a step's metrics in one transfer (train_step.pack_metrics), under their names."""
+    import jax.numpy as jnp
+
+    from inception_jax.train_step import pack_metrics, unpack_metrics
+
+    metrics = {"loss": jnp.float32(2.5), "lr": jnp.float32(0.045), "zero_frac": jnp.arange(3, dtype=jnp.float32),
+               "per_block": {"rms": jnp.ones((2, 2), jnp.bfloat16) / 3}}
+    packed, layout = jax.jit(lambda m: pack_metrics(m)[0])(metrics), pack_metrics(metrics)[1]
+    assert packed.shape == (9,) and packed.dtype == jnp.float32
+    values = unpack_metrics(np.asarray(packed), layout)
+    assert jax.tree.structure(values) == jax.tree.structure(metrics)
+    for ours, ref in zip(jax.tree.leaves(values), jax.tree.leaves(metrics)):
+        np.testing.assert_array_equal(ours, np.asarray(ref, np.float32))
+    with pytest.raises(TypeError, match="int32"):
+        pack_metrics({"count": jnp.int32(3)})
+    with pytest.raises(ValueError, match="do not match"):
+        unpack_metrics(np.zeros(4, np.float32), layout)
+
+
 def test_compile_only_reports_compile_time_and_memory_and_trains_nothing(shapes_tiny_dir, tmp_path):
     result = train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "compile_only": True}),
                                 str(tmp_path))
