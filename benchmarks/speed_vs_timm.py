@@ -162,7 +162,7 @@ def set_children_allocator(allocator: str) -> None:
     """The environment both sides' processes start with (glibc reads its tunables at process start)."""
     tunables = host_memory.other_tunables(os.environ.get("GLIBC_TUNABLES"))
     if allocator == "huge_pages":
-        tunables.append(host_memory.WANTED)
+        tunables += host_memory.WANTED.split(":")
     os.environ["GLIBC_TUNABLES"] = ":".join(tunables)
 
 

@@ -40,13 +40,19 @@ def run_child(**env_changes):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_the_tunable_is_added_beside_the_users_own_and_never_replaces_a_chosen_value():
-    assert host_memory.tunables_with_huge_pages(None) == "glibc.malloc.hugetlb=1"
-    assert host_memory.tunables_with_huge_pages("") == "glibc.malloc.hugetlb=1"
-    assert (host_memory.tunables_with_huge_pages("glibc.malloc.arena_max=2")
-            == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+OURS = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+
+
+def test_the_tunables_are_added_beside_the_users_own_and_never_replace_a_chosen_value():
+    assert host_memory.WANTED == OURS
+    assert host_memory.tunables_with_huge_pages(None) == OURS
+    assert host_memory.tunables_with_huge_pages("") == OURS
+    assert host_memory.tunables_with_huge_pages("glibc.malloc.arena_max=2") == "glibc.malloc.arena_max=2:" + OURS
+    assert (host_memory.tunables_with_huge_pages("glibc.malloc.mmap_max=8")  # the user's value of one of ours
+            == "glibc.malloc.mmap_max=8:glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=17179869184")
     assert host_memory.tunables_with_huge_pages("glibc.malloc.hugetlb=0") is None
     assert host_memory.tunables_with_huge_pages("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1") is None
+    assert host_memory.other_tunables("glibc.malloc.arena_max=2:" + OURS) == ["glibc.malloc.arena_max=2"]
 
 
 def test_opting_out_or_an_existing_setting_leaves_the_process_alone():
@@ -58,7 +64,7 @@ def test_opting_out_or_an_existing_setting_leaves_the_process_alone():
 @needs_thp
 def test_an_entry_point_reexecutes_once_with_huge_pages_and_keeps_its_arguments():
     child = run_child()
-    assert child["tunables"] == "glibc.malloc.hugetlb=1"
+    assert child["tunables"] == OURS
     assert child["argv"] == ["an-argument"]
     assert child["huge_kib"] >= 32 << 10, child  # most of the 64 MiB block sits on 2 MiB pages
     assert child["describe"].startswith("host allocator: transparent huge pages")
@@ -66,8 +72,7 @@ def test_an_entry_point_reexecutes_once_with_huge_pages_and_keeps_its_arguments(
 
 @needs_thp
 def test_the_users_tunables_are_kept_and_opting_out_keeps_glibc_defaults():
-    assert run_child(GLIBC_TUNABLES="glibc.malloc.arena_max=2")["tunables"] == (
-        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    assert run_child(GLIBC_TUNABLES="glibc.malloc.arena_max=2")["tunables"] == "glibc.malloc.arena_max=2:" + OURS
     child = run_child(**{host_memory.OPT_OUT: "0"})
     assert child["tunables"] is None
     assert child["describe"] == "host allocator: glibc defaults (INCEPTION_JAX_HUGE_PAGES=0)"
@@ -81,7 +86,7 @@ def test_the_main_command_runs_with_huge_pages_and_says_so():
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", "--config=configs/ablation_scale.py",
                            "--print_commands"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "host allocator: transparent huge pages (glibc.malloc.hugetlb=1" in proc.stderr
+    assert "host allocator: transparent huge pages, pages kept across steps (glibc.malloc.hugetlb=1" in proc.stderr
     assert proc.stdout.startswith("python -m inception_jax.main --config=configs/ablation_scale.py")
 
 
