@@ -132,6 +132,7 @@ class BatchNorm(nnx.Module):
         self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * jnp.mean(var, axis=(0, 1, 2, 3)))
 
     def __call__(self, x: jax.Array, *, train: bool, relu: bool = False) -> jax.Array:
+        x = x.astype(self.dtype)  # the compute dtype (the conv before it already computes in it: then a no-op)
         scale = None if self.scale is None else self.scale[...]
         if train and relu:
             y, mean, var = batch_norm_relu(x, scale, self.bias[...], self._groups(x.shape[0]), self.epsilon)
