@@ -66,15 +66,12 @@ def _forward(x, scale, bias, groups, epsilon):
     return (y, mean, var), (x, scale, bias, mean, raw, rstd, inv, shift)
 
 
-def _fwd(x, scale, bias, groups, epsilon):
-    return _forward(x, scale, bias, groups, epsilon)
-
-
 def _bwd(groups, epsilon, residuals, cotangents):
     del epsilon  # rstd carries it
     x, scale, bias, mean, raw, rstd, inv, shift = residuals
     dy, dmean_in, dvar_in = cotangents
     xg = _grouped(x, groups)
+    xf = xg.astype(jnp.float32)
     dyg = _grouped(dy, groups).astype(jnp.float32)
     # The ReLU's mask, recomputed with the forward's expression so it is the same mask bit for bit.
     dyr = jnp.where(_pre_activation(xg, inv, shift) > 0, dyg, 0.0)
@@ -82,20 +79,20 @@ def _bwd(groups, epsilon, residuals, cotangents):
     # Pass 1: the two per-channel sums. Uncentred, so XLA:CPU's reductions read (dy_masked, x) as they are
     # (a centred x would be one more array written and read); sum(dy (x - mean)) = sum(dy x) - mean sum(dy).
     sum_dy = jnp.sum(dyr, axis=(1, 2, 3), keepdims=True)
-    sum_dy_x = jnp.sum(dyr * xg.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)
+    sum_dy_x = jnp.sum(dyr * xf, axis=(1, 2, 3), keepdims=True)
     # y = (x - mean) * inv + bias, inv = scale * rstd, rstd = (var + eps)^-1/2, var = E[x^2] - mean^2.
     dinv = sum_dy_x - mean * sum_dy
     dvar = -0.5 * dinv * rstd**3 * (1.0 if scale is None else scale.astype(jnp.float32))
     dvar = jnp.where(raw > 0, dvar + dvar_in, 0.0)  # the clip at 0 passes no gradient (as jnp.maximum's VJP)
     dmean = dmean_in - inv * sum_dy - 2.0 * mean * dvar
     # Pass 2: dx = inv * dy_masked + (d var / dx) dvar + (d mean / dx) dmean, per-channel coefficients.
-    dx = inv * dyr + ((2.0 / count) * dvar) * xg.astype(jnp.float32) + dmean / count
+    dx = inv * dyr + ((2.0 / count) * dvar) * xf + dmean / count
     dbias = jnp.sum(sum_dy, axis=(0, 1, 2, 3))
     dscale = None if scale is None else jnp.sum(dinv * rstd, axis=(0, 1, 2, 3)).astype(scale.dtype)
     return dx.reshape(x.shape).astype(x.dtype), dscale, dbias.astype(bias.dtype)
 
 
-batch_norm_relu.defvjp(_fwd, _bwd)
+batch_norm_relu.defvjp(_forward, _bwd)
 
 
 class BatchNorm(nnx.Module):
