@@ -120,6 +120,37 @@ def test_iterator_resumes_exactly(cfg):
     assert _same(next(fresh.iterator(start + 3)), stream.batch(start + 3))
 
 
+def test_flip_mirrors_exactly_the_examples_its_draws_choose(cfg):
+    flip = ip.create_train_stream(dataclasses.replace(cfg, augment="flip", cache_mb=0), global_batch_size=32, seed=2)
+    plain = ip.create_train_stream(dataclasses.replace(cfg, augment="none", cache_mb=0), global_batch_size=32, seed=2)
+    step = flip.steps_per_epoch + 3  # epoch 1
+    epoch, indices = flip.example_indices(step)
+    draws = ip.flip_draws(2, epoch, indices)
+    assert 0 < draws.sum() < len(draws)
+    mirrored, unchanged = flip.batch(step)["image"], plain.batch(step)["image"]
+    for j, mirror in enumerate(draws):
+        np.testing.assert_array_equal(mirrored[j], unchanged[j][:, ::-1] if mirror else unchanged[j])
+
+
+def test_flip_draws_belong_to_the_example_not_the_batch():
+    """A draw depends on (seed, epoch, dataset index) only, so any batch or process that holds the example
+    flips it alike; about half are flipped and other seeds or epochs draw afresh."""
+    indices = np.arange(100_000)
+    draws = ip.flip_draws(7, 3, indices)
+    assert abs(draws.mean() - 0.5) < 0.01
+    for k in (0, 17, 99_999):
+        assert ip.flip_draws(7, 3, indices[k:k + 1])[0] == draws[k]
+    for other in (ip.flip_draws(8, 3, indices), ip.flip_draws(7, 4, indices)):
+        assert abs((other == draws).mean() - 0.5) < 0.01
+    assert abs((draws[1:] == draws[:-1]).mean() - 0.5) < 0.01  # neighbouring indices are not correlated
+
+
+def test_mirrored_is_a_left_right_flip():
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ip.mirrored(images), images[:, :, ::-1])
+    assert ip.mirrored(images[:0]).shape == (0, 5, 7, 3)
+
+
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_process_shards_are_disjoint_and_complete(cfg, process_count):
     single = ip.create_train_stream(cfg, global_batch_size=32, seed=5)
