@@ -58,8 +58,41 @@ def make_optimizer(train_cfg: Any, schedule: optax.Schedule) -> optax.GradientTr
     if train_cfg.weight_decay and train_cfg.optimizer != "adamw":
         parts.append(optax.add_decayed_weights(train_cfg.weight_decay, mask=kernel_mask))
     if train_cfg.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(train_cfg.grad_clip_norm))
+        parts.append(clip_by_global_norm(train_cfg.grad_clip_norm))
     return optax.chain(*parts, core)
+
+
+# Leaves of up to this many elements are concatenated before a global norm sums their squares (global_norm).
+PACKED_NORM_MAX_SIZE = 1 << 16
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """sqrt(sum of the squares of every element of every leaf), in float32.
+
+    optax.tree.norm reduces each leaf on its own, and XLA:CPU runs each reduction as its own op (5-10 us each,
+    whatever its size): the main job's network has 237 leaves and only 0.22M parameters, so its three logged norms
+    were ~700 ops of a ~2,300-op step. Here the leaves of up to PACKED_NORM_MAX_SIZE elements are concatenated
+    and reduced once; larger ones (where a copy would cost more than the op) are reduced on their own.
+    """
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    small = [x.ravel() for x in leaves if x.size <= PACKED_NORM_MAX_SIZE]
+    squares = [jnp.sum(jnp.square(x)) for x in leaves if x.size > PACKED_NORM_MAX_SIZE]
+    if small:
+        squares.append(jnp.sum(jnp.square(jnp.concatenate(small))))
+    return jnp.sqrt(sum(squares)) if squares else jnp.zeros((), jnp.float32)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm (same formula, same empty state) with the norm of `global_norm`: each update
+    becomes update / norm * max_norm when the norm of all of them reaches max_norm."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = global_norm(updates)
+        keep = norm < max_norm
+        return jax.tree.map(lambda u: jax.lax.select(keep, u, (u / norm.astype(u.dtype)) * max_norm), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:

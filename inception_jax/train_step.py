@@ -19,7 +19,7 @@ from flax import nnx
 
 from inception_jax.diagnostics import activation_stats
 from inception_jax.models import ModelOptions, build_model
-from inception_jax.optim import update_ema
+from inception_jax.optim import global_norm, update_ema
 from inception_jax.preprocessing import UINT8_TO_MODEL_RANGE
 
 
@@ -120,8 +120,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) 
 
 
 def global_norms(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array]:
-    return {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
-            "param_norm": optax.tree.norm(params)}
+    return {"grad_norm": global_norm(grads), "update_norm": global_norm(updates), "param_norm": global_norm(params)}
 
 
 def _skipped_norms(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array]:

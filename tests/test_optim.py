@@ -1,11 +1,13 @@
 """The recipe's optimizer pieces against hand computations of their definitions (ARCHITECTURE.md §6)."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from inception_jax import optim
 from inception_jax.configuration import base_config
 from inception_jax.optim import ema_decay_at, kernel_mask, learning_rate_schedule, make_optimizer
 
@@ -14,6 +16,40 @@ def recipe(**overrides):
     t = base_config().train
     t.update(overrides)
     return t
+
+
+def _mixed_tree():
+    """Leaves below and above optim.PACKED_NORM_MAX_SIZE (packed / reduced alone), nested, one bf16."""
+    rng = np.random.default_rng(0)
+    big = optim.PACKED_NORM_MAX_SIZE + 5
+    return {"big": jnp.asarray(rng.normal(size=(big,)), jnp.float32),
+            "small": [jnp.asarray(rng.normal(size=(7,)), jnp.float32),
+                      jnp.asarray(rng.normal(size=(3, 4)), jnp.bfloat16)],
+            "kernel": jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)}
+
+
+def test_global_norm_is_the_norm_of_every_element():
+    tree = _mixed_tree()
+    exact = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+    np.testing.assert_allclose(float(optim.global_norm(tree)), exact, rtol=1e-6)
+    np.testing.assert_allclose(float(optim.global_norm({"only": tree["small"]})),
+                               np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree["small"])), rtol=1e-6)
+    assert float(optim.global_norm({})) == 0.0
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clipping_equals_optax_and_keeps_its_state(max_norm):
+    """Same formula as optax.clip_by_global_norm (only the norm's summation order differs) and the same empty
+    state, so checkpoints of either load into the other."""
+    tree = _mixed_tree()
+    ours, state = optim.clip_by_global_norm(max_norm).update(tree, optim.clip_by_global_norm(max_norm).init(tree))
+    theirs, their_state = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+    assert state == their_state == optax.EmptyState()
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-8)
+    clipped_norm = float(optim.global_norm(ours))
+    assert clipped_norm == pytest.approx(min(max_norm, float(optim.global_norm(tree))), rel=1e-3)
 
 
 def test_rmsprop_update_equals_the_tf1_formula():
