@@ -39,7 +39,8 @@ def convert_layout(model: InceptionNet, *, scan_blocks: bool) -> InceptionNet:
     opts = model.options
     if opts.scan_blocks == scan_blocks:
         return model
-    target = nnx.eval_shape(lambda: build_model(dataclasses.replace(opts, scan_blocks=scan_blocks)))
+    target_opts = dataclasses.replace(opts, scan_blocks=scan_blocks, remat_blocks=opts.remat_blocks and scan_blocks)
+    target = nnx.eval_shape(lambda: build_model(target_opts))
     pure = nnx.to_pure_dict(nnx.state(model))
     counts = (target if scan_blocks else model).stacked_counts()
     pure = to_scanned(to_unrolled(pure), counts) if scan_blocks else to_unrolled(pure)

@@ -113,7 +113,8 @@ class InceptionNet(nnx.Module):
         per_block: list[dict[str, jax.Array]] = []
         if self.options.scan_blocks and n_identical:
             x, stats = scan_stacked(getattr(self, f"blocks_{stage}"), x,
-                                    lambda blk, h: blk(h, train=train, diagnostics=diagnostics))
+                                    lambda blk, h: blk(h, train=train, diagnostics=diagnostics),
+                                    remat=self.options.remat_blocks and train)
             per_block.append(stats)
         else:
             for i in range(n_identical):

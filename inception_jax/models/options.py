@@ -39,6 +39,7 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "aux_head": False,
     "image_size": 299,
     "scan_blocks": True,
+    "remat_blocks": False,
     "dtype": "float32",
     "param_dtype": "float32",
     "conv_init": "he_normal",
@@ -70,6 +71,7 @@ class ModelOptions:
     aux_head: bool
     image_size: int
     scan_blocks: bool
+    remat_blocks: bool
     dtype: str
     param_dtype: str
     conv_init: str
@@ -203,6 +205,11 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
     if image_size < minimum:
         raise ValueError(f"{_where(arch, 'image_size')}={image_size} is below the minimum input size {minimum}"
                          f"{' with the aux head' if aux_head else ''} (ARCHITECTURE.md §1.3)")
+    scan_blocks = _bool(arch, "scan_blocks", v["scan_blocks"])
+    remat_blocks = _bool(arch, "remat_blocks", v["remat_blocks"])
+    if remat_blocks and not scan_blocks:
+        raise ValueError(f"{_where(arch, 'remat_blocks')}=True needs scan_blocks=True: unrolled, XLA schedules each "
+                         "block's recomputation back into the forward pass and no memory is saved (measured)")
     group = v["bn_group_size"]
     multiplier = _finite_number(arch, "width_multiplier", v["width_multiplier"], low_inclusive=False)
     return ModelOptions(
@@ -223,7 +230,8 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
         dropout_rate=_finite_number(arch, "dropout_rate", v["dropout_rate"], high=0.99),
         aux_head=aux_head,
         image_size=image_size,
-        scan_blocks=_bool(arch, "scan_blocks", v["scan_blocks"]),
+        scan_blocks=scan_blocks,
+        remat_blocks=remat_blocks,
         dtype=_choice(arch, "dtype", _dtype_name(v["dtype"]), list(DTYPES)),
         param_dtype=_choice(arch, "param_dtype", _dtype_name(v["param_dtype"]), list(DTYPES)),
         conv_init=_choice(arch, "conv_init", v["conv_init"], list(INITIALIZERS)),

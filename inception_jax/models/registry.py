@@ -40,7 +40,7 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
     residual_scale_mode ('constant' | 'learnable' | 'learnable_channel'), plain_scale, final_block_linear,
     width_multiplier, filters ({'block_b.b1_1': 160, ...} absolute overrides), block_counts ((a, b, c)),
     bn_scale, bn_momentum, bn_eps, bn_group_size, dropout_rate, aux_head, image_size (for the aux head),
-    scan_blocks, dtype, param_dtype, conv_init, up_init, dense_init, up_init_scale.
+    scan_blocks, remat_blocks, dtype, param_dtype, conv_init, up_init, dense_init, up_init_scale.
     """
     opts = model_options(name, num_classes=num_classes, **knobs)
     return build_model(opts, rngs=rngs)

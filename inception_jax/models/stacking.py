@@ -26,10 +26,13 @@ def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
-def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[[nnx.Module, jax.Array], tuple[Any, Any]]):
+def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[[nnx.Module, jax.Array], tuple[Any, Any]],
+                 *, remat: bool = False):
     """Apply `fn(block, carry) -> (carry, out)` for each block of a stacked module; outs come back stacked.
 
-    Variables the blocks update (BatchNorm statistics in training) are written back into `stacked`.
+    Variables the blocks update (BatchNorm statistics in training) are written back into `stacked`. `remat`:
+    the backward pass recomputes each block's forward from its input (the scan's carry) instead of keeping the
+    block's activations.
     """
     graphdef, state = nnx.split(stacked)
 
@@ -38,6 +41,8 @@ def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[[nnx.Module
         c, out = fn(block, c)
         return c, (nnx.state(block), out)
 
+    if remat:  # prevent_cse=False: inside a scan XLA cannot merge the recomputation back into the forward
+        body = jax.checkpoint(body, prevent_cse=False)
     carry, (new_state, outs) = jax.lax.scan(body, carry, state)
     nnx.update(stacked, new_state)
     return carry, outs
