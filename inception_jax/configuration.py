@@ -207,13 +207,18 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS."""
+    """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS. A key
+    the stored config lacks (a knob added to the package since) is no conflict while it has its default value,
+    which is what the stored run ran with."""
     a, b = flatten(stored), flatten(current)
+    defaults = flatten(base_config().to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
             continue
         va, vb = a.get(key), b.get(key)
+        if key not in a and key in defaults and _normalise(vb) == _normalise(defaults[key]):
+            continue
         if _normalise(va) != _normalise(vb):
             diffs.append(f"{key}: stored {va!r}, now {vb!r}")
     return diffs

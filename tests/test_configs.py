@@ -4,7 +4,14 @@ import os
 
 import pytest
 
-from inception_jax.configuration import ConfigError, load_config, model_knobs, validate_static
+from inception_jax.configuration import (
+    ConfigError,
+    base_config,
+    load_config,
+    model_knobs,
+    resume_conflicts,
+    validate_static,
+)
 from inception_jax.models import MODEL_NAMES, model_options
 from tests.training_helpers import ROOT
 
@@ -38,3 +45,16 @@ def test_paper_config_scales_the_learning_rate_with_the_batch():
 def test_config_arguments_are_parsed_strictly(spec, message):
     with pytest.raises((ConfigError, ValueError), match=message):
         load_config(os.path.join(ROOT, spec))
+
+
+def test_a_knob_added_since_a_run_was_stored_blocks_its_resume_only_when_set():
+    """A run stored before `model.remat_blocks` existed ran without it: resuming it with the default is the
+    same run, resuming it with the knob on is not."""
+    stored = base_config().to_dict()
+    del stored["model"]["remat_blocks"]
+    assert resume_conflicts(stored, base_config().to_dict()) == []
+    changed = base_config()
+    changed.model.remat_blocks = True
+    assert resume_conflicts(stored, changed.to_dict()) == ["model.remat_blocks: stored None, now True"]
+    changed.train.batch_size = 7
+    assert "train.batch_size: stored 32, now 7" in resume_conflicts(stored, changed.to_dict())
