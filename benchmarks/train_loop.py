@@ -66,16 +66,23 @@ def config_for(size: str):
 def interleaved(fns: dict, repeats: int) -> dict:
     """Median seconds of each `fn()`, timed in turns: one round runs every fn once, so the machine's drift (a
     shared, noisy host) hits every variant alike. A fn blocks until its work is done; one that returns a float
-    has timed itself (the part of its work that counts)."""
+    has timed itself (the part of its work that counts, after an untimed warm-up of its own).
+
+    Each fn that does not time itself runs once untimed right before its timed call. On these VMs memory left
+    untouched for a few seconds is slow to touch again: the 299 px train step timed right after the bare
+    forward+backward (its state idle for those 3 s) read 1.43-1.48x, and 3.15x with 3 s more of sleep in
+    between; timed right after itself, 0.93-0.97x of the bare step."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            begin = time.perf_counter()
-            timed_itself = fn()
-            wall = time.perf_counter() - begin
-            times[name].append(timed_itself if isinstance(timed_itself, float) else wall)
+            seconds = fn()
+            if not isinstance(seconds, float):  # that call touched its memory again: time the next one
+                begin = time.perf_counter()
+                fn()
+                seconds = time.perf_counter() - begin
+            times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
