@@ -24,6 +24,8 @@ import resource
 import statistics
 import time
 
+from speed_vs_timm import reset_peak, rss_kib
+
 from inception_jax import host_memory
 
 if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/host_memory.py)
@@ -46,18 +48,8 @@ def malloc_stats() -> MallInfo2 | None:
     return fn()
 
 
-def status_mib(*fields: str) -> dict[str, int]:
-    values = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in fields:
-                values[name] = int(rest.split()[0]) >> 10
-    return values
-
-
 def report(stage: str) -> None:
-    mem = status_mib("VmRSS", "RssAnon", "RssFile")
+    mem = {field: rss_kib(field) >> 10 for field in ("VmRSS", "RssAnon", "RssFile")}
     info = malloc_stats()
     heap = (f"; malloc in use {info.uordblks >> 20} MiB, free in its heaps {info.fordblks >> 20} MiB, mapped "
             f"blocks {info.hblkhd >> 20} MiB" if info else "")
@@ -74,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     print(f"{args.model}, {args.size} px, batch {args.batch}; {host_memory.describe()}")
-    start = status_mib("VmRSS")["VmRSS"]
+    start = rss_kib("VmRSS") >> 10
     report("start")
     import jax
     from bench_step import build_train_step
@@ -88,8 +80,7 @@ def main() -> None:
     for _ in range(2):
         state, metrics = step(state, data)
         jax.block_until_ready(metrics)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # peak resident memory from here
+    reset_peak()  # peak resident memory from here
     before, times = resource.getrusage(resource.RUSAGE_SELF), []
     for _ in range(args.steps):
         begin = time.perf_counter()
@@ -102,7 +93,7 @@ def main() -> None:
                 for name in ("ru_utime", "ru_stime", "ru_minflt")}
     print(f"  per step: {statistics.median(times) * 1e3:.0f} ms (median), user CPU {per_step['ru_utime'] * 1e3:.0f} "
           f"ms, kernel {per_step['ru_stime'] * 1e3:.0f} ms, {per_step['ru_minflt']:.0f} page faults; peak resident "
-          f"{status_mib('VmHWM')['VmHWM'] - start} MiB above the start")
+          f"{(rss_kib('VmHWM') >> 10) - start} MiB above the start")
 
 
 if __name__ == "__main__":
