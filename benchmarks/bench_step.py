@@ -12,17 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from inception_jax import host_memory
+from inception_jax import cpu_codegen, host_memory
 
 
 def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
                      learning_rate: float = 0.045, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                     diagnostics: bool = False, logs: bool = False, **model_knobs: Any):
+                     diagnostics: bool = False, logs: bool = False, codegen: str = "fast", **model_knobs: Any):
     """(compiled step, state, batch, compile seconds) for the recipe's RMSProp (TF settings) on model `name`.
 
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
     `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
-    the first 200), which skips the global norms of the logged metrics (train_step.py).
+    the first 200), which skips the global norms of the logged metrics (train_step.py). `codegen` is the config's
+    `xla_cpu_codegen` (cpu_codegen.py), as the training loop compiles with it.
     """
     import jax
     import optax
@@ -47,7 +48,9 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
                            "label": rng.integers(0, num_classes, batch).astype(np.int32)})
     begin = time.perf_counter()
-    step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0).lower(state, data).compile()
+    options = cpu_codegen.compiler_options(codegen, jax.devices()[0].platform)
+    step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0,
+                   compiler_options=options).lower(state, data).compile()
     seconds = time.perf_counter() - begin
     host_memory.release_freed_memory()  # what the training loop does after compiling (train.py)
     return step, state, data, seconds

@@ -30,7 +30,7 @@ import os
 import statistics
 import time
 
-from inception_jax import host_memory
+from inception_jax import cpu_codegen, host_memory
 
 SIZES = {"299": (299, 8), "cpu": (75, 32)}  # image size, batch (cpu = configs/ablation_scale.py's input and batch)
 TIMM_NAMES = {"inception_resnet_v2": "inception_resnet_v2", "inception_v4": "inception_v4"}
@@ -53,12 +53,12 @@ def reset_peak() -> None:
 
 
 class Ours:
-    def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
+    def __init__(self, name: str, size: int, batch: int, args: argparse.Namespace):
         import jax
         from bench_step import build_train_step
 
-        self.step_fn, self.state, self.batch, self.compile_seconds = build_train_step(name, size=size, batch=batch,
-                                                                                     dtype=dtype)
+        self.step_fn, self.state, self.batch, self.compile_seconds = build_train_step(
+            name, size=size, batch=batch, dtype=args.dtype, codegen=args.codegen)
         self.temp_mib = self.step_fn.memory_analysis().temp_size_in_bytes >> 20
         self._jax = jax
 
@@ -68,10 +68,11 @@ class Ours:
 
 
 class Timm:
-    def __init__(self, name: str, size: int, batch: int, dtype: str, device: str):
+    def __init__(self, name: str, size: int, batch: int, args: argparse.Namespace):
         import timm
         import torch
 
+        dtype, device = args.dtype, args.device
         self.torch = torch
         self.device = torch.device("cuda" if device == "gpu" else "cpu")
         self.model = timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=1000).to(self.device).train()
@@ -107,7 +108,7 @@ def side_worker(cls_name: str, name: str, size: int, batch: int, args: argparse.
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     before = rss_kib("VmRSS")
-    side = {"ours": Ours, "timm": Timm}[cls_name](name, size, batch, args.dtype, args.device)
+    side = {"ours": Ours, "timm": Timm}[cls_name](name, size, batch, args)
     for _ in range(args.warmup):
         side.step()
     reset_peak()
@@ -178,12 +179,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="(ours, timm) process pairs per comparison")
     parser.add_argument("--allocator", default="huge_pages", choices=("huge_pages", "default"),
                         help="host allocator of both sides' processes (inception_jax/host_memory.py)")
+    parser.add_argument("--codegen", default="fast", choices=cpu_codegen.CODEGENS,
+                        help="our step's XLA:CPU code generation (inception_jax/cpu_codegen.py)")
     args = parser.parse_args()
     set_children_allocator(args.allocator)
     import torch
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; each side in "
-          f"its own process; allocator: {args.allocator} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})")
+          f"its own process; allocator: {args.allocator} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}); "
+          f"our codegen: {args.codegen}")
     for size_key in args.sizes.split(","):
         for name in args.models.split(","):
             compare(name, size_key, args)

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from inception_jax import diagnostics, host_memory, sharding
+from inception_jax import cpu_codegen, diagnostics, host_memory, sharding
 from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
@@ -74,6 +74,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
              jax.device_count())
+    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, run.mesh.devices.flat[0].platform))
     leaves = jax.tree.leaves(state)  # the loop holds the state as leaves; `state` is rebuilt where it is read
     del state  # donated by the first step
     try:
@@ -130,8 +131,9 @@ def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
     """The jitted train step (state donated, explicit in/out shardings) and eval step."""
     batch_sh = sharding.batch_sharding(run.mesh)
     replicated = sharding.replicated(run.mesh)
-    train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated)
-    eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg),
+    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, run.mesh.devices.flat[0].platform)
+    train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)
+    eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg), compiler_options=options,
                       in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)
     return train_fn, eval_fn
 

@@ -167,8 +167,10 @@ class LeafStep:
     works too, at the old cost, and returns the metrics fetched (tests, benchmarks).
     """
 
-    def __init__(self, cfg: StepConfig, state_shardings: Any, batch_sharding: Any, metrics_sharding: Any):
+    def __init__(self, cfg: StepConfig, state_shardings: Any, batch_sharding: Any, metrics_sharding: Any,
+                 compiler_options: dict[str, Any] | None = None):
         self.treedef = jax.tree.structure(state_shardings)
+        self.compiler_options = compiler_options
         self.metrics_layout: MetricsLayout | None = None
         treedef = self.treedef
         leaf_shardings = jax.tree.leaves(state_shardings)
@@ -182,7 +184,8 @@ class LeafStep:
             return jax.tree.leaves(state), packed
 
         self.step_leaves = jax.jit(step_leaves, in_shardings=(leaf_shardings, batch_sharding),
-                                   out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0)
+                                   out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0,
+                                   compiler_options=compiler_options)
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         leaves, packed = self.step_leaves(jax.tree.leaves(state), batch)

@@ -2,7 +2,8 @@
 
 Runs in CI (TensorFlow is a dependency): `keras.applications.InceptionResNetV2(weights=None)` with randomised
 BatchNorm betas and biases and realistic BatchNorm statistics (one training pass), converted, then every stage
-output and the logits compared at 299 x 299, 75 x 75 and 299 x 331 (batch 2), float32, tolerance
+output and the logits compared at 299 x 299, 75 x 75 and 299 x 331 (batch 2), float32 (at 75 x 75 also with
+the fast XLA:CPU codegen the training loop uses), tolerance
 max|a - b| <= 1e-4 * max(1, max|b|). Everything happens in one test: a shared fixture would be rebuilt by every
 xdist worker. About 60 s on 2 cores.
 """
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from inception_jax import cpu_codegen
 from inception_jax.importers import ImportMismatchError, import_keras, parity
 
 keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
@@ -47,9 +49,12 @@ def test_keras_inception_resnet_v2_matches_ours_at_every_stage():
 
     unrolled = import_keras(reference, scan_blocks=False).model()
     images = rng.uniform(-1, 1, (2, 75, 75, 3)).astype(np.float32)
-    assert_parity(parity.forward_stages(unrolled, images),
-                  parity.keras_forward_stages(reference, images, flexible=flexible),
-                  "Keras vs ours (unrolled), 75x75")
+    keras_stages = parity.keras_forward_stages(reference, images, flexible=flexible)
+    assert_parity(parity.forward_stages(unrolled, images), keras_stages, "Keras vs ours (unrolled), 75x75")
+    # The code the training loop compiles on CPU (512-bit vectors, reassociation; cpu_codegen.py) is as close.
+    fast = cpu_codegen.compiler_options("fast", "cpu", xla_flags="")
+    assert_parity(parity.forward_stages(ours, images, compiler_options=fast), keras_stages,
+                  "Keras vs ours (scanned, fast XLA:CPU codegen), 75x75")
 
     with pytest.raises(ImportMismatchError, match="no 'predictions' Dense layer"):
         import_keras(flexible)  # include_top=False: nothing to fill our head with

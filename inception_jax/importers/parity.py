@@ -9,6 +9,7 @@ functions that run them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,11 +76,13 @@ def format_errors(errors: list[StageError], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def forward_stages(model: InceptionNet, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Our stage outputs and logits on NHWC images, eval mode, float32 matmuls at full precision."""
+def forward_stages(model: InceptionNet, images: np.ndarray,
+                   compiler_options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Our stage outputs and logits on NHWC images, eval mode, float32 matmuls at full precision; compiled with
+    XLA's defaults unless `compiler_options` (cpu_codegen.compiler_options) says otherwise."""
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def run(state, x):
         out = nnx.merge(graphdef, state).forward(x, train=False, stages=True)
         return {**out.stages, "logits": out.logits}

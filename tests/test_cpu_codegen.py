@@ -1,0 +1,73 @@
+"""XLA:CPU code generation (cpu_codegen.py): which options the train and eval steps compile with, that this
+jaxlib accepts every one of them, that NaN and inf stay visible, and that a train step compiled with them
+computes what XLA's default code computes, up to float32 rounding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax import cpu_codegen
+from inception_jax.checkpointing import RunCheckpoints
+from inception_jax.configuration import ConfigError, base_config, validate_static
+from inception_jax.run_setup import prepare_run, restore_or_init
+from inception_jax.sharding import global_batch
+from inception_jax.train import compile_steps
+from tests.training_helpers import tiny_config
+
+
+def test_fast_options_apply_to_cpu_programs_only_and_can_be_turned_off():
+    assert cpu_codegen.compiler_options("fast", "cpu", xla_flags="") == cpu_codegen.FAST_OPTIONS
+    assert cpu_codegen.compiler_options("xla_default", "cpu", xla_flags="") is None
+    for platform in ("gpu", "cuda", "rocm", "tpu"):
+        assert cpu_codegen.compiler_options("fast", platform, xla_flags="") is None
+
+
+def test_an_option_set_in_xla_flags_is_left_to_xla_flags():
+    flags = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_fast_math=false --xla_cpu_prefer_vector_width"
+    options = cpu_codegen.compiler_options("fast", "cpu", xla_flags=flags)
+    assert "xla_cpu_enable_fast_math" not in options and "xla_cpu_prefer_vector_width" not in options
+    assert options["xla_cpu_fast_math_honor_nans"] is True
+
+
+def test_a_bad_codegen_is_refused_with_the_choices():
+    config = base_config()
+    config.xla_cpu_codegen = "fastest"
+    with pytest.raises(ConfigError, match=r"xla_cpu_codegen='fastest' is not one of \['fast', 'xla_default'\]"):
+        validate_static(config)
+    with pytest.raises(ValueError, match="'fastest'"):
+        cpu_codegen.compiler_options("fastest", "cpu")
+
+
+def test_this_jaxlib_accepts_every_option_and_keeps_nan_and_inf_visible():
+    """A renamed or dropped XLA flag fails here, not in a user's first compile. With nnan/ninf fast math, LLVM
+    may fold isnan/isfinite to constants; the divergence checks and the dying diagnostics depend on them."""
+    def checks(x):
+        return jnp.isnan(x).any(), jnp.isinf(x).any(), jnp.where(jnp.isfinite(x), x, 0.0).sum(), (x * 3.0).sum()
+
+    fast = jax.jit(checks, compiler_options=cpu_codegen.compiler_options("fast", "cpu", xla_flags=""))
+    x = jnp.array([1.0, np.nan, np.inf, -2.0, 0.5] * 40, jnp.float32)
+    has_nan, has_inf, finite_sum, _ = fast(x)
+    assert bool(has_nan) and bool(has_inf) and float(finite_sum) == pytest.approx(-20.0)
+    assert np.isnan(float(fast(x)[3]))
+
+
+def test_a_train_step_compiled_fast_computes_what_xla_default_code_computes(shapes_tiny_dir, tmp_path):
+    results = {}
+    for codegen in cpu_codegen.CODEGENS:
+        run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "xla_cpu_codegen": codegen}),
+                          str(tmp_path / codegen))
+        checkpoints = RunCheckpoints(str(tmp_path / codegen / "checkpoints"), every_steps=100, keep=1)
+        state, shardings, _ = restore_or_init(run, checkpoints)
+        checkpoints.close()
+        train_fn, _ = compile_steps(run, shardings)
+        assert train_fn.compiler_options == cpu_codegen.compiler_options(codegen, "cpu")
+        losses = []
+        for step in range(3):
+            state, metrics = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh))
+            losses.append(float(metrics["loss"]))
+        results[codegen] = losses, jax.tree.map(np.asarray, state.params)
+    (fast_losses, fast_params), (default_losses, default_params) = results["fast"], results["xla_default"]
+    np.testing.assert_allclose(fast_losses, default_losses, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(fast_params), jax.tree.leaves(default_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
