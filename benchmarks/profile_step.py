@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 
-from inception_jax import host_memory
+from inception_jax import cpu_codegen, host_memory
 
 if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/host_memory.py)
     host_memory.reexec_with_huge_pages()
@@ -95,11 +95,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--codegen", default="xla_default", choices=cpu_codegen.CODEGENS,
+                        help="XLA:CPU code generation (inception_jax/cpu_codegen.py)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    step, state, data, _ = build_train_step(args.model, size=args.size, batch=args.batch)
+    step, state, data, _ = build_train_step(args.model, size=args.size, batch=args.batch,
+                                           codegen=args.codegen)
     hlo = step.as_text()
     bodies = fusion_bodies(hlo)
     state, metrics = step(state, data)  # warm-up
@@ -121,8 +124,8 @@ def main() -> None:
         by_kind[kind] += seconds / args.steps
         by_op[name] += seconds / args.steps
     total = sum(by_kind.values())
-    print(f"{args.model}, {args.size} px, batch {args.batch}: {wall * 1e3:.0f} ms per step (wall, traced); "
-          f"ops sum to {total * 1e3:.0f} ms per step over all threads")
+    print(f"{args.model}, {args.size} px, batch {args.batch}, codegen {args.codegen}: {wall * 1e3:.0f} ms per step "
+          f"(wall, traced); ops sum to {total * 1e3:.0f} ms per step over all threads")
     for kind, seconds in by_kind.most_common():
         print(f"  {seconds / total:6.1%}  {seconds * 1e3:8.1f} ms  {kind}")
     print(f"slowest {args.top} ops (per step):")

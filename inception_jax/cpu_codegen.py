@@ -1,17 +1,20 @@
-"""How XLA:CPU generates the code of the train and eval steps: 512-bit vectors and reassociating float math.
+"""How XLA:CPU generates the code of the train and eval steps: XLA's defaults, or 512-bit vectors and
+reassociating float math (`xla_cpu_codegen = "fast"`).
 
-XLA's CPU defaults are 256-bit vectors (`xla_cpu_prefer_vector_width`) and strict IEEE evaluation order. On this
-project's AVX-512 machines (AMD EPYC, 2 cores) the train step of IR-v2 compiled with 512-bit vectors and LLVM's
-reassociation and contraction (`xla_cpu_enable_fast_math`) ran in 0.88x the time at 299 px (batch 8) and
-0.93-0.95x at the CPU-ablation size (75 px, batch 32), in one process with one state and the four executables
-interleaved (README, "Next to timm"). Of fast math we take only what does not change which values are special:
-NaN and inf stay honoured (the dying diagnostics and the divergence checks look for them), and so do division
-and the transcendental functions; what remains is reassociation, fused multiply-add and the sign of zero. Float32
-results move by rounding (within the 1e-4 of the Keras parity test, which also checks this codegen).
+XLA's CPU defaults are 256-bit vectors (`xla_cpu_prefer_vector_width`) and strict IEEE evaluation order. "fast"
+asks for 512-bit vectors and LLVM's reassociation and contraction (`xla_cpu_enable_fast_math`), keeping NaN and
+inf honoured (the dying diagnostics and the divergence checks look for them), and division and the transcendental
+functions exact; what remains is reassociation, fused multiply-add and the sign of zero. Float32 results move by
+rounding (the Keras parity test checks this code too).
 
-`xla_cpu_codegen = "xla_default"` in a config compiles with XLA's own defaults. An option the user set in
-XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU devices.
+It is not the default because it did not pay where we could measure it (README, "Benchmarks"): on this
+project's AVX-512 VMs the IR-v2 train step, one state and the executables interleaved in one process, took
+0.99-1.04x the time of XLA's default code at 75 px over 10-16 rounds (a second copy of the default executable
+read 0.96x: the noise), 0.98x at 299 px; the element-wise fusions, the code it changes, took 0.95-1.0x.
+Shorter A/Bs of 3-6 rounds (two sessions' first tries) had read 0.88-0.95x; they did not repeat.
+`benchmarks/speed_vs_timm.py --codegen=fast` and `benchmarks/profile_step.py --codegen=fast` measure it on yours.
 
+An option the user set in XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU.
 This module must stay importable without JAX: it holds names and dicts only.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-CODEGENS = ("fast", "xla_default")
+CODEGENS = ("xla_default", "fast")
 FAST_OPTIONS: dict[str, bool | int] = {
     "xla_cpu_prefer_vector_width": 512,
     "xla_cpu_enable_fast_math": True,

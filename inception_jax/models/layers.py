@@ -53,9 +53,24 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     stem's 3x3 VALID convs: 3x slower than matmuls) and 20-35x slower inside a while loop (the backward of a
     scan over stacked blocks). Here the kernel gradient is kh*kw matmuls of the (strided) shifted input windows
     with the output gradient, and the input gradient a plain HWIO convolution with the flipped kernel
-    (benchmarks/model_compile.py, benchmarks/profile_step.py).
+    (benchmarks/model_compile.py, benchmarks/profile_step.py). Taps that only meet padding are cut off first,
+    and what is left of a 1x1 stride-1 convolution is a matmul.
+
+    The backward keeps the kernel exactly as it came in, cut and reshaped again there: inside the scan over
+    stacked blocks JAX then passes the stacked kernels to the backward as they are, where a cut or reshaped
+    kernel would be a residual of its own, copied per block into a stacked buffer (IR-v2's step temporaries at
+    75 px, batch 32: 703 MiB with those copies, 566 MiB without; the step 0.93x the time).
     """
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS)
+    kept, pads = crop_to_reachable_taps(kernel, x.shape[1:3], strides, padding)
+    if _is_matmul(kept, strides, pads):
+        return jnp.einsum("bhwc,cd->bhwd", x, kept[0, 0])
+    return jax.lax.conv_general_dilated(x, kept, strides, pads, dimension_numbers=_DIMENSIONS)
+
+
+def _is_matmul(kernel: jax.Array, strides: tuple[int, int], padding) -> bool:
+    """A pointwise convolution is a matmul: XLA:CPU runs dot and its gradients at full speed (a 1x1 conv in a
+    loop body reached half of it), and there is no window to slide."""
+    return kernel.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0))
 
 
 def _conv2d_fwd(x, kernel, strides, padding):
@@ -64,8 +79,18 @@ def _conv2d_fwd(x, kernel, strides, padding):
 
 def _conv2d_bwd(strides, padding, residuals, dy):
     x, kernel = residuals
-    return (input_gradient(dy, kernel, x.shape, strides, padding),
-            kernel_gradient(x, dy, kernel.shape, strides, padding).astype(kernel.dtype))
+    kept, pads = crop_to_reachable_taps(kernel, x.shape[1:3], strides, padding)
+    if _is_matmul(kept, strides, pads):
+        dx = jnp.einsum("bhwd,cd->bhwc", dy, kept[0, 0])
+        dk = jnp.einsum("bhwc,bhwd->cd", x, dy, preferred_element_type=jnp.float32)[None, None]
+    else:
+        dx = input_gradient(dy, kept, x.shape, strides, pads)
+        dk = kernel_gradient(x, dy, kept.shape, strides, pads)
+    (first_h, first_w), (kept_h, kept_w), _ = reachable_cut(kernel.shape, x.shape[1:3], strides, padding)
+    kh, kw = kernel.shape[:2]
+    if (kept_h, kept_w) != (kh, kw):  # the cut taps met only padding: their gradient is zero
+        dk = jnp.pad(dk, ((first_h, kh - first_h - kept_h), (first_w, kw - first_w - kept_w), (0, 0), (0, 0)))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -183,11 +208,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    rhs, padding = crop_to_reachable_taps(rhs, lhs.shape[1:3], strides, padding)
-    if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
-        # A pointwise convolution is a matmul: XLA:CPU runs dot and its gradients at full speed (a 1x1 conv in
-        # a loop body reached half of it), and there is no window to slide.
-        return jnp.einsum("bhwc,cd->bhwd", lhs, rhs[0, 0])
     return conv2d(lhs, rhs, strides, padding)
 
 
@@ -209,12 +229,20 @@ def crop_to_reachable_taps(kernel: jax.Array, in_hw: tuple[int, int], strides: t
     35 ms each per Inception-v4 step), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
     sum without the zero terms, and the cut taps' gradient is zero, as it is for the full kernel.
     """
+    (first_h, first_w), (kept_h, kept_w), padding = reachable_cut(kernel.shape, in_hw, strides, padding)
+    return kernel[first_h:first_h + kept_h, first_w:first_w + kept_w], padding
+
+
+def reachable_cut(kernel_shape: tuple[int, ...], in_hw: tuple[int, int], strides: tuple[int, int],
+                  padding: tuple[tuple[int, int], tuple[int, int]]):
+    """crop_to_reachable_taps' cut as numbers: (first kept tap, kept taps) per spatial dimension, and the padding
+    that goes with the kept taps (the padding as given when nothing is cut)."""
     (fh, lh, *pad_h), (fw, lw, *pad_w) = (
         reachable_taps(n, k, s, lo, hi)
-        for n, k, s, (lo, hi) in zip(in_hw, kernel.shape[:2], strides, padding, strict=True))
-    if (fh, lh, fw, lw) == (0, kernel.shape[0] - 1, 0, kernel.shape[1] - 1):
-        return kernel, padding
-    return kernel[fh:lh + 1, fw:lw + 1], (tuple(pad_h), tuple(pad_w))
+        for n, k, s, (lo, hi) in zip(in_hw, kernel_shape[:2], strides, padding, strict=True))
+    if (fh, lh, fw, lw) != (0, kernel_shape[0] - 1, 0, kernel_shape[1] - 1):
+        padding = (tuple(pad_h), tuple(pad_w))
+    return (fh, fw), (lh - fh + 1, lw - fw + 1), padding
 
 
 @dataclasses.dataclass(frozen=True)
