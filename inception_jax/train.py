@@ -74,7 +74,6 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
              jax.device_count())
-    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, run.mesh.devices.flat[0].platform))
     leaves = jax.tree.leaves(state)  # the loop holds the state as leaves; `state` is rebuilt where it is read
     del state  # donated by the first step
     try:
@@ -131,7 +130,9 @@ def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
     """The jitted train step (state donated, explicit in/out shardings) and eval step."""
     batch_sh = sharding.batch_sharding(run.mesh)
     replicated = sharding.replicated(run.mesh)
-    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, run.mesh.devices.flat[0].platform)
+    platform = run.mesh.devices.flat[0].platform
+    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform)
+    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, platform))
     train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)
     eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg), compiler_options=options,
                       in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)

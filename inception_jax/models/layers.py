@@ -79,14 +79,14 @@ def _conv2d_fwd(x, kernel, strides, padding):
 
 def _conv2d_bwd(strides, padding, residuals, dy):
     x, kernel = residuals
-    kept, pads = crop_to_reachable_taps(kernel, x.shape[1:3], strides, padding)
+    (first_h, first_w), (kept_h, kept_w), pads = reachable_cut(kernel.shape, x.shape[1:3], strides, padding)
+    kept = kernel[first_h:first_h + kept_h, first_w:first_w + kept_w]
     if _is_matmul(kept, strides, pads):
         dx = jnp.einsum("bhwd,cd->bhwc", dy, kept[0, 0])
         dk = jnp.einsum("bhwc,bhwd->cd", x, dy, preferred_element_type=jnp.float32)[None, None]
     else:
         dx = input_gradient(dy, kept, x.shape, strides, pads)
         dk = kernel_gradient(x, dy, kept.shape, strides, pads)
-    (first_h, first_w), (kept_h, kept_w), _ = reachable_cut(kernel.shape, x.shape[1:3], strides, padding)
     kh, kw = kernel.shape[:2]
     if (kept_h, kept_w) != (kh, kw):  # the cut taps met only padding: their gradient is zero
         dk = jnp.pad(dk, ((first_h, kh - first_h - kept_h), (first_w, kw - first_w - kept_w), (0, 0), (0, 0)))
