@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.models.layers import avg_pool_3x3_same, conv_general_dilated, max_pool_3x3_s2, reachable_taps
+from inception_jax.models.layers import (
+    avg_pool_3x3_same,
+    conv_general_dilated,
+    max_pool_3x3_s2,
+    pointwise_heads,
+    reachable_taps,
+)
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
     ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
@@ -158,3 +164,23 @@ def test_average_pool_and_its_gradient_equal_tf_semantics_reduce_window(shape):
     np.testing.assert_allclose(avg_pool_3x3_same(x), reference(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(jax.grad(lambda x_: jnp.sum(avg_pool_3x3_same(x_) * weights))(x),
                                jax.grad(lambda x_: jnp.sum(reference(x_) * weights))(x), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_pointwise_heads_compute_each_1x1_convolution_and_its_gradients():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 16)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.normal(size=(1, 1, 16, c)), jnp.float32) for c in (8, 4, 12))
+    weights = [jnp.asarray(rng.normal(size=(2, 5, 5, k.shape[-1])), jnp.float32) for k in kernels]
+
+    def loss(heads):
+        return lambda x_, ks: sum(jnp.sum(y * w) for y, w in zip(heads(x_, ks), weights, strict=True))
+
+    def separately(x_, ks):
+        return tuple(_reference(x_, k, 1, "SAME") for k in ks)
+
+    for got, want in zip(pointwise_heads(x, kernels), separately(x, kernels), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got, want = jax.grad(loss(pointwise_heads), (0, 1))(x, kernels), jax.grad(loss(separately), (0, 1))(x, kernels)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))

@@ -130,6 +130,30 @@ def up_projection_by_hand(block, x):
     return jax.lax.conv_general_dilated(m, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
 
+def test_v4_block_with_fused_1x1_heads_and_the_pool_after_its_conv_equals_the_block_as_written():
+    """The v4 blocks run their opening 1x1 convs as one matmul and the pool branch as 1x1 conv -> pool (blocks.py:
+    both linear, so they commute); outputs, input gradient and every parameter gradient match the layers in the
+    order ARCHITECTURE.md writes them."""
+    model = create_model("inception_v4", width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
+    for block in (model.blocks_a_0, model.blocks_b_0, model.blocks_c_0):
+        assert block.fuses_pointwise_openings
+        in_channels = block.b0_0.conv.in_features
+        x = block_input(in_channels, seed=in_channels)
+        graphdef, params, rest = nnx.split(block, nnx.Param, ...)
+
+        def loss(p, x_, fused, graphdef=graphdef, rest=rest):
+            b = nnx.merge(graphdef, p, rest)
+            b.fuses_pointwise_openings = fused
+            y, _ = b(x_, train=False)
+            return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
+        (_, y_fused), g_fused = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, True)
+        (_, y_written), g_written = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, False)
+        np.testing.assert_allclose(y_fused, y_written, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_written), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
 @pytest.mark.parametrize("scale", [0.1, 0.3, 1.0])
 def test_residual_block_is_relu_of_shortcut_plus_scaled_branch(scale):
     block = make_block(scale=scale)

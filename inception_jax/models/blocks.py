@@ -21,6 +21,7 @@ from inception_jax.models.layers import (
     avg_pool_valid,
     conv_general_dilated,
     max_pool_3x3_s2,
+    pointwise_heads,
 )
 
 
@@ -90,6 +91,11 @@ def sub_filters(filters: Mapping[str, int], prefix: str) -> dict[str, int]:
 class Mixed(nnx.Module):
     """Concatenation of branches (ARCHITECTURE.md §1.5: the order is part of the architecture)."""
 
+    # Only the repeated v4 blocks (scanned: each residual is a stacked buffer) gained from `_pointwise_openings`:
+    # v4's step temporaries at 299 px, batch 8, 2261 -> 2157 MiB. IR-v2's stem module mixed5b lost (2247 -> 2256
+    # MiB), and without a pooled branch (the IR blocks) the fused matmul saved nothing (+0.6 %).
+    fuses_pointwise_openings = False
+
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  ctx: LayerContext, rngs: nnx.Rngs):
         self.branches = branches
@@ -113,10 +119,11 @@ class Mixed(nnx.Module):
                       ctx=ctx, rngs=rngs)
 
     def mixed(self, x: jax.Array, *, train: bool) -> jax.Array:
+        opened = self._pointwise_openings(x, train=train)
         outs = []
-        for branch in self.branches:
-            h = x
-            for layer in branch:
+        for i, branch in enumerate(self.branches):
+            h, first = opened.get(i, (x, 0))
+            for layer in branch[first:]:
                 if isinstance(layer, Conv):
                     h = getattr(self, layer.name)(h, train=train)
                 elif isinstance(layer, MaxPool):
@@ -128,8 +135,43 @@ class Mixed(nnx.Module):
             outs.append(h)
         return jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
 
+    def _pointwise_openings(self, x: jax.Array, *, train: bool) -> dict[int, tuple[jax.Array, int]]:
+        """In a module with an AvgPool -> 1x1 conv branch, the branches that open with a 1x1 conv on the module
+        input, run as one matmul (`pointwise_heads`): {branch index: (its output after those layers, how many
+        layers that was)}.
+
+        A branch opening AvgPool -> 1x1 conv is among them with the two swapped: both are linear, the pool per
+        channel and the conv per pixel (its divisor depends on the pixel only), so they commute and the pool
+        runs on the conv's fewer output channels (v4 block B: 128 instead of 1024) while the module input is
+        the only thing the backward keeps. Equal up to float rounding; the parity tests hold it to the
+        references.
+        """
+        openings = {i: n for i, branch in enumerate(self.branches) if (n := pointwise_opening(branch))}
+        if not self.fuses_pointwise_openings or 2 not in openings.values():
+            return {}
+        units = [getattr(self, self.branches[i][n - 1].name) for i, n in openings.items()]
+        promoted = [unit.promoted(x) for unit in units]
+        ys = pointwise_heads(promoted[0][0], tuple(kernel for _, kernel in promoted))
+        opened = {}
+        for (i, n), unit, y in zip(openings.items(), units, ys, strict=True):
+            opened[i] = (unit.normalize(avg_pool_3x3_same(y) if n == 2 else y, train=train), n)
+        return opened
+
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.mixed(x, train=train)
+
+
+def pointwise_opening(branch: Branch) -> int:
+    """How many leading layers of `branch` are a 1x1 stride-1 conv on the module input: 1 for the conv, 2 for
+    AvgPool then the conv, 0 when the branch opens otherwise."""
+    first = 1 if branch and isinstance(branch[0], AvgPool) else 0
+    if len(branch) > first and isinstance(layer := branch[first], Conv) and _is_pointwise(layer):
+        return first + 1
+    return 0
+
+
+def _is_pointwise(layer: Conv) -> bool:
+    return layer.kernel == (1, 1) and layer.stride == 1
 
 
 def zero_fraction(x: jax.Array) -> jax.Array:
@@ -142,6 +184,8 @@ def rms(x: jax.Array) -> jax.Array:
 
 class InceptionBlock(Mixed):
     """A repeated Inception-v4 block (no shortcut): its output is the concatenation itself."""
+
+    fuses_pointwise_openings = True
 
     def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
         y = self.mixed(x, train=train)

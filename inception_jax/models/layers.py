@@ -96,6 +96,46 @@ def _conv2d_bwd(strides, padding, residuals, dy):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+@jax.custom_vjp
+def pointwise_heads(x: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Several 1x1 stride-1 convolutions (HWIO kernels) of one NHWC input, as one matmul with their kernels side
+    by side; returns each convolution's output.
+
+    The branches of an Inception module that open with a 1x1 conv read the same input: one wide matmul reads it
+    once, and the backward makes one input-gradient matmul (no sum of per-branch gradients) and one
+    kernel-gradient matmul, whose channel-major copy of the input XLA makes once. The kernels are saved for the
+    backward as they came in, concatenated again there (see `conv2d` on why a derived kernel must not be a
+    residual inside the scan over blocks).
+    """
+    y = jnp.einsum("bhwc,cd->bhwd", x, _side_by_side(kernels))
+    return _split_channels(y, kernels)
+
+
+def _side_by_side(kernels: tuple[jax.Array, ...]) -> jax.Array:
+    return jnp.concatenate([k[0, 0] for k in kernels], axis=1)
+
+
+def _split_channels(y: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    bounds = np.cumsum([k.shape[-1] for k in kernels])[:-1]
+    return tuple(jnp.split(y, bounds, axis=-1))
+
+
+def _pointwise_heads_fwd(x, kernels):
+    return pointwise_heads(x, kernels), (x, kernels)
+
+
+def _pointwise_heads_bwd(residuals, dys):
+    x, kernels = residuals
+    dy = jnp.concatenate(dys, axis=-1)
+    dx = jnp.einsum("bhwd,cd->bhwc", dy, _side_by_side(kernels))
+    dk = jnp.einsum("bhwc,bhwd->cd", x, dy, preferred_element_type=jnp.float32)
+    dks = jnp.split(dk, np.cumsum([k.shape[-1] for k in kernels])[:-1], axis=1)
+    return dx.astype(x.dtype), tuple(d[None, None].astype(k.dtype) for d, k in zip(dks, kernels, strict=True))
+
+
+pointwise_heads.defvjp(_pointwise_heads_fwd, _pointwise_heads_bwd)
+
+
 def input_gradient(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strides: tuple[int, int],
                    padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """d loss / d input: the output gradient (dilated by the stride) convolved with the flipped kernel.
@@ -272,7 +312,16 @@ class ConvBN(nnx.Module):
                             group_size=ctx.bn_group_size, param_dtype=ctx.param_dtype, dtype=ctx.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return self.bn(self.conv(x), train=train, relu=True)
+        return self.normalize(self.conv(x), train=train)
+
+    def normalize(self, y: jax.Array, *, train: bool) -> jax.Array:
+        """BatchNorm -> ReLU of a convolution output (computed here or, for fused 1x1 heads, by the caller)."""
+        return self.bn(y, train=train, relu=True)
+
+    def promoted(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The input and kernel in the dtype this unit's convolution computes in (what nnx.Conv does)."""
+        x, kernel, _ = self.conv.promote_dtype((x, self.conv.kernel[...], None), dtype=self.conv.dtype)
+        return x, kernel
 
 
 @jax.custom_vjp
