@@ -146,8 +146,10 @@ class Mixed(nnx.Module):
         the only thing the backward keeps. Equal up to float rounding; the parity tests hold it to the
         references.
         """
+        if not self.fuses_pointwise_openings:
+            return {}
         openings = {i: n for i, branch in enumerate(self.branches) if (n := pointwise_opening(branch))}
-        if not self.fuses_pointwise_openings or 2 not in openings.values():
+        if 2 not in openings.values():
             return {}
         units = [getattr(self, self.branches[i][n - 1].name) for i, n in openings.items()]
         promoted = [unit.promoted(x) for unit in units]

@@ -108,16 +108,16 @@ def pointwise_heads(x: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.A
     residual inside the scan over blocks).
     """
     y = jnp.einsum("bhwc,cd->bhwd", x, _side_by_side(kernels))
-    return _split_channels(y, kernels)
+    return tuple(jnp.split(y, _channel_bounds(kernels), axis=-1))
 
 
 def _side_by_side(kernels: tuple[jax.Array, ...]) -> jax.Array:
     return jnp.concatenate([k[0, 0] for k in kernels], axis=1)
 
 
-def _split_channels(y: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    bounds = np.cumsum([k.shape[-1] for k in kernels])[:-1]
-    return tuple(jnp.split(y, bounds, axis=-1))
+def _channel_bounds(kernels: tuple[jax.Array, ...]) -> np.ndarray:
+    """Where each kernel's output channels end in the side-by-side matmul (the last one's end left out)."""
+    return np.cumsum([k.shape[-1] for k in kernels])[:-1]
 
 
 def _pointwise_heads_fwd(x, kernels):
@@ -129,7 +129,7 @@ def _pointwise_heads_bwd(residuals, dys):
     dy = jnp.concatenate(dys, axis=-1)
     dx = jnp.einsum("bhwd,cd->bhwc", dy, _side_by_side(kernels))
     dk = jnp.einsum("bhwc,bhwd->cd", x, dy, preferred_element_type=jnp.float32)
-    dks = jnp.split(dk, np.cumsum([k.shape[-1] for k in kernels])[:-1], axis=1)
+    dks = jnp.split(dk, _channel_bounds(kernels), axis=1)
     return dx.astype(x.dtype), tuple(d[None, None].astype(k.dtype) for d, k in zip(dks, kernels, strict=True))
 
 
