@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from inception_jax.models.layers import (
+    UNROLLED_WINDOW_MAX_BYTES,
     avg_pool_3x3_same,
     conv_general_dilated,
+    kernel_gradient,
     max_pool_3x3_s2,
     pointwise_heads,
     reachable_taps,
@@ -100,6 +102,57 @@ def test_a_scan_hands_its_stacked_kernels_to_the_backward_without_copying_them(k
     temps = jax.jit(jax.grad(loss)).lower(kernels).compile().memory_analysis().temp_size_in_bytes
     kept_kernels_bytes = kernels.nbytes * kept_taps // (k_shape[0] * k_shape[1])
     assert temps < kept_kernels_bytes / 2, (temps, kept_kernels_bytes)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,stride,padding", [c for c in CASES if c[1][:2] != (1, 1)])
+def test_kernel_gradient_in_a_loop_over_the_taps_equals_xla_convolution(x_shape, k_shape, stride, padding):
+    """Above a size the taps' windows are copied one at a time in a loop (what the stem's convs at 299 px run);
+    that loop computes the same gradient, strided and padded alike."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+    y, vjp = jax.vjp(lambda k_: _reference(x, k_, stride, padding), k)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    pads = (jax.lax.padtype_to_pads(x_shape[1:3], k_shape[:2], (stride, stride), padding)
+            if isinstance(padding, str) else padding)
+    looped = kernel_gradient(x, dy, k_shape, (stride, stride), tuple(map(tuple, pads)), unrolled_max_bytes=0)
+    want = vjp(dy)[0]
+    np.testing.assert_allclose(looped, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_kernel_gradient_loop_with_the_batch_sharded_over_devices_equals_xla_convolution():
+    """Data parallelism shards the batch that each tap's matmul contracts: the loop's partial sums still add up."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(jax.device_count(), 9, 9, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 8, 12)), jnp.float32)
+    y, vjp = jax.vjp(lambda k_: _reference(x, k_, 2, "VALID"), k)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    looped = jax.jit(lambda x_, dy_: kernel_gradient(x_, dy_, k.shape, (2, 2), ((0, 0), (0, 0)),
+                                                     unrolled_max_bytes=0))(jax.device_put(x, batch),
+                                                                            jax.device_put(dy, batch))
+    want = vjp(dy)[0]
+    np.testing.assert_allclose(looped, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_a_large_kernel_gradient_holds_one_tap_window_at_a_time():
+    """Unrolled, XLA:CPU copies every tap's input window before the matmuls, all alive at once (the stem's 3x3
+    convs at 299 px: 9 x 21 MiB each); the loop over the taps keeps the step's temporaries near one window."""
+    x = jax.ShapeDtypeStruct((8, 74, 74, 32), jnp.float32)
+    dy = jax.ShapeDtypeStruct((8, 72, 72, 32), jnp.float32)
+    window_bytes = 8 * 72 * 72 * 32 * 4
+
+    def temps(max_bytes):
+        grad = jax.jit(lambda x_, dy_: kernel_gradient(x_, dy_, (3, 3, 32, 32), (1, 1), ((0, 0), (0, 0)),
+                                                       unrolled_max_bytes=max_bytes))
+        return grad.lower(x, dy).compile().memory_analysis().temp_size_in_bytes
+
+    assert window_bytes > UNROLLED_WINDOW_MAX_BYTES  # so the default loops here
+    looped, unrolled = temps(UNROLLED_WINDOW_MAX_BYTES), temps(1 << 62)
+    assert looped < 1.5 * window_bytes and unrolled > 6 * window_bytes, (looped, unrolled, window_bytes)
 
 
 def test_grouped_or_dilated_convolutions_fall_back_to_xla():

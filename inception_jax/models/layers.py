@@ -213,23 +213,49 @@ def tap_window(x: jax.Array, i: int, j: int, strides: tuple[int, int], out_hw: t
                                            x.shape[3]), (1, sh, sw, 1))
 
 
+# A kernel gradient whose taps' input windows are larger than this copies them one at a time (a loop over the
+# taps): unrolled, XLA:CPU schedules every tap's window copy before the matmuls, so all are alive at once (the
+# stem's 3x3 convs at 299 px, batch 8: 9 windows of 21 MiB each). Smaller windows (the scanned blocks' convs)
+# stay unrolled: looped inside the scan they made the step 1.02-1.04x slower. XLA's step temporaries, IR-v2 / v4:
+# 2247 -> 1740 / 2131 -> 1304 MiB at 299 px, batch 8; 566 -> 490 / 535 -> 459 MiB at 75 px, batch 32 (the step
+# 0.99-1.01x the time, benchmarks/bench_step.py programs interleaved in one process, 2026-12-04).
+UNROLLED_WINDOW_MAX_BYTES = 4 << 20
+
+
 def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                    padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """d loss / d kernel of an NHWC x HWIO convolution, as one matmul per kernel tap."""
+                    padding: tuple[tuple[int, int], tuple[int, int]],
+                    unrolled_max_bytes: int = UNROLLED_WINDOW_MAX_BYTES) -> jax.Array:
+    """d loss / d kernel of an NHWC x HWIO convolution, as one matmul per kernel tap (in a loop over the taps when
+    one tap's input window is larger than `unrolled_max_bytes`)."""
     kh, kw, cin, cout = kernel_shape
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
-    out_h, out_w = dy.shape[1:3]
+    out_hw = dy.shape[1:3]
     # A small (cin x cout) product over a huge contraction runs on one thread; per-example partial products
     # parallelise it (stem convs: 1.7x faster), and cost extra for wider convs.
     per_example = cin * cout <= 8192
     equation = "bhwc,bhwd->bcd" if per_example else "bhwc,bhwd->cd"
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            window = tap_window(padded, i, j, strides, (out_h, out_w))
-            tap = jnp.einsum(equation, window, dy, preferred_element_type=jnp.float32)
-            taps.append(tap.sum(0) if per_example else tap)
-    return jnp.stack(taps).reshape(kernel_shape)
+
+    def tap_gradient(window: jax.Array) -> jax.Array:
+        tap = jnp.einsum(equation, window, dy, preferred_element_type=jnp.float32)
+        return tap.sum(0) if per_example else tap
+
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    window_bytes = x.shape[0] * out_hw[0] * out_hw[1] * cin * x.dtype.itemsize
+    if len(offsets) == 1 or window_bytes <= unrolled_max_bytes:
+        taps = jnp.stack([tap_gradient(tap_window(padded, i, j, strides, out_hw)) for i, j in offsets])
+    else:
+        def one_tap(_, offset):
+            return None, tap_gradient(moving_tap_window(padded, offset, strides, out_hw))
+        taps = jax.lax.scan(one_tap, None, jnp.asarray(offsets, jnp.int32))[1]
+    return taps.reshape(kernel_shape)
+
+
+def moving_tap_window(x: jax.Array, offset: jax.Array, strides: tuple[int, int], out_hw: tuple[int, int]):
+    """`tap_window` for a tap (i, j) given as a traced offset: the pixels it spans, then every stride-th of them."""
+    (sh, sw), (out_h, out_w) = strides, out_hw
+    span = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0),
+                                 (x.shape[0], sh * (out_h - 1) + 1, sw * (out_w - 1) + 1, x.shape[3]))
+    return span[:, ::sh, ::sw]
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
