@@ -25,6 +25,7 @@ CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduc
     ((2, 9, 9, 16), (1, 1, 16, 24), 1, "SAME"),
     ((2, 11, 11, 16), (3, 3, 16, 24), 2, "VALID"),
     ((2, 6, 6, 96), (3, 3, 96, 128), 1, "SAME"),  # cin * cout above the per-example threshold
+    ((2, 17, 17, 8), (3, 3, 8, 8), 1, "SAME"),  # 256 pixels or more per example: the flattened per-example dot
     ((2, 8, 8, 4), (2, 2, 4, 4), 1, "SAME"),  # an even kernel: padding not symmetric
     ((2, 9, 9, 16), (1, 1, 16, 24), 1, ((0, 0), (0, 0))),  # explicit padding pairs: still a matmul
     ((2, 9, 9, 8), (3, 3, 8, 8), 2, ((1, 0), (2, 1))),  # explicit, asymmetric, strided
