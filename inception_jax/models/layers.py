@@ -230,9 +230,13 @@ def _valid_correlation(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int
 
 def tap_window(x: jax.Array, i: int, j: int, strides: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
     """The NHWC input pixels that kernel tap (i, j) meets at each of the out_hw output positions (strided)."""
-    (sh, sw), (out_h, out_w) = strides, out_hw
-    return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
-                                           x.shape[3]), (1, sh, sw, 1))
+    span_h, span_w = tap_span(strides, out_hw)
+    return jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + span_h, j + span_w, x.shape[3]), (1, *strides, 1))
+
+
+def tap_span(strides: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """How many input rows and columns one tap's strided window spans, first pixel to last."""
+    return tuple(stride * (n - 1) + 1 for stride, n in zip(strides, out_hw, strict=True))
 
 
 # A kernel gradient whose taps' input windows are larger than this copies them one at a time (a loop over the
@@ -273,10 +277,8 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], 
 
 def moving_tap_window(x: jax.Array, offset: jax.Array, strides: tuple[int, int], out_hw: tuple[int, int]):
     """`tap_window` for a tap (i, j) given as a traced offset: the pixels it spans, then every stride-th of them."""
-    (sh, sw), (out_h, out_w) = strides, out_hw
-    span = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0),
-                                 (x.shape[0], sh * (out_h - 1) + 1, sw * (out_w - 1) + 1, x.shape[3]))
-    return span[:, ::sh, ::sw]
+    span = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0), (x.shape[0], *tap_span(strides, out_hw), x.shape[3]))
+    return span[:, ::strides[0], ::strides[1]]
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
