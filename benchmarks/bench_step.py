@@ -17,7 +17,7 @@ from inception_jax import cpu_codegen, host_memory
 
 def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
                      learning_rate: float = 0.045, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                     diagnostics: bool = False, logs: bool = False, codegen: str = "xla_default", **model_knobs: Any):
+                     diagnostics: bool = False, logs: bool = False, codegen: str = "tuned", **model_knobs: Any):
     """(compiled step, state, batch, compile seconds) for the recipe's RMSProp (TF settings) on model `name`.
 
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.

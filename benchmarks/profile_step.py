@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--codegen", default="xla_default", choices=cpu_codegen.CODEGENS,
+    parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="XLA:CPU code generation (inception_jax/cpu_codegen.py)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="(ours, timm) process pairs per comparison")
     parser.add_argument("--allocator", default="huge_pages", choices=("huge_pages", "default"),
                         help="host allocator of both sides' processes (inception_jax/host_memory.py)")
-    parser.add_argument("--codegen", default="xla_default", choices=cpu_codegen.CODEGENS,
+    parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="our step's XLA:CPU code generation (inception_jax/cpu_codegen.py)")
     args = parser.parse_args()
     set_children_allocator(args.allocator)

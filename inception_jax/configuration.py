@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
-    c.xla_cpu_codegen = "xla_default"  # "fast": 512-bit vectors and reassociating float math on CPU (cpu_codegen.py)
+    c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default", "fast" (cpu_codegen.py)
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
     c.report = ml_collections.ConfigDict()

@@ -1,20 +1,22 @@
-"""How XLA:CPU generates the code of the train and eval steps: XLA's defaults, or 512-bit vectors and
-reassociating float math (`xla_cpu_codegen = "fast"`).
+"""How XLA:CPU compiles the train and eval steps (`xla_cpu_codegen`): "tuned" (the default), XLA's own
+defaults ("xla_default"), or "tuned" plus 512-bit vectors and reassociating float math ("fast").
 
-XLA's CPU defaults are 256-bit vectors (`xla_cpu_prefer_vector_width`) and strict IEEE evaluation order. "fast"
-asks for 512-bit vectors and LLVM's reassociation and contraction (`xla_cpu_enable_fast_math`), keeping NaN and
-inf honoured (the dying diagnostics and the divergence checks look for them), and division and the transcendental
-functions exact; what remains is reassociation, fused multiply-add and the sign of zero. Float32 results move by
-rounding (the Keras parity test checks this code too).
+"tuned" is XLA's defaults with one change: convolutions run on XLA's own convolution kernels instead of YNNPACK.
+This jaxlib hands every dot, convolution and large reduction to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`
+defaults to INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); its convolutions were the slow part of our steps on
+this project's AVX-512 VMs. Alone, forward and backward through our `conv2d`: the stem's 3x3 convs at 299 px
+0.56x / 0.75x / 0.79x the time, a 3x3 256 -> 256 conv at 35 x 35 0.96x, a scan of twenty 7x1 convs 0.85x. The
+whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (README,
+"Benchmarks"). Dots and reductions stay on YNNPACK: moving the dots off too read 1.01x, and without YNNPACK's
+reductions XLA computes BatchNorm's statistics as slow reduce-window trees (1.12x the step time).
 
-It is not the default because it did not pay where we could measure it (README, "Benchmarks"): on this
-project's AVX-512 VMs the IR-v2 train step, one state and the executables interleaved in one process, took
-0.99-1.04x the time of XLA's default code at 75 px over 10-16 rounds (a second copy of the default executable
-read 0.96x: the noise), 0.98x at 299 px; the element-wise fusions, the code it changes, took 0.95-1.0x.
-Shorter A/Bs of 3-6 rounds (two sessions' first tries) had read 0.88-0.95x; they did not repeat.
-`benchmarks/speed_vs_timm.py --codegen=fast` and `benchmarks/profile_step.py --codegen=fast` measure it on yours.
+"fast" adds 512-bit vectors (`xla_cpu_prefer_vector_width`) and LLVM's reassociation and contraction
+(`xla_cpu_enable_fast_math`), keeping NaN and inf honoured (the dying diagnostics and the divergence checks look
+for them), and division and the transcendental functions exact. It did not pay where we could measure it (0.99-1.04x
+at 75 px over 10-16 rounds, 0.98x at 299 px, against XLA's defaults), so it is a knob to try, not the default.
 
-An option the user set in XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU.
+Every choice moves float32 results by rounding only (tests/test_cpu_codegen.py, the Keras parity test). An option
+the user set in XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU.
 This module must stay importable without JAX: it holds names and dicts only.
 """
 
@@ -22,8 +24,13 @@ from __future__ import annotations
 
 import os
 
-CODEGENS = ("xla_default", "fast")
-FAST_OPTIONS: dict[str, bool | int] = {
+CODEGENS = ("tuned", "xla_default", "fast")
+# Which ops XLA:CPU hands to YNNPACK: its defaults less INDIVIDUAL_CONVOLUTION.
+TUNED_OPTIONS: dict[str, bool | int | str] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+FAST_OPTIONS: dict[str, bool | int | str] = {
+    **TUNED_OPTIONS,
     "xla_cpu_prefer_vector_width": 512,
     "xla_cpu_enable_fast_math": True,
     "xla_cpu_fast_math_honor_nans": True,
@@ -31,6 +38,7 @@ FAST_OPTIONS: dict[str, bool | int] = {
     "xla_cpu_fast_math_honor_division": True,
     "xla_cpu_fast_math_honor_functions": True,
 }
+_OPTIONS = {"tuned": TUNED_OPTIONS, "xla_default": {}, "fast": FAST_OPTIONS}
 
 
 def flags_set_in(xla_flags: str | None) -> set[str]:
@@ -42,17 +50,17 @@ def flags_set_in(xla_flags: str | None) -> set[str]:
     return names
 
 
-def compiler_options(codegen: str, platform: str, xla_flags: str | None = None) -> dict[str, bool | int] | None:
+def compiler_options(codegen: str, platform: str, xla_flags: str | None = None) -> dict[str, bool | int | str] | None:
     """The compiler options for `jax.jit(..., compiler_options=...)`: None off CPU or with "xla_default".
 
     `xla_flags` defaults to the process's XLA_FLAGS; an option it names is dropped here so the user's value holds.
     """
     if codegen not in CODEGENS:
         raise ValueError(f"xla_cpu_codegen={codegen!r} is not one of {list(CODEGENS)}")
-    if platform != "cpu" or codegen == "xla_default":
+    if platform != "cpu":
         return None
     user = flags_set_in(os.environ.get("XLA_FLAGS") if xla_flags is None else xla_flags)
-    return {name: value for name, value in FAST_OPTIONS.items() if name not in user} or None
+    return {name: value for name, value in _OPTIONS[codegen].items() if name not in user} or None
 
 
 def describe(codegen: str, platform: str) -> str:

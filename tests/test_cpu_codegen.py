@@ -1,6 +1,8 @@
 """XLA:CPU code generation (cpu_codegen.py): which options the train and eval steps compile with, that this
-jaxlib accepts every one of them, that NaN and inf stay visible, and that a train step compiled with them
-computes what XLA's default code computes, up to float32 rounding."""
+jaxlib accepts every one of them and does what they say (convolutions off YNNPACK), that NaN and inf stay visible,
+and that a train step compiled with them computes what XLA's default code computes, up to float32 rounding."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +18,45 @@ from inception_jax.train import compile_steps
 from tests.training_helpers import tiny_config
 
 
-def test_fast_options_apply_to_cpu_programs_only_and_can_be_turned_off():
+def test_options_apply_to_cpu_programs_only_and_xla_default_sets_none():
+    assert cpu_codegen.compiler_options("tuned", "cpu", xla_flags="") == cpu_codegen.TUNED_OPTIONS
     assert cpu_codegen.compiler_options("fast", "cpu", xla_flags="") == cpu_codegen.FAST_OPTIONS
+    assert cpu_codegen.TUNED_OPTIONS.items() <= cpu_codegen.FAST_OPTIONS.items()  # fast = tuned + fast math
     assert cpu_codegen.compiler_options("xla_default", "cpu", xla_flags="") is None
     for platform in ("gpu", "cuda", "rocm", "tpu"):
-        assert cpu_codegen.compiler_options("fast", platform, xla_flags="") is None
+        for codegen in cpu_codegen.CODEGENS:
+            assert cpu_codegen.compiler_options(codegen, platform, xla_flags="") is None
+
+
+def test_the_training_loop_compiles_tuned_by_default():
+    assert base_config().xla_cpu_codegen == "tuned"
+
+
+def _library_fusions(compiled_text: str) -> dict[str, int]:
+    """How many YNNPACK fusions of a compiled CPU program hold a convolution, a dot or a reduction."""
+    bodies = dict(re.findall(r"\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", compiled_text, re.S))
+    counts = {"convolution": 0, "dot": 0, "reduce": 0}
+    for callee in re.findall(r"%?ynn_fusion[\w.\-]* = [^\n]*calls=%?([\w.\-]+)", compiled_text):
+        for op in counts:
+            counts[op] += f" {op}(" in bodies.get(callee, "")
+    return counts
+
+
+def test_tuned_takes_the_convolutions_off_ynnpack_and_leaves_dots_and_reductions_on_it():
+    """What "tuned" is for (cpu_codegen.py): XLA's own convolution kernels, YNNPACK's dots and reductions. A
+    jaxlib that renamed the option's values fails on compiling; one that ignored it fails on the counts."""
+    def conv_bn_dense(x, w, v):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = (y - y.mean((0, 1, 2))) * jax.lax.rsqrt(y.var((0, 1, 2)) + 1e-3)
+        return y.reshape(-1, y.shape[-1]) @ v
+
+    args = (jnp.ones((4, 9, 9, 16)), jnp.ones((3, 3, 16, 32)), jnp.ones((32, 8)))
+    lowered = jax.jit(conv_bn_dense).lower(*args)
+    default = _library_fusions(lowered.compile().as_text())
+    tuned = _library_fusions(
+        lowered.compile(compiler_options=cpu_codegen.compiler_options("tuned", "cpu", xla_flags="")).as_text())
+    assert default["convolution"] >= 1 and tuned["convolution"] == 0
+    assert tuned["dot"] == default["dot"] >= 1 and tuned["reduce"] == default["reduce"] >= 1
 
 
 def test_an_option_set_in_xla_flags_is_left_to_xla_flags():
@@ -33,7 +69,8 @@ def test_an_option_set_in_xla_flags_is_left_to_xla_flags():
 def test_a_bad_codegen_is_refused_with_the_choices():
     config = base_config()
     config.xla_cpu_codegen = "fastest"
-    with pytest.raises(ConfigError, match=r"xla_cpu_codegen='fastest' is not one of \['xla_default', 'fast'\]"):
+    choices = r"\['tuned', 'xla_default', 'fast'\]"
+    with pytest.raises(ConfigError, match=rf"xla_cpu_codegen='fastest' is not one of {choices}"):
         validate_static(config)
     with pytest.raises(ValueError, match="'fastest'"):
         cpu_codegen.compiler_options("fastest", "cpu")
@@ -52,7 +89,7 @@ def test_this_jaxlib_accepts_every_option_and_keeps_nan_and_inf_visible():
     assert np.isnan(float(fast(x)[3]))
 
 
-def test_a_train_step_compiled_fast_computes_what_xla_default_code_computes(shapes_tiny_dir, tmp_path):
+def test_a_train_step_compiled_tuned_or_fast_computes_what_xla_default_code_computes(shapes_tiny_dir, tmp_path):
     results = {}
     for codegen in cpu_codegen.CODEGENS:
         run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "xla_cpu_codegen": codegen}),
@@ -67,7 +104,9 @@ def test_a_train_step_compiled_fast_computes_what_xla_default_code_computes(shap
             state, metrics = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh))
             losses.append(float(metrics["loss"]))
         results[codegen] = losses, jax.tree.map(np.asarray, state.params)
-    (fast_losses, fast_params), (default_losses, default_params) = results["fast"], results["xla_default"]
-    np.testing.assert_allclose(fast_losses, default_losses, rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(fast_params), jax.tree.leaves(default_params)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    default_losses, default_params = results["xla_default"]
+    for codegen in ("tuned", "fast"):
+        losses, params = results[codegen]
+        np.testing.assert_allclose(losses, default_losses, rtol=1e-4, err_msg=codegen)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(default_params)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=codegen)
