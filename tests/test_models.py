@@ -130,13 +130,15 @@ def up_projection_by_hand(block, x):
     return jax.lax.conv_general_dilated(m, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
 
-def test_v4_block_with_fused_1x1_heads_and_the_pool_after_its_conv_equals_the_block_as_written():
-    """The v4 blocks run their opening 1x1 convs as one matmul and the pool branch as 1x1 conv -> pool (blocks.py:
-    both linear, so they commute); outputs, input gradient and every parameter gradient match the layers in the
-    order ARCHITECTURE.md writes them."""
-    model = create_model("inception_v4", width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
+@pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"])
+def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
+    """The repeated blocks run their opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv -> pool
+    (blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient match the
+    layers in the order ARCHITECTURE.md writes them."""
+    model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
     for block in (model.blocks_a_0, model.blocks_b_0, model.blocks_c_0):
-        assert block.fuses_pointwise_openings
+        assert block.fuses_pointwise_openings and len(block._pointwise_openings(block_input(
+            block.b0_0.conv.in_features), train=False)) >= 2
         in_channels = block.b0_0.conv.in_features
         x = block_input(in_channels, seed=in_channels)
         graphdef, params, rest = nnx.split(block, nnx.Param, ...)

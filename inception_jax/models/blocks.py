@@ -91,9 +91,10 @@ def sub_filters(filters: Mapping[str, int], prefix: str) -> dict[str, int]:
 class Mixed(nnx.Module):
     """Concatenation of branches (ARCHITECTURE.md §1.5: the order is part of the architecture)."""
 
-    # Only the repeated v4 blocks (scanned: each residual is a stacked buffer) gained from `_pointwise_openings`:
-    # v4's step temporaries at 299 px, batch 8, 2261 -> 2157 MiB. IR-v2's stem module mixed5b lost (2247 -> 2256
-    # MiB), and without a pooled branch (the IR blocks) the fused matmul saved nothing (+0.6 %).
+    # Whether `_pointwise_openings` runs; on for the repeated blocks (scanned: each residual is a stacked buffer).
+    # v4's blocks: step temporaries at 299 px, batch 8, 2261 -> 2157 MiB. The IR blocks (no pooled branch): the
+    # same memory, the step 0.986x and 0.982x the time (IR-v2, 299 px, two in-process A/Bs). IR-v2's stem
+    # module mixed5b lost memory (2247 -> 2256 MiB), so the stem's and the reductions' modules run as written.
     fuses_pointwise_openings = False
 
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
@@ -136,9 +137,8 @@ class Mixed(nnx.Module):
         return jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
 
     def _pointwise_openings(self, x: jax.Array, *, train: bool) -> dict[int, tuple[jax.Array, int]]:
-        """In a module with an AvgPool -> 1x1 conv branch, the branches that open with a 1x1 conv on the module
-        input, run as one matmul (`pointwise_heads`): {branch index: (its output after those layers, how many
-        layers that was)}.
+        """The branches that open with a 1x1 conv on the module input, run as one matmul (`pointwise_heads`)
+        when there are two or more: {branch index: (its output after those layers, how many layers that was)}.
 
         A branch opening AvgPool -> 1x1 conv is among them with the two swapped: both are linear, the pool per
         channel and the conv per pixel (its divisor depends on the pixel only), so they commute and the pool
@@ -149,7 +149,7 @@ class Mixed(nnx.Module):
         if not self.fuses_pointwise_openings:
             return {}
         openings = {i: n for i, branch in enumerate(self.branches) if (n := pointwise_opening(branch))}
-        if 2 not in openings.values():
+        if len(openings) < 2:
             return {}
         units = [getattr(self, self.branches[i][n - 1].name) for i, n in openings.items()]
         promoted = [unit.promoted(x) for unit in units]
@@ -210,6 +210,8 @@ class ResidualBlock(Mixed):
     The scale is a static float (`constant`) or a trainable scalar / per-channel vector initialised at the given
     value (`learnable` / `learnable_channel`: the LayerScale / ReZero / SkipInit family).
     """
+
+    fuses_pointwise_openings = True
 
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  residual: bool, scale: float, scale_mode: str, plain_scale: float, activation: bool,
