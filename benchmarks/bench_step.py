@@ -42,7 +42,8 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
                      aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False, seed=0,
-                     log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1))
+                     log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1),
+                     xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(codegen, jax.devices()[0].platform))
     state = jax.jit(lambda: init_state(opts, tx, 0))()
     rng = np.random.default_rng(0)
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),

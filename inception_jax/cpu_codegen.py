@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 
 CODEGENS = ("tuned", "xla_default", "fast")
+YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 # Which ops XLA:CPU hands to YNNPACK: its defaults less INDIVIDUAL_CONVOLUTION.
 TUNED_OPTIONS: dict[str, bool | int | str] = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
 FAST_OPTIONS: dict[str, bool | int | str] = {
     **TUNED_OPTIONS,
@@ -61,6 +62,14 @@ def compiler_options(codegen: str, platform: str, xla_flags: str | None = None) 
         return None
     user = flags_set_in(os.environ.get("XLA_FLAGS") if xla_flags is None else xla_flags)
     return {name: value for name, value in _OPTIONS[codegen].items() if name not in user} or None
+
+
+def xla_convolution_kernels(codegen: str, platform: str, xla_flags: str | None = None) -> bool:
+    """Whether programs compiled with `codegen` run their convolutions on XLA's own kernels, not YNNPACK's: the
+    train step then gives the convolutions outside loops XLA's kernel gradient (models/layers.py, conv2d), which
+    is faster there on these kernels and slower on YNNPACK's."""
+    options = compiler_options(codegen, platform, xla_flags) or {}
+    return options.get(YNN_FUSION_TYPE) == TUNED_OPTIONS[YNN_FUSION_TYPE]
 
 
 def describe(codegen: str, platform: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from inception_jax import input_pipeline, sharding
+from inception_jax import cpu_codegen, input_pipeline, sharding
 from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
 from inception_jax.input_pipeline import DataConfig
@@ -131,7 +131,9 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
         learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed),
-        log_schedule=log_schedule(t, num_steps))
+        log_schedule=log_schedule(t, num_steps),
+        xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(config.xla_cpu_codegen,
+                                                                 mesh.devices.flat[0].platform))
     return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=info, train_stream=stream,
                steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps, eval_batch_size=eval_batch_size,
                mesh=mesh, step_cfg=step_cfg, model_facts=facts)

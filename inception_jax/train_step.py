@@ -19,6 +19,7 @@ from flax import nnx
 
 from inception_jax.diagnostics import activation_stats
 from inception_jax.models import ModelOptions, build_model
+from inception_jax.models.layers import xla_kernel_gradients
 from inception_jax.optim import global_norm, update_ema
 from inception_jax.preprocessing import UINT8_TO_MODEL_RANGE
 
@@ -50,6 +51,9 @@ class StepConfig:
     # norms (a full read of gradients, updates and parameters: 7 % of IR-v2's step at 75 px) are computed on
     # those steps only. The default logs every step.
     log_schedule: tuple[int, int, int] = (0, 1, 0)
+    # The step compiles for XLA:CPU's own convolution kernels (cpu_codegen.xla_convolution_kernels): the
+    # convolutions outside the scanned blocks then take XLA's kernel gradient (models/layers.py, conv2d).
+    xla_kernel_gradients: bool = False
 
 
 def is_log_step(step: Any, log_schedule: tuple[int, int, int]) -> Any:
@@ -102,7 +106,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) 
             total = total + cfg.aux_loss_weight * jnp.mean(aux)
         return total, (loss, out, split_model(model)[2])
 
-    (_, (loss, out, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    with xla_kernel_gradients(cfg.xla_kernel_gradients):  # read while the forward and backward are traced
+        (_, (loss, out, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1

@@ -10,10 +10,12 @@ from inception_jax.models.layers import (
     UNROLLED_WINDOW_MAX_BYTES,
     avg_pool_3x3_same,
     conv_general_dilated,
+    conv_general_dilated_outside_loops,
     kernel_gradient,
     max_pool_3x3_s2,
     pointwise_heads,
     reachable_taps,
+    xla_kernel_gradients,
 )
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
@@ -69,6 +71,35 @@ def test_outputs_and_both_gradients_equal_xla_convolution(x_shape, k_shape, stri
     for got, want in zip(jax.grad(loss(_ours), (0, 1))(x, k), jax.grad(loss(_reference), (0, 1))(x, k),
                          strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def _conv_count(fn, *args) -> int:
+    return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated[")
+
+
+@pytest.mark.parametrize("x_shape,k_shape,stride,padding", [c for c in CASES if c[1][:2] != (1, 1)])
+def test_outside_loops_the_kernel_gradient_is_xlas_while_a_tuned_step_is_traced(x_shape, k_shape, stride, padding):
+    """Under `xla_kernel_gradients` (a train step compiled for XLA:CPU's own convolution kernels), a unit built
+    outside loops takes XLA's kernel gradient (one more convolution, no per-tap matmuls) and still gets XLA's
+    gradients; a unit that may run in the scan over blocks, or any unit without the flag, keeps the per-tap
+    matmuls."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=_reference(x, k, stride, padding).shape), jnp.float32)
+
+    def grads(conv):
+        return jax.grad(lambda x_, k_: jnp.sum(conv(x_, k_, (stride, stride), padding, dimension_numbers=DN)
+                                               * weights), (0, 1))
+
+    per_tap = _conv_count(grads(conv_general_dilated_outside_loops), x, k)
+    with xla_kernel_gradients(True):
+        assert _conv_count(grads(conv_general_dilated), x, k) == per_tap
+        xla_kernel_gradient = 1 if per_tap else 0  # cut down to a matmul (1x3 on a 1x1 grid): nothing to swap
+        assert _conv_count(grads(conv_general_dilated_outside_loops), x, k) == per_tap + xla_kernel_gradient
+        got = grads(conv_general_dilated_outside_loops)(x, k)
+    for g, want in zip(got, grads(jax.lax.conv_general_dilated)(x, k), strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
 def test_gradients_inside_a_scan_equal_xla_convolution():

@@ -14,6 +14,7 @@ from inception_jax.models import (
     convert_layout,
     count_params,
     create_model,
+    layers,
     model_options,
     spatial_sizes,
 )
@@ -154,6 +155,20 @@ def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
         np.testing.assert_allclose(y_fused, y_written, rtol=1e-5, atol=1e-5)
         for got, want in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_written), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v2"])
+def test_only_convolutions_outside_the_repeated_blocks_may_take_xlas_kernel_gradient(name):
+    """XLA:CPU runs a convolution's own kernel gradient ~200x slower inside a while loop (layers.conv2d), so the
+    repeated blocks, which the scan over blocks loops over, never ask for it; the stem, the reductions and the
+    aux head do."""
+    model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
+    hooks = {"blocks": set(), "elsewhere": set()}
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.Conv):
+            where = "blocks" if any(str(p).startswith("blocks_") for p in path) else "elsewhere"
+            hooks[where].add(module.conv_general_dilated)
+    assert hooks == {"blocks": {layers.conv_general_dilated}, "elsewhere": {layers.conv_general_dilated_outside_loops}}
 
 
 @pytest.mark.parametrize("scale", [0.1, 0.3, 1.0])

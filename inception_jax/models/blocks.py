@@ -96,6 +96,9 @@ class Mixed(nnx.Module):
     # same memory, the step 0.986x and 0.982x the time (IR-v2, 299 px, two in-process A/Bs). IR-v2's stem
     # module mixed5b lost memory (2247 -> 2256 MiB), so the stem's and the reductions' modules run as written.
     fuses_pointwise_openings = False
+    # The repeated blocks run inside the scan over blocks (scan_blocks); every other module never runs in a loop,
+    # so its convolutions may take XLA's own kernel gradient (layers.conv2d, `outside_loops`).
+    repeated_block = False
 
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  ctx: LayerContext, rngs: nnx.Rngs):
@@ -105,19 +108,20 @@ class Mixed(nnx.Module):
             c = in_channels
             for layer in branch:
                 if isinstance(layer, Conv):
-                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs))
+                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs, not self.repeated_block))
                     c = filters[layer.name]
                 elif isinstance(layer, Fork):
                     for head in layer.heads:
-                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs))
+                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs, not self.repeated_block))
                     c = sum(filters[h.name] for h in layer.heads)
             total += c
         self.mixed_channels = total
 
     @staticmethod
-    def _unit(c_in: int, layer: Conv, filters: Mapping[str, int], ctx: LayerContext, rngs: nnx.Rngs) -> ConvBN:
+    def _unit(c_in: int, layer: Conv, filters: Mapping[str, int], ctx: LayerContext, rngs: nnx.Rngs,
+              outside_loops: bool) -> ConvBN:
         return ConvBN(c_in, filters[layer.name], layer.kernel, stride=layer.stride, padding=layer.padding,
-                      ctx=ctx, rngs=rngs)
+                      outside_loops=outside_loops, ctx=ctx, rngs=rngs)
 
     def mixed(self, x: jax.Array, *, train: bool) -> jax.Array:
         opened = self._pointwise_openings(x, train=train)
@@ -188,6 +192,7 @@ class InceptionBlock(Mixed):
     """A repeated Inception-v4 block (no shortcut): its output is the concatenation itself."""
 
     fuses_pointwise_openings = True
+    repeated_block = True
 
     def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
         y = self.mixed(x, train=train)
@@ -212,6 +217,7 @@ class ResidualBlock(Mixed):
     """
 
     fuses_pointwise_openings = True
+    repeated_block = True
 
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  residual: bool, scale: float, scale_mode: str, plain_scale: float, activation: bool,
@@ -257,7 +263,7 @@ class Stem(nnx.Module):
         c = 3
         for layer in layers:
             if isinstance(layer, Conv):
-                setattr(self, layer.name, Mixed._unit(c, layer, filters, ctx, rngs))
+                setattr(self, layer.name, Mixed._unit(c, layer, filters, ctx, rngs, outside_loops=True))
                 c = filters[layer.name]
             elif isinstance(layer, MixedSpec):
                 module = Mixed(c, layer.branches, sub_filters(filters, layer.name), ctx=ctx, rngs=rngs)
@@ -281,8 +287,8 @@ class AuxHead(nnx.Module):
     def __init__(self, in_channels: int, conv1: int, conv2: int, kernel: int, num_classes: int, *,
                  ctx: LayerContext, rngs: nnx.Rngs):
         self.kernel = kernel
-        self.conv1 = ConvBN(in_channels, conv1, (1, 1), ctx=ctx, rngs=rngs)
-        self.conv2 = ConvBN(conv1, conv2, (kernel, kernel), padding="VALID", ctx=ctx, rngs=rngs)
+        self.conv1 = ConvBN(in_channels, conv1, (1, 1), outside_loops=True, ctx=ctx, rngs=rngs)
+        self.conv2 = ConvBN(conv1, conv2, (kernel, kernel), padding="VALID", outside_loops=True, ctx=ctx, rngs=rngs)
         self.fc = nnx.Linear(conv2, num_classes, kernel_init=ctx.dense_init, dtype=ctx.dtype,
                              param_dtype=ctx.param_dtype, rngs=rngs)
 

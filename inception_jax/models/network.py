@@ -68,7 +68,8 @@ class InceptionNet(nnx.Module):
         self.reduction_b = Mixed(c, arch.reduction_b, sub_filters(filters, "reduction_b"), ctx=ctx, rngs=rngs)
         c = self.reduction_b.mixed_channels
         c = self._build_stage("c", arch.block_c, c, filters, ctx, rngs)
-        self.final_conv = ConvBN(c, filters["final_conv"], (1, 1), ctx=ctx, rngs=rngs) if arch.final_conv else None
+        self.final_conv = (ConvBN(c, filters["final_conv"], (1, 1), outside_loops=True, ctx=ctx, rngs=rngs)
+                           if arch.final_conv else None)
         self.num_features = filters["final_conv"] if arch.final_conv else c
         self.head = Head(self.num_features, opts.num_classes, ctx=ctx, rngs=rngs)
 
