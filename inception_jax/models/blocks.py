@@ -108,11 +108,13 @@ class Mixed(nnx.Module):
             c = in_channels
             for layer in branch:
                 if isinstance(layer, Conv):
-                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs, not self.repeated_block))
+                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs,
+                                            outside_loops=not self.repeated_block))
                     c = filters[layer.name]
                 elif isinstance(layer, Fork):
                     for head in layer.heads:
-                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs, not self.repeated_block))
+                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs,
+                                                outside_loops=not self.repeated_block))
                     c = sum(filters[h.name] for h in layer.heads)
             total += c
         self.mixed_channels = total

@@ -307,9 +307,9 @@ def xla_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ..
 
     On XLA:CPU's own convolution kernels (cpu_codegen "tuned") and outside loops it beats `kernel_gradient`:
     0.52x the time for the stem's 3x3 32 -> 64 at 147 x 147 (batch 8), 0.59x for a 3x3 256 -> 256 at 35 x 35,
-    0.76x for the 80 -> 192 at 73 x 73; IR-v2's 299 px step 0.960x. Inside a while loop it is ~200x slower (a
-    scan of ten 3x3 64 -> 96 at 35 x 35: 19.7 s against 89 ms), and with YNNPACK's convolutions 2.3x slower at
-    the stem: hence `conv2d`'s two conditions.
+    0.76x for the 80 -> 192 at 73 x 73; the step 0.981x (IR-v2, v4 at 299 px), 0.937x (IR-v2 at 75 px). Inside
+    a while loop it is ~200x slower (a scan of ten 3x3 64 -> 96 at 35 x 35: 19.7 s against 89 ms), and with
+    YNNPACK's convolutions 2.3x slower at the stem: hence `conv2d`'s two conditions.
     """
     transpose = jax.linear_transpose(
         lambda k: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_DIMENSIONS),
