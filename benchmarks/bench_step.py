@@ -23,8 +23,10 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
     `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
     the first 200), which skips the global norms of the logged metrics (train_step.py). `codegen` is the config's
-    `xla_cpu_codegen` (cpu_codegen.py), as the training loop compiles with it.
+    `xla_cpu_codegen` (cpu_codegen.py), as the training loop compiles with it. Single-device steps run inline on
+    CPU, as in the main job (host_memory.run_cpu_steps_inline), when this is the process's first use of JAX.
     """
+    host_memory.run_cpu_steps_inline()  # as the main job runs its steps (runtime.setup); before JAX's backends exist
     import jax
     import optax
     from flax import nnx

@@ -181,13 +181,16 @@ def main() -> None:
                         help="host allocator of both sides' processes (inception_jax/host_memory.py)")
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="our step's XLA:CPU code generation (inception_jax/cpu_codegen.py)")
+    parser.add_argument("--cpu_dispatch", default="inline", choices=host_memory.DISPATCH_MODES,
+                        help="how our side runs its steps on CPU (host_memory.run_cpu_steps_inline)")
     args = parser.parse_args()
     set_children_allocator(args.allocator)
+    os.environ[host_memory.DISPATCH_ENV] = args.cpu_dispatch  # read by our side's process (bench_step.py)
     import torch
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; each side in "
           f"its own process; allocator: {args.allocator} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}); "
-          f"our codegen: {args.codegen}")
+          f"our codegen: {args.codegen}; our CPU dispatch: {args.cpu_dispatch}")
     for size_key in args.sizes.split(","):
         for name in args.models.split(","):
             compare(name, size_key, args)

@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="interleaved rounds (a third of it at 299 px)")
     parser.add_argument("--loop_steps", type=int, default=30, help="steps per timed loop (a quarter at 299 px)")
     args = parser.parse_args()
+    print(host_memory.run_cpu_steps_inline())  # as the main job does (runtime.setup), before JAX's backends exist
     for size in args.sizes.split(","):
         repeats = args.repeats if size == "cpu" else max(2, args.repeats // 3)
         measure(size, repeats, args.loop_steps if size == "cpu" else max(3, args.loop_steps // 4))

@@ -12,7 +12,10 @@ and a 16 GiB trim threshold keeps the heap from shrinking under them, so each st
 `release_freed_memory`, which the training loop calls after each compile. glibc reads tunables only when a
 process starts, so an entry point that finds the huge-page tunable missing re-executes itself once with these set.
 
-This module must stay importable without JAX or TensorFlow: it runs before either is loaded.
+The same churn had one more source: steps JAX dispatched asynchronously ran on a thread whose malloc arena
+freed its heaps between steps; `run_cpu_steps_inline` runs them in the calling thread instead.
+This module must stay importable without JAX or TensorFlow: it runs before either is loaded (JAX is imported
+inside `run_cpu_steps_inline` only).
 """
 
 from __future__ import annotations
@@ -127,3 +130,40 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+DISPATCH_ENV = "INCEPTION_JAX_CPU_DISPATCH"  # "inline" (the default) or "async": how single-device steps run
+DISPATCH_MODES = ("inline", "async")
+
+
+def run_cpu_steps_inline() -> str:
+    """Have XLA:CPU run each single-device computation in the thread that calls it (JAX's
+    `jax_cpu_enable_async_dispatch=False`) unless INCEPTION_JAX_CPU_DISPATCH=async; returns a line for the run log.
+    Multi-device computations (a mesh of several CPU devices) are dispatched as before: JAX applies the flag to
+    non-parallel computations only.
+
+    Dispatched asynchronously, a step runs on PjRt's client thread, whose glibc arena frees its heaps when a step
+    ends, so the next step's temporaries fault fresh pages in again (IR-v2 at 75 px, batch 32: 600-800 page
+    faults and 0.13-0.16 cores of kernel time per step). Inline, they come from the caller's main-arena heap,
+    which the huge-page allocator keeps (above): 50-130 faults, 0.02-0.03 cores. Step time, inline /
+    async, processes alternated, 2026-12-06: IR-v2 0.93x / 0.96x / 0.94x at 75 px, 1.00x / 1.01x at 299 px; v4
+    0.99x / 0.91x / 1.02x at 75 px, 0.94x / 0.97x at 299 px (README, "Host memory"). The main job's loop lost
+    nothing by waiting for each step (its input pipeline prefetches in its own threads): benchmarks/train_loop.py,
+    inline against async, 1.01x / 0.99x the images/s (images decoded / cached), its train step 1.05x.
+
+    Must run before JAX creates its CPU client (the first computation or device query); after that it changes
+    nothing and says so.
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    mode = os.environ.get(DISPATCH_ENV, "inline")
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"{DISPATCH_ENV}={mode!r}: expected one of {list(DISPATCH_MODES)}")
+    if xla_bridge.backends_are_initialized():
+        current = "async" if jax.config.values["jax_cpu_enable_async_dispatch"] else "inline"
+        return f"XLA:CPU dispatch: {current} (JAX's backends were initialised before it could be set)"
+    jax.config.update("jax_cpu_enable_async_dispatch", mode == "async")
+    if mode == "async":
+        return f"XLA:CPU dispatch: async, steps run on PjRt's client thread ({DISPATCH_ENV}=async)"
+    return f"XLA:CPU dispatch: inline, single-device steps run in the calling thread ({DISPATCH_ENV}=async to undo)"

@@ -1,4 +1,5 @@
-"""Process-level setup before a run: TensorFlow kept off accelerators, jax.distributed, the compilation cache."""
+"""Process-level setup before a run: how XLA:CPU runs single-device steps (host_memory.py), TensorFlow kept off
+accelerators, jax.distributed, the compilation cache."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from typing import Any
 
 import jax
+
+from inception_jax import host_memory
 
 log = logging.getLogger(__name__)
 _DONE = False
@@ -56,6 +59,7 @@ def setup(config: Any) -> None:
     global _DONE
     if _DONE:
         return
+    log.info("%s", host_memory.run_cpu_steps_inline())  # first: before anything creates JAX's backends
     logging.getLogger("absl").addFilter(_QuietLibraries())
     hide_accelerators_from_tensorflow()
     initialize_distributed(config.distributed)

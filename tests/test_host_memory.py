@@ -1,11 +1,15 @@
 """The host allocator: an entry point re-executes itself once with glibc's huge-page tunable, keeps a value the
-user chose, and the memory malloc then hands out really is backed by transparent huge pages."""
+user chose, and the memory malloc then hands out really is backed by transparent huge pages. And how XLA:CPU runs
+a process's steps: single-device computations inline in the calling thread, set before JAX creates its backends,
+unless the environment asks for the asynchronous dispatch; a mesh of several CPU devices still runs its
+collectives."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from inception_jax import host_memory
@@ -87,6 +91,7 @@ def test_the_main_command_runs_with_huge_pages_and_says_so():
                            "--print_commands"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "host allocator: transparent huge pages, pages kept across steps (glibc.malloc.hugetlb=1" in proc.stderr
+    assert "XLA:CPU dispatch: inline, single-device steps run in the calling thread" in proc.stderr  # runtime.py
     assert proc.stdout.startswith("python -m inception_jax.main --config=configs/ablation_scale.py")
 
 
@@ -105,3 +110,60 @@ def test_memory_the_program_freed_goes_back_to_the_system():
         libc.free(block)
     assert host_memory.release_freed_memory() >= 100 << 20
     libc.free(blocks[-1])
+
+
+# A fresh process: the call comes first, then a single-device step and, on two simulated devices, a sharded sum
+# (a collective across the mesh), which must not wait on itself when single-device steps run inline.
+DISPATCH_CHILD = """
+import json, os
+from inception_jax import host_memory
+line = host_memory.run_cpu_steps_inline()
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+single = float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0)))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.device_put(jnp.arange(8.0), NamedSharding(mesh, P("data")))
+sharded = float(jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))(x))
+mode = jax.config.values["jax_cpu_enable_async_dispatch"]
+print(json.dumps({"line": line, "async": mode, "devices": jax.device_count(), "single": single, "sharded": sharded}))
+"""
+
+
+def run_dispatch_child(**env_changes) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != host_memory.DISPATCH_ENV}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env.update(env_changes)
+    proc = subprocess.run([sys.executable, "-c", DISPATCH_CHILD], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_process_runs_single_device_steps_inline_and_its_mesh_still_computes():
+    child = run_dispatch_child()
+    assert child["async"] is False
+    assert child["line"].startswith("XLA:CPU dispatch: inline")
+    assert child["devices"] == 2
+    assert (child["single"], child["sharded"]) == (12.0, 28.0)
+
+
+def test_the_environment_can_keep_the_asynchronous_dispatch():
+    child = run_dispatch_child(**{host_memory.DISPATCH_ENV: "async"})
+    assert child["async"] is True
+    assert child["line"].startswith("XLA:CPU dispatch: async")
+    assert (child["single"], child["sharded"]) == (12.0, 28.0)
+
+
+def test_an_unknown_mode_is_refused_with_the_valid_ones(monkeypatch):
+    monkeypatch.setenv(host_memory.DISPATCH_ENV, "sync")
+    with pytest.raises(ValueError, match=r"INCEPTION_JAX_CPU_DISPATCH='sync': expected one of \['inline', 'async'\]"):
+        host_memory.run_cpu_steps_inline()
+
+
+def test_once_the_backends_exist_it_changes_nothing_and_says_so(monkeypatch):
+    monkeypatch.delenv(host_memory.DISPATCH_ENV, raising=False)
+    jax.devices()  # this process's backends exist from here on
+    before = jax.config.values["jax_cpu_enable_async_dispatch"]
+    line = host_memory.run_cpu_steps_inline()
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
+    assert "were initialised before it could be set" in line
