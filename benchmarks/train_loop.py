@@ -171,7 +171,7 @@ def run_loop(run, holder, train_fn, steps: int) -> float:
         holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], next(batches))
         train_log.flush()
         if is_log_step(step, run.step_cfg.log_schedule):
-            train_log.pending = (step, metrics)
+            train_log.pending = (step, metrics, time.perf_counter())
     train_log.flush()
     jax.block_until_ready(holder["leaves"])
     seconds = time.perf_counter() - begin

@@ -81,13 +81,14 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
             leaves, metrics = train_fn.step_leaves(leaves, next(batches))
             if step == start + 1:  # compiled by now: the compiler's freed memory goes back to the system
                 release_compiler_memory("train step")
+            returned = time.perf_counter()  # after that one-off release, which is no step's time
             # The previous log step's metrics are fetched only now, so the host never waits for the step it
             # just dispatched (logging every step would otherwise serialise host and device).
             status = train_log.flush()
             if status != "finished":
                 break
             if is_log_step(step, run.step_cfg.log_schedule):
-                train_log.pending = (step, metrics)
+                train_log.pending = (step, metrics, returned)
             due_eval = bool(t.eval_every_steps) and step % t.eval_every_steps == 0 and step < run.num_steps
             due_probe = t.diagnostics and step % t.probe_every_steps == 0
             preempted = preemption.reached(step)
@@ -161,14 +162,21 @@ def checkpoint_meta(step: int, clock: Clock) -> dict:
 
 
 class TrainLog:
-    """Train metrics waiting to be written: `pending` holds the step and the device metrics of the latest log
-    step, as the train step returned them; `fetch` turns those into named host values (LeafStep.metrics)."""
+    """Train metrics waiting to be written: `pending` holds the step, the device metrics of the latest log step,
+    as the train step returned them, and the time the step call returned; `fetch` turns the metrics into named
+    host values (LeafStep.metrics).
+
+    Throughput is measured between the log steps' return times, not between the writes: a write can come right
+    after the previous one (an eval or a save flushes at once), and when steps run inline (host_memory.py) the
+    step had finished long before its deferred write. Dispatched asynchronously, a step returns about when the
+    one before it finished (the previous write waited for it), so the intervals are the same steps' times.
+    """
 
     def __init__(self, writer: RunWriter, run: Run, clock: Clock, history: list[dict], start: int, *,
                  fetch: Callable[[Any], Mapping[str, Any]]):
         self.writer, self.run, self.clock, self.history = writer, run, clock, history
         self.fetch = fetch
-        self.pending: tuple[int, Any] | None = None
+        self.pending: tuple[int, Any, float] | None = None
         self.last = (start, time.perf_counter())
         self.last_step = start
 
@@ -176,10 +184,10 @@ class TrainLog:
         """Write the pending metrics; "diverged" / "stopped_dead" when the run must end, else "finished"."""
         if self.pending is None:
             return "finished"
-        step, metrics = self.pending
+        step, metrics, returned = self.pending
         self.pending = None
-        row = log_train(self.writer, step, self.fetch(metrics), self.run, self.clock, self.last)
-        self.last, self.last_step = (step, time.perf_counter()), step
+        row = log_train(self.writer, step, self.fetch(metrics), self.run, self.clock, self.last, now=returned)
+        self.last, self.last_step = (step, returned), step
         self.history.append(row)
         if not row["loss_finite"]:
             return "diverged"
@@ -189,8 +197,8 @@ class TrainLog:
 
 
 def log_train(writer: RunWriter, step: int, values: Mapping[str, Any], run: Run, clock: Clock,
-              last_log: tuple) -> dict:
-    now = time.perf_counter()
+              last_log: tuple, *, now: float) -> dict:
+    """Write one log step's train metrics; images/s over the steps since `last_log` (step, time), ending at `now`."""
     images_per_sec = (step - last_log[0]) * run.config.train.batch_size / max(now - last_log[1], 1e-9)
     row = writer.write(step, "train", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch,
                        images_per_sec=images_per_sec)

@@ -201,6 +201,32 @@ def test_global_norms_are_computed_on_log_steps_only_and_are_exact_there(shapes_
         assert np.isfinite(norms["grad_norm"]) and norms["grad_norm"] > 0
 
 
+def test_logged_throughput_spans_the_steps_between_log_steps_not_the_writes():
+    """The images/s of a log step is measured between the times the log steps' calls returned. Two writes can
+    follow each other at once (an eval or a save flushes right away; steps run inline finished long before their
+    deferred write), and must not read as a near-zero interval."""
+    from types import SimpleNamespace
+
+    from inception_jax.train import Clock, TrainLog
+
+    class Writer:
+        def write(self, step, split, values, **extra):
+            return {"step": step, **extra, **values}
+
+    run = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(batch_size=32, log_every_steps=10,
+                                                                     stop_when_dead_windows=0)),
+                          num_steps=100, steps_per_epoch=10)
+    values = {"loss": 1.0, "accuracy": 0.5, "lr": 0.1, "loss_finite": 1.0}
+    train_log = TrainLog(Writer(), run, Clock(0.0), [], 0, fetch=lambda metrics: metrics)
+    start = train_log.last[1]
+    for step, returned in ((10, start + 2.0), (11, start + 2.25)):  # written back to back below
+        train_log.pending = (step, values, returned)
+        assert train_log.flush() == "finished"
+    first, second = train_log.history
+    assert first["images_per_sec"] == pytest.approx(10 * 32 / 2.0)
+    assert second["images_per_sec"] == pytest.approx(32 / 0.25)
+
+
 # ---------------------------------------------------------------------------------------------- init_from
 def test_init_from_a_run_replaces_the_classifier_when_classes_differ(one_device_run, shapes_tiny_dir, tmp_path):
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "init_from": one_device_run,
