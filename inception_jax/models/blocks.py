@@ -103,18 +103,17 @@ class Mixed(nnx.Module):
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  ctx: LayerContext, rngs: nnx.Rngs):
         self.branches = branches
+        outside_loops = not self.repeated_block
         total = 0
         for branch in branches:
             c = in_channels
             for layer in branch:
                 if isinstance(layer, Conv):
-                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs,
-                                            outside_loops=not self.repeated_block))
+                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs, outside_loops=outside_loops))
                     c = filters[layer.name]
                 elif isinstance(layer, Fork):
                     for head in layer.heads:
-                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs,
-                                                outside_loops=not self.repeated_block))
+                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs, outside_loops=outside_loops))
                     c = sum(filters[h.name] for h in layer.heads)
             total += c
         self.mixed_channels = total
