@@ -23,6 +23,7 @@ from inception_jax.models.layers import (
     max_pool_3x3_s2,
     pointwise_heads,
 )
+from inception_jax.models.projection import folds_scale, scaled_projection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,14 +240,20 @@ class ResidualBlock(Mixed):
     def scale_value(self) -> jax.Array:
         return self.residual_scale[...]
 
+    def scaled_up(self, h: jax.Array) -> jax.Array:
+        """scale * UP(h): the residual scale, or plain_scale in a plain block. Where UP's kernel is small next to
+        the activations, the scale is folded into the kernel and bias (`projection.py`); elsewhere the output is
+        scaled, which autodiff then repeats on the output gradient."""
+        scale = self.scale_value() if self.residual else jnp.asarray(self.plain_scale)
+        h, kernel, bias = self.up.promote_dtype((h, self.up.kernel[...], self.up.bias[...]), dtype=self.up.dtype)
+        if folds_scale(kernel.shape, h.shape):
+            return scaled_projection(h, kernel, bias, scale.astype(h.dtype))
+        r = self.up(h)
+        return r * scale.astype(r.dtype)
+
     def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
-        r = self.up(self.mixed(x, train=train))
-        if self.residual:
-            branch = r * self.scale_value().astype(r.dtype)
-            y = x + branch
-        else:
-            branch = r * jnp.asarray(self.plain_scale, r.dtype)
-            y = branch
+        branch = self.scaled_up(self.mixed(x, train=train))
+        y = x + branch if self.residual else branch
         if self.activation:
             y = jax.nn.relu(y)
         if not diagnostics:
