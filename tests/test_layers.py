@@ -9,6 +9,7 @@ import pytest
 from inception_jax.models.layers import (
     UNROLLED_WINDOW_MAX_BYTES,
     avg_pool_3x3_same,
+    canonical_kernel_gradient,
     conv_general_dilated,
     conv_general_dilated_outside_loops,
     kernel_gradient,
@@ -78,11 +79,12 @@ def _conv_count(fn, *args) -> int:
 
 
 @pytest.mark.parametrize("x_shape,k_shape,stride,padding", [c for c in CASES if c[1][:2] != (1, 1)])
-def test_outside_loops_the_kernel_gradient_is_xlas_while_a_tuned_step_is_traced(x_shape, k_shape, stride, padding):
+def test_a_tuned_step_takes_xlas_kernel_gradient_outside_loops_and_the_canonical_one_inside(x_shape, k_shape, stride,
+                                                                                             padding):
     """Under `xla_kernel_gradients` (a train step compiled for XLA:CPU's own convolution kernels), a unit built
-    outside loops takes XLA's kernel gradient (one more convolution, no per-tap matmuls) and still gets XLA's
-    gradients; a unit that may run in the scan over blocks, or any unit without the flag, keeps the per-tap
-    matmuls."""
+    outside loops takes XLA's kernel gradient and a unit that may run in the scan over blocks, if stride 1,
+    `canonical_kernel_gradient`: each one convolution instead of per-tap matmuls. A strided unit in a loop, and
+    any unit without the flag, keeps the per-tap matmuls. All get XLA's gradients."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
@@ -93,13 +95,31 @@ def test_outside_loops_the_kernel_gradient_is_xlas_while_a_tuned_step_is_traced(
                                                * weights), (0, 1))
 
     per_tap = _conv_count(grads(conv_general_dilated_outside_loops), x, k)
+    assert _conv_count(grads(conv_general_dilated), x, k) == per_tap
+    one_conv = 1 if per_tap else 0  # cut down to a matmul (1x3 on a 1x1 grid): nothing to swap
     with xla_kernel_gradients(True):
-        assert _conv_count(grads(conv_general_dilated), x, k) == per_tap
-        xla_kernel_gradient = 1 if per_tap else 0  # cut down to a matmul (1x3 on a 1x1 grid): nothing to swap
-        assert _conv_count(grads(conv_general_dilated_outside_loops), x, k) == per_tap + xla_kernel_gradient
-        got = grads(conv_general_dilated_outside_loops)(x, k)
-    for g, want in zip(got, grads(jax.lax.conv_general_dilated)(x, k), strict=True):
-        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+        assert _conv_count(grads(conv_general_dilated_outside_loops), x, k) == per_tap + one_conv
+        assert _conv_count(grads(conv_general_dilated), x, k) == per_tap + (one_conv if stride == 1 else 0)
+        got = [grads(conv)(x, k) for conv in (conv_general_dilated_outside_loops, conv_general_dilated)]
+    want = grads(jax.lax.conv_general_dilated)(x, k)
+    for ours in got:
+        for g, w in zip(ours, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
+
+
+@pytest.mark.parametrize("x_shape,k_shape,stride,padding", [c for c in CASES if c[2] == 1])
+def test_the_canonical_kernel_gradient_equals_xlas(x_shape, k_shape, stride, padding):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k_zero = jnp.zeros(k_shape, jnp.float32)
+    pads = padding if not isinstance(padding, str) else jax.lax.padtype_to_pads(x_shape[1:3], k_shape[:2], (1, 1),
+                                                                                 padding)
+    dy = jnp.asarray(rng.normal(size=_reference(x, k_zero, 1, padding).shape), jnp.float32)
+    want = jax.vjp(lambda k_: _reference(x, k_, 1, padding), k_zero)[1](dy)[0]
+    got = canonical_kernel_gradient(x, dy, k_shape, (1, 1), tuple(map(tuple, pads)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+    with pytest.raises(ValueError, match="strides=\\(2, 2\\)"):
+        canonical_kernel_gradient(x, dy, k_shape, (2, 2), tuple(map(tuple, pads)))
 
 
 def test_gradients_inside_a_scan_equal_xla_convolution():
@@ -113,8 +133,10 @@ def test_gradients_inside_a_scan_equal_xla_convolution():
             return jnp.tanh(conv(h, k, 1, "SAME")), None
         return lambda ks: jnp.sum(jax.lax.scan(body, x, ks)[0] ** 2)
 
-    np.testing.assert_allclose(jax.grad(loss(_ours))(kernels), jax.grad(loss(_reference))(kernels),
-                               rtol=1e-4, atol=1e-5)
+    want = jax.grad(loss(_reference))(kernels)
+    np.testing.assert_allclose(jax.grad(loss(_ours))(kernels), want, rtol=1e-4, atol=1e-5)
+    with xla_kernel_gradients(True):  # the canonical kernel gradient in the loop
+        np.testing.assert_allclose(jax.jit(jax.grad(loss(_ours)))(kernels), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("k_shape,hw,kept_taps", [((1, 1, 128, 128), 3, 1), ((1, 7, 128, 128), 3, 5),

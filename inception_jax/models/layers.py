@@ -47,13 +47,15 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 # Set while a train step compiled for XLA:CPU's own convolution kernels is traced (cpu_codegen "tuned" / "fast";
-# StepConfig.xla_kernel_gradients): the convolutions built `outside_loops` then take XLA's kernel gradient.
+# StepConfig.xla_kernel_gradients): the convolutions built `outside_loops` then take XLA's kernel gradient, and the
+# stride-1 convolutions inside the scanned blocks `canonical_kernel_gradient`.
 _XLA_KERNEL_GRADIENTS = contextvars.ContextVar("xla_kernel_gradients", default=False)
 
 
 @contextlib.contextmanager
 def xla_kernel_gradients(enabled: bool):
-    """While tracing under it, float32 convolutions built `outside_loops` take `xla_kernel_gradient`."""
+    """While tracing under it, float32 convolutions built `outside_loops` take `xla_kernel_gradient`, the others
+    (stride 1) `canonical_kernel_gradient`."""
     token = _XLA_KERNEL_GRADIENTS.set(enabled)
     try:
         yield
@@ -65,22 +67,31 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            padding: tuple[tuple[int, int], tuple[int, int]], *, outside_loops: bool = False) -> jax.Array:
     """NHWC x HWIO convolution (explicit padding) with the backward of `_conv2d`. `outside_loops`: this
     convolution is never inside a loop (the stem, the reductions, the aux head: not the scanned blocks), so under
-    `xla_kernel_gradients` its kernel gradient may be XLA's own, which is fast there and slow inside loops."""
-    xla_dk = bool(outside_loops and _XLA_KERNEL_GRADIENTS.get() and x.dtype == jnp.float32)
-    return _conv2d(x, kernel, strides, padding, xla_dk)
+    `xla_kernel_gradients` its kernel gradient may be XLA's own, which is fast there and slow inside loops;
+    inside them it is `canonical_kernel_gradient` (stride 1; per-tap matmuls otherwise)."""
+    on_xla_kernels = bool(_XLA_KERNEL_GRADIENTS.get() and x.dtype == jnp.float32)
+    if on_xla_kernels and outside_loops:
+        dk_mode = "xla"
+    elif on_xla_kernels and strides == (1, 1):
+        dk_mode = "canonical"
+    else:
+        dk_mode = "taps"
+    return _conv2d(x, kernel, strides, padding, dk_mode)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-            padding: tuple[tuple[int, int], tuple[int, int]], xla_dk: bool) -> jax.Array:
+            padding: tuple[tuple[int, int], tuple[int, int]], dk_mode: str) -> jax.Array:
     """NHWC x HWIO convolution (explicit padding) whose kernel gradient XLA:CPU runs fast, in and out of loops.
 
     XLA:CPU lowers the kernel gradient of a convolution to a generic convolution that is slow everywhere (the
     stem's 3x3 VALID convs: 3x slower than matmuls) and 20-35x slower inside a while loop (the backward of a
     scan over stacked blocks). Here the kernel gradient is kh*kw matmuls of the (strided) shifted input windows
-    with the output gradient, and the input gradient a plain HWIO convolution with the flipped kernel
-    (benchmarks/model_compile.py, benchmarks/profile_step.py). Taps that only meet padding are cut off first,
-    and what is left of a 1x1 stride-1 convolution is a matmul.
+    with the output gradient (`dk_mode` "taps"), and the input gradient a plain HWIO convolution with the flipped
+    kernel (benchmarks/model_compile.py, benchmarks/profile_step.py). Compiled for XLA:CPU's own convolution
+    kernels, the kernel gradient is XLA's outside loops ("xla") and, stride 1, a convolution written out in a
+    form XLA keeps on its fast path inside loops ("canonical"; see `conv2d`). Taps that only meet padding are cut
+    off first, and what is left of a 1x1 stride-1 convolution is a matmul.
 
     The backward keeps the kernel exactly as it came in, cut and reshaped again there: inside the scan over
     stacked blocks JAX then passes the stacked kernels to the backward as they are, where a cut or reshaped
@@ -99,11 +110,14 @@ def _is_matmul(kernel: jax.Array, strides: tuple[int, int], padding) -> bool:
     return kernel.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0))
 
 
-def _conv2d_fwd(x, kernel, strides, padding, xla_dk):
-    return _conv2d(x, kernel, strides, padding, xla_dk), (x, kernel)
+def _conv2d_fwd(x, kernel, strides, padding, dk_mode):
+    return _conv2d(x, kernel, strides, padding, dk_mode), (x, kernel)
 
 
-def _conv2d_bwd(strides, padding, xla_dk, residuals, dy):
+_KERNEL_GRADIENTS = {"taps": "kernel_gradient", "xla": "xla_kernel_gradient", "canonical": "canonical_kernel_gradient"}
+
+
+def _conv2d_bwd(strides, padding, dk_mode, residuals, dy):
     x, kernel = residuals
     (first_h, first_w), (kept_h, kept_w), pads = reachable_cut(kernel.shape, x.shape[1:3], strides, padding)
     kept = kernel[first_h:first_h + kept_h, first_w:first_w + kept_w]
@@ -112,7 +126,7 @@ def _conv2d_bwd(strides, padding, xla_dk, residuals, dy):
         dk = pixel_contraction(x, dy)[None, None]
     else:
         dx = input_gradient(dy, kept, x.shape, strides, pads)
-        dk = (xla_kernel_gradient if xla_dk else kernel_gradient)(x, dy, kept.shape, strides, pads)
+        dk = globals()[_KERNEL_GRADIENTS[dk_mode]](x, dy, kept.shape, strides, pads)
     kh, kw = kernel.shape[:2]
     if (kept_h, kept_w) != (kh, kw):  # the cut taps met only padding: their gradient is zero
         dk = jnp.pad(dk, ((first_h, kh - first_h - kept_h), (first_w, kw - first_w - kept_w), (0, 0), (0, 0)))
@@ -315,6 +329,34 @@ def xla_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ..
         lambda k: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_DIMENSIONS),
         jax.ShapeDtypeStruct(kernel_shape, x.dtype))
     return transpose(dy)[0]
+
+
+def canonical_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                              padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """d loss / d kernel of a stride-1 convolution as a convolution XLA:CPU runs on its fast path inside loops too.
+
+    The kernel gradient is a correlation of the padded input with the output gradient over the examples: with
+    the input transposed to (Cin, H, W, N) as the batch-major, feature-minor "images" and the output gradient to
+    (h, w, N, Cout) as an HWIO "kernel", it is a plain NHWC x HWIO VALID convolution whose (Cin, kh, kw, Cout)
+    output is the gradient, transposed. XLA makes the same convolution for `xla_kernel_gradient`, but there from
+    dimension numbers it rewrites itself, which inside a while loop leaves a generic path ~100x slower (a scan of
+    ten 3x3 32 -> 48 convs at 35 x 35, batch 8: 229 ms per block); written out like this it is not: 2.02 ms
+    against 2.69 for the per-tap matmuls of `kernel_gradient`, 2.96 vs 4.60 for a 1x7 128 -> 160 at 17 x 17,
+    3.94 vs 4.51 for a 7x1 160 -> 192 (IR-v2's A and B blocks at 299 px), and 0.34-1.13 vs 0.76-1.63 ms for the
+    A and B blocks' convolutions at 75 px, batch 32. Outside loops XLA's own was as fast or faster, so it stays.
+    The stages of blocks of IR-v2 at 299 px, forward and backward: A 0.95-0.98x, B 0.94-0.95x, C 1.02x the time.
+    The train step, against the per-tap matmuls: v4 at 75 px 0.96x (programs interleaved in one process, 8
+    rounds), 0.98-1.00x and IR-v2 at 75 px 0.97-1.00x (processes alternating), IR-v2 at 299 px 0.95-1.005x.
+    """
+    if strides != (1, 1):
+        raise ValueError(f"canonical_kernel_gradient: stride-1 convolutions only, got strides={strides}")
+    kh, kw = kernel_shape[:2]
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
+    images = padded.transpose(3, 1, 2, 0)  # (Cin, H, W, N)
+    window = dy.transpose(1, 2, 0, 3)  # (h, w, N, Cout)
+    grad = jax.lax.conv_general_dilated(images, window, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_DIMENSIONS,
+                                        preferred_element_type=jnp.float32)
+    return grad[:, :kh, :kw].transpose(1, 2, 0, 3)  # (kh, kw, Cin, Cout)
 
 
 def moving_tap_window(x: jax.Array, offset: jax.Array, strides: tuple[int, int], out_hw: tuple[int, int]):
