@@ -114,9 +114,6 @@ def _conv2d_fwd(x, kernel, strides, padding, dk_mode):
     return _conv2d(x, kernel, strides, padding, dk_mode), (x, kernel)
 
 
-_KERNEL_GRADIENTS = {"taps": "kernel_gradient", "xla": "xla_kernel_gradient", "canonical": "canonical_kernel_gradient"}
-
-
 def _conv2d_bwd(strides, padding, dk_mode, residuals, dy):
     x, kernel = residuals
     (first_h, first_w), (kept_h, kept_w), pads = reachable_cut(kernel.shape, x.shape[1:3], strides, padding)
@@ -126,7 +123,7 @@ def _conv2d_bwd(strides, padding, dk_mode, residuals, dy):
         dk = pixel_contraction(x, dy)[None, None]
     else:
         dx = input_gradient(dy, kept, x.shape, strides, pads)
-        dk = globals()[_KERNEL_GRADIENTS[dk_mode]](x, dy, kept.shape, strides, pads)
+        dk = KERNEL_GRADIENTS[dk_mode](x, dy, kept.shape, strides, pads)
     kh, kw = kernel.shape[:2]
     if (kept_h, kept_w) != (kh, kw):  # the cut taps met only padding: their gradient is zero
         dk = jnp.pad(dk, ((first_h, kh - first_h - kept_h), (first_w, kw - first_w - kept_w), (0, 0), (0, 0)))
@@ -294,7 +291,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], 
     """d loss / d kernel of an NHWC x HWIO convolution, as one matmul per kernel tap (in a loop over the taps when
     one tap's input window is larger than `unrolled_max_bytes`)."""
     kh, kw, cin, cout = kernel_shape
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
+    padded = pad_spatially(x, padding)
     out_hw = dy.shape[1:3]
     # A small (cin x cout) product over a huge contraction runs on one thread; per-example partial products
     # parallelise it (stem convs: 1.7x faster), and cost extra for wider convs.
@@ -351,12 +348,21 @@ def canonical_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[i
     if strides != (1, 1):
         raise ValueError(f"canonical_kernel_gradient: stride-1 convolutions only, got strides={strides}")
     kh, kw = kernel_shape[:2]
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
+    padded = pad_spatially(x, padding)
     images = padded.transpose(3, 1, 2, 0)  # (Cin, H, W, N)
     window = dy.transpose(1, 2, 0, 3)  # (h, w, N, Cout)
     grad = jax.lax.conv_general_dilated(images, window, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_DIMENSIONS,
                                         preferred_element_type=jnp.float32)
     return grad[:, :kh, :kw].transpose(1, 2, 0, 3)  # (kh, kw, Cin, Cout)
+
+
+# `_conv2d`'s kernel gradient for each `dk_mode` (chosen in `conv2d`).
+KERNEL_GRADIENTS = {"taps": kernel_gradient, "xla": xla_kernel_gradient, "canonical": canonical_kernel_gradient}
+
+
+def pad_spatially(x: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """NHWC `x` with (lo, hi) zero rows and columns added; `x` itself when there are none."""
+    return jnp.pad(x, ((0, 0), *padding, (0, 0))) if any(any(p) for p in padding) else x
 
 
 def moving_tap_window(x: jax.Array, offset: jax.Array, strides: tuple[int, int], out_hw: tuple[int, int]):
