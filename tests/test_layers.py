@@ -13,9 +13,11 @@ from inception_jax.models.layers import (
     conv_general_dilated,
     conv_general_dilated_outside_loops,
     kernel_gradient,
+    mask_gradient,
     max_pool_3x3_s2,
     pointwise_heads,
     reachable_taps,
+    relu_unmasked,
     xla_kernel_gradients,
 )
 
@@ -291,3 +293,18 @@ def test_fused_pointwise_heads_compute_each_1x1_convolution_and_its_gradients():
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
+
+
+def test_a_relu_whose_mask_is_applied_downstream_has_the_relus_gradient():
+    """relu_unmasked followed by mask_gradient(., 0) is jax.nn.relu, gradient included (zero at z = 0, as
+    jax.nn.relu's); mask_gradient with floor -inf passes every gradient."""
+    z = jnp.array([-2.0, -0.5, 0.0, 0.0, 0.5, 3.0])
+    w = jnp.arange(1.0, 7.0)
+
+    def deferred(z):
+        return jnp.sum(mask_gradient(relu_unmasked(z), jnp.float32(0)) * w)
+
+    np.testing.assert_array_equal(relu_unmasked(z), jax.nn.relu(z))
+    np.testing.assert_array_equal(jax.grad(deferred)(z), jax.grad(lambda z: jnp.sum(jax.nn.relu(z) * w))(z))
+    np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(relu_unmasked(z) * w))(z), w)  # alone: unmasked
+    np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(mask_gradient(z, jnp.float32(-jnp.inf)) * w))(z), w)

@@ -250,6 +250,29 @@ def test_scanned_and_unrolled_layouts_agree(name):
     chex.assert_trees_all_close(to_unrolled(nnx.to_pure_dict(stats_s)), nnx.to_pure_dict(stats_u), atol=1e-5)
 
 
+@pytest.mark.parametrize("name,knobs", [("inception_resnet_v2", {}), ("inception_resnet_v1", {"use_residual": False}),
+                                         ("inception_resnet_v2", {"remat_blocks": True})])
+def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_mask_per_block(name, knobs):
+    """The scan applies each block's final ReLU mask in the next block's backward, from that block's input
+    (layers.relu_unmasked): gradients equal the unrolled network's, and the program stacks no bool array."""
+    x = jax.random.uniform(jax.random.key(0), (2, 75, 75, 3), minval=-1, maxval=1)
+    scanned = create_model(name, **{**TINY, "block_counts": (3, 3, 3)}, dropout_rate=0.0, **knobs)
+
+    def grad_fn(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            return jnp.mean(nnx.merge(graphdef, p, rest, copy=True)(x, train=True) ** 2)
+
+        return jax.jit(jax.grad(loss)), params
+
+    fn, params = grad_fn(scanned)
+    assert "pred[3," not in fn.lower(params).compile().as_text()  # a bool per element and block: a stacked mask
+    unrolled_fn, unrolled_params = grad_fn(convert_layout(scanned, scan_blocks=False))
+    chex.assert_trees_all_close(to_unrolled(nnx.to_pure_dict(fn(params))),
+                                nnx.to_pure_dict(unrolled_fn(unrolled_params)), rtol=2e-5, atol=1e-6)
+
+
 def test_layout_conversion_round_trips():
     model = create_model("inception_resnet_v2", **TINY, residual_scale_mode="learnable")
     pure = nnx.to_pure_dict(nnx.state(model))

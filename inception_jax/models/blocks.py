@@ -22,6 +22,7 @@ from inception_jax.models.layers import (
     conv_general_dilated,
     max_pool_3x3_s2,
     pointwise_heads,
+    relu_unmasked,
 )
 from inception_jax.models.projection import folds_scale, scaled_projection
 
@@ -251,11 +252,13 @@ class ResidualBlock(Mixed):
         r = self.up(h)
         return r * scale.astype(r.dtype)
 
-    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
+    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False, deferred_mask: bool = False):
+        """(output, diagnostics or None). `deferred_mask`: the final ReLU leaves its backward mask to a
+        `mask_gradient` on the output, which the scan over blocks applies (layers.relu_unmasked)."""
         branch = self.scaled_up(self.mixed(x, train=train))
         y = x + branch if self.residual else branch
         if self.activation:
-            y = jax.nn.relu(y)
+            y = relu_unmasked(y) if deferred_mask else jax.nn.relu(y)
         if not diagnostics:
             return y, None
         # `scale` is the mean of a per-channel scale; constant blocks report their constant.

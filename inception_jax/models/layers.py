@@ -568,3 +568,38 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
         raise ValueError(f"training with dropout_rate={rate} needs a dropout_key; pass one, or dropout_rate=0")
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+
+# The ReLU that ends each scanned residual block, with its backward mask applied one block later. Autodiff of a plain
+# ReLU stores its mask (a bool per element) for every block of the scan; but the ReLU's output is the next block's
+# input, which the scan keeps anyway (its convolutions need it), and (out > 0) is the mask. So the block ends in
+# `relu_unmasked` (forward ReLU, backward passes the gradient through) and the next block starts with
+# `mask_gradient(x, 0)` (forward identity, backward masks by x > 0). The first block of a stage starts with
+# `mask_gradient(x, -inf)` (nothing to mask) and the stage's output goes through `mask_gradient(y, 0)` for its last
+# block. Used only in pairs (models/network.py): alone, `relu_unmasked`'s gradient is wrong.
+@jax.custom_vjp
+def relu_unmasked(z: jax.Array) -> jax.Array:
+    """max(z, 0) whose backward is the identity: the ReLU's mask is applied by the `mask_gradient` after it."""
+    return jax.nn.relu(z)
+
+
+relu_unmasked.defvjp(lambda z: (jax.nn.relu(z), None), lambda _, g: (g,))
+
+
+@jax.custom_vjp
+def mask_gradient(x: jax.Array, floor: jax.Array) -> jax.Array:
+    """x itself, whose backward zeroes the gradient where x <= floor (a scalar; -inf masks nothing)."""
+    return x
+
+
+def _mask_gradient_fwd(x, floor):
+    return x, (x, floor)
+
+
+def _mask_gradient_bwd(residuals, g):
+    x, floor = residuals
+    return jnp.where(x > floor.astype(x.dtype), g, jnp.zeros_like(g)), jnp.zeros_like(floor)
+
+
+mask_gradient.defvjp(_mask_gradient_fwd, _mask_gradient_bwd)

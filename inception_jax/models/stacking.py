@@ -26,9 +26,10 @@ def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
     return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
-def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[[nnx.Module, jax.Array], tuple[Any, Any]],
-                 *, remat: bool = False):
+def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[..., tuple[Any, Any]], *, xs: Any = None,
+                 remat: bool = False):
     """Apply `fn(block, carry) -> (carry, out)` for each block of a stacked module; outs come back stacked.
+    With `xs` (arrays with a leading block axis) it is `fn(block, carry, x)`, x the block's slice of `xs`.
 
     Variables the blocks update (BatchNorm statistics in training) are written back into `stacked`. `remat`:
     the backward pass recomputes each block's forward from its input (the scan's carry) instead of keeping the
@@ -36,14 +37,15 @@ def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[[nnx.Module
     """
     graphdef, state = nnx.split(stacked)
 
-    def body(c, block_state):
+    def body(c, inputs):
+        block_state, x = inputs
         block = nnx.merge(graphdef, block_state)
-        c, out = fn(block, c)
+        c, out = fn(block, c) if xs is None else fn(block, c, x)
         return c, (nnx.state(block), out)
 
     if remat:  # prevent_cse=False: inside a scan XLA cannot merge the recomputation back into the forward
         body = jax.checkpoint(body, prevent_cse=False)
-    carry, (new_state, outs) = jax.lax.scan(body, carry, state)
+    carry, (new_state, outs) = jax.lax.scan(body, carry, (state, xs))
     nnx.update(stacked, new_state)
     return carry, outs
 
