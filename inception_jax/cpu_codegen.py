@@ -7,8 +7,10 @@ defaults to INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); its convolutions we
 this project's AVX-512 VMs. Alone, forward and backward through our `conv2d`: the stem's 3x3 convs at 299 px
 0.56x / 0.75x / 0.79x the time, a 3x3 256 -> 256 conv at 35 x 35 0.96x, a scan of twenty 7x1 convs 0.85x. The
 whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (README,
-"Benchmarks"). Dots and reductions stay on YNNPACK: moving the dots off too read 1.01x, and without YNNPACK's
-reductions XLA computes BatchNorm's statistics as slow reduce-window trees (1.12x the step time).
+"Benchmarks"). Dots and reductions stay on YNNPACK. XLA's own dots pay only where the blocks' matmuls are large:
+with the kernel-gradient forms kept, the step at 299 px, batch 8 took 0.98x (IR-v2, v4), at 75 px, batch 32 1.07x
+(README, "What changed", evening of 2026-12-06). Without YNNPACK's reductions XLA computes BatchNorm's statistics
+as slow reduce-window trees (1.12x the step time).
 
 "fast" adds 512-bit vectors (`xla_cpu_prefer_vector_width`) and LLVM's reassociation and contraction
 (`xla_cpu_enable_fast_math`), keeping NaN and inf honoured (the dying diagnostics and the divergence checks look
