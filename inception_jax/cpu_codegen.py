@@ -1,16 +1,18 @@
 """How XLA:CPU compiles the train and eval steps (`xla_cpu_codegen`): "tuned" (the default), XLA's own
 defaults ("xla_default"), or "tuned" plus 512-bit vectors and reassociating float math ("fast").
 
-"tuned" is XLA's defaults with one change: convolutions run on XLA's own convolution kernels instead of YNNPACK.
+"tuned" is XLA's defaults with one change: convolutions run on XLA's own convolution kernels instead of YNNPACK
+(and, in steps whose repeated blocks have large matmuls, dots too: see below).
 This jaxlib hands every dot, convolution and large reduction to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`
 defaults to INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); its convolutions were the slow part of our steps on
 this project's AVX-512 VMs. Alone, forward and backward through our `conv2d`: the stem's 3x3 convs at 299 px
 0.56x / 0.75x / 0.79x the time, a 3x3 256 -> 256 conv at 35 x 35 0.96x, a scan of twenty 7x1 convs 0.85x. The
 whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (README,
-"Benchmarks"). Dots and reductions stay on YNNPACK. XLA's own dots pay only where the blocks' matmuls are large:
-with the kernel-gradient forms kept, the step at 299 px, batch 8 took 0.98x (IR-v2, v4), at 75 px, batch 32 1.07x
-(README, "What changed", evening of 2026-12-06). Without YNNPACK's reductions XLA computes BatchNorm's statistics
-as slow reduce-window trees (1.12x the step time).
+"Benchmarks"). Reductions stay on YNNPACK: without them XLA computes BatchNorm's statistics as slow reduce-window
+trees (1.12x the step time). Dots stay on YNNPACK unless the repeated blocks' matmuls are large (`matmul_rows`, the
+pixels times examples per device of the B blocks' 1x1 convolutions, at least XLA_DOTS_MIN_ROWS): there XLA's own
+dots are faster. The step at 299 px, batch 8 (2,312 rows) with XLA's dots: 0.982x / 0.984x (IR-v2, two A/Bs in one
+process) and 0.986x (v4); at 75 px, batch 32 (288 rows): 1.069x (README, "What changed", evening of 2026-12-06).
 
 "fast" adds 512-bit vectors (`xla_cpu_prefer_vector_width`) and LLVM's reassociation and contraction
 (`xla_cpu_enable_fast_math`), keeping NaN and inf honoured (the dying diagnostics and the divergence checks look
@@ -42,6 +44,11 @@ FAST_OPTIONS: dict[str, bool | int | str] = {
     "xla_cpu_fast_math_honor_functions": True,
 }
 _OPTIONS = {"tuned": TUNED_OPTIONS, "xla_default": {}, "fast": FAST_OPTIONS}
+# From this many rows in the blocks' matmuls, "tuned" and "fast" leave dots to XLA too. One 1x1 convolution's three
+# matmuls in a scan, XLA's time over YNNPACK's: 1.10-1.16x at 288 rows, ~1.0 at 800, 0.97-1.04 at 1,152, 0.89-1.03
+# at 1,600-2,312; the steps were measured at 288 and 2,312 only, hence a threshold in between on the safe side.
+XLA_DOTS_MIN_ROWS = 2048
+LARGE_MATMUL_YNN_FUSION_TYPE = "LIBRARY_FUSION_TYPE_REDUCE"
 
 
 def flags_set_in(xla_flags: str | None) -> set[str]:
@@ -53,30 +60,41 @@ def flags_set_in(xla_flags: str | None) -> set[str]:
     return names
 
 
-def compiler_options(codegen: str, platform: str, xla_flags: str | None = None) -> dict[str, bool | int | str] | None:
+def block_matmul_rows(per_device_batch: int, grid: int) -> int:
+    """The rows of the B blocks' 1x1-convolution matmuls (the bulk of a step's matmuls): examples x grid x grid."""
+    return per_device_batch * grid * grid
+
+
+def compiler_options(codegen: str, platform: str, xla_flags: str | None = None, *,
+                     matmul_rows: int = 0) -> dict[str, bool | int | str] | None:
     """The compiler options for `jax.jit(..., compiler_options=...)`: None off CPU or with "xla_default".
 
-    `xla_flags` defaults to the process's XLA_FLAGS; an option it names is dropped here so the user's value holds.
+    `matmul_rows` (`block_matmul_rows` of the program's batch and grid; 0: unknown) moves the dots off YNNPACK
+    from XLA_DOTS_MIN_ROWS on. `xla_flags` defaults to the process's XLA_FLAGS; an option it names is dropped here
+    so the user's value holds.
     """
     if codegen not in CODEGENS:
         raise ValueError(f"xla_cpu_codegen={codegen!r} is not one of {list(CODEGENS)}")
     if platform != "cpu":
         return None
+    options = dict(_OPTIONS[codegen])
+    if YNN_FUSION_TYPE in options and matmul_rows >= XLA_DOTS_MIN_ROWS:
+        options[YNN_FUSION_TYPE] = LARGE_MATMUL_YNN_FUSION_TYPE
     user = flags_set_in(os.environ.get("XLA_FLAGS") if xla_flags is None else xla_flags)
-    return {name: value for name, value in _OPTIONS[codegen].items() if name not in user} or None
+    return {name: value for name, value in options.items() if name not in user} or None
 
 
 def xla_convolution_kernels(codegen: str, platform: str, xla_flags: str | None = None) -> bool:
     """Whether programs compiled with `codegen` run their convolutions on XLA's own kernels, not YNNPACK's: the
     train step then gives the convolutions outside loops XLA's kernel gradient (models/layers.py, conv2d), which
-    is faster there on these kernels and slower on YNNPACK's."""
+    is faster there on these kernels and slower on YNNPACK's. (Whatever `matmul_rows` does to the dots.)"""
     options = compiler_options(codegen, platform, xla_flags) or {}
-    return options.get(YNN_FUSION_TYPE) == TUNED_OPTIONS[YNN_FUSION_TYPE]
+    return YNN_FUSION_TYPE in options and "CONVOLUTION" not in str(options[YNN_FUSION_TYPE])
 
 
-def describe(codegen: str, platform: str) -> str:
+def describe(codegen: str, platform: str, *, matmul_rows: int = 0) -> str:
     """One line for the run log."""
-    options = compiler_options(codegen, platform)
+    options = compiler_options(codegen, platform, matmul_rows=matmul_rows)
     if options is None:
         return f"XLA:CPU codegen: XLA's defaults (xla_cpu_codegen={codegen!r}, platform {platform})"
     return f"XLA:CPU codegen: {codegen} ({', '.join(f'{k}={v}' for k, v in options.items())})"

@@ -26,6 +26,7 @@ from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstr
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
+from inception_jax.models import spatial_sizes
 from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
 from inception_jax.train_step import LeafStep, eval_step, is_log_step
 
@@ -132,8 +133,10 @@ def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
     batch_sh = sharding.batch_sharding(run.mesh)
     replicated = sharding.replicated(run.mesh)
     platform = run.mesh.devices.flat[0].platform
-    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform)
-    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, platform))
+    rows = cpu_codegen.block_matmul_rows(run.config.train.batch_size // run.mesh.devices.size,
+                                         spatial_sizes(run.data.image_size)[5])
+    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform, matmul_rows=rows)
+    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, platform, matmul_rows=rows))
     train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)
     eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg), compiler_options=options,
                       in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)

@@ -110,3 +110,28 @@ def test_a_train_step_compiled_tuned_or_fast_computes_what_xla_default_code_comp
         np.testing.assert_allclose(losses, default_losses, rtol=1e-4, err_msg=codegen)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(default_params)):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=codegen)
+
+
+def test_steps_with_large_block_matmuls_leave_dots_to_xla_and_keep_xlas_convolutions():
+    """From XLA_DOTS_MIN_ROWS rows in the B blocks' matmuls (299 px, batch 8: 2,312), "tuned" and "fast" hand only
+    reductions to YNNPACK; below (75 px, batch 32: 288) dots stay there. Convolutions are XLA's either way."""
+    assert cpu_codegen.block_matmul_rows(8, 17) == 2312 and cpu_codegen.block_matmul_rows(32, 3) == 288
+    for codegen in ("tuned", "fast"):
+        small = cpu_codegen.compiler_options(codegen, "cpu", xla_flags="", matmul_rows=288)
+        large = cpu_codegen.compiler_options(codegen, "cpu", xla_flags="", matmul_rows=2312)
+        assert "INDIVIDUAL_DOT" in small[cpu_codegen.YNN_FUSION_TYPE]
+        assert large[cpu_codegen.YNN_FUSION_TYPE] == "LIBRARY_FUSION_TYPE_REDUCE"
+        assert {k: v for k, v in large.items() if k != cpu_codegen.YNN_FUSION_TYPE} == {
+            k: v for k, v in small.items() if k != cpu_codegen.YNN_FUSION_TYPE}
+        assert cpu_codegen.xla_convolution_kernels(codegen, "cpu", xla_flags="")
+    assert cpu_codegen.compiler_options("xla_default", "cpu", xla_flags="", matmul_rows=10**6) is None
+    assert not cpu_codegen.xla_convolution_kernels("xla_default", "cpu", xla_flags="")
+    # The user's XLA_FLAGS still win.
+    flags = f"--{cpu_codegen.YNN_FUSION_TYPE}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    assert cpu_codegen.compiler_options("tuned", "cpu", xla_flags=flags, matmul_rows=10**6) is None
+    # Compiled: the matmul is a YNNPACK fusion with the small setting, XLA's own dot with the large one.
+    lowered = jax.jit(lambda x, w: x @ w).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
+    for rows, on_ynn in ((288, True), (2312, False)):
+        hlo = lowered.compile(compiler_options=cpu_codegen.compiler_options("tuned", "cpu", xla_flags="",
+                                                                            matmul_rows=rows)).as_text()
+        assert ("__ynn_fusion" in hlo) == on_ynn, rows
