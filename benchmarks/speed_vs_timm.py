@@ -169,8 +169,9 @@ def set_children_allocator(allocator: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="inception_resnet_v2,inception_v4")
-    parser.add_argument("--sizes", default="299,cpu")
+    parser.add_argument("--models", default="inception_resnet_v2,inception_v4",
+                        help=f"comma-separated: {list(TIMM_NAMES)}")
+    parser.add_argument("--sizes", default="299,cpu", help=f"comma-separated: {list(SIZES)} (cpu: 75 px, batch 32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=0, help="override the batch of every size")
@@ -184,6 +185,10 @@ def main() -> None:
     parser.add_argument("--cpu_dispatch", default="inline", choices=host_memory.DISPATCH_MODES,
                         help="how our side runs its steps on CPU (host_memory.run_cpu_steps_inline)")
     args = parser.parse_args()
+    for flag, given, valid in (("--sizes", args.sizes, SIZES), ("--models", args.models, TIMM_NAMES)):
+        unknown = [v for v in given.split(",") if v not in valid]
+        if unknown:
+            parser.error(f"{flag}={given}: {unknown} not among {list(valid)}")
     set_children_allocator(args.allocator)
     os.environ[host_memory.DISPATCH_ENV] = args.cpu_dispatch  # read by our side's process (bench_step.py)
     import torch
