@@ -31,7 +31,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     import optax
     from flax import nnx
 
-    from inception_jax.models import build_model, model_options, spatial_sizes
+    from inception_jax.models import build_model, grid_17, model_options
     from inception_jax.optim import make_optimizer
     from inception_jax.train_step import StepConfig, init_state, train_step
 
@@ -51,7 +51,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
                            "label": rng.integers(0, num_classes, batch).astype(np.int32)})
     begin = time.perf_counter()
-    rows = cpu_codegen.block_matmul_rows(batch, spatial_sizes(size)[5])  # as the training loop compiles (train.py)
+    rows = cpu_codegen.block_matmul_rows(batch, grid_17(size))  # as the training loop compiles (train.py)
     options = cpu_codegen.compiler_options(codegen, jax.devices()[0].platform, matmul_rows=rows)
     step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0,
                    compiler_options=options).lower(state, data).compile()

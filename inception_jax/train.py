@@ -26,7 +26,7 @@ from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstr
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
-from inception_jax.models import spatial_sizes
+from inception_jax.models import grid_17
 from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
 from inception_jax.train_step import LeafStep, eval_step, is_log_step
 
@@ -134,7 +134,7 @@ def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
     replicated = sharding.replicated(run.mesh)
     platform = run.mesh.devices.flat[0].platform
     rows = cpu_codegen.block_matmul_rows(run.config.train.batch_size // run.mesh.devices.size,
-                                         spatial_sizes(run.data.image_size)[5])
+                                         grid_17(run.data.image_size))
     options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform, matmul_rows=rows)
     log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, platform, matmul_rows=rows))
     train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)

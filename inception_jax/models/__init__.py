@@ -1,6 +1,6 @@
 """Inception-v4 and Inception-ResNet networks in Flax NNX (ARCHITECTURE.md is the ground truth)."""
 
-from inception_jax.models.architecture import MIN_IMAGE_SIZE, MIN_IMAGE_SIZE_AUX, spatial_sizes
+from inception_jax.models.architecture import MIN_IMAGE_SIZE, MIN_IMAGE_SIZE_AUX, grid_17, spatial_sizes
 from inception_jax.models.layout import convert_layout, count_params
 from inception_jax.models.network import InceptionNet, ModelOutput
 from inception_jax.models.options import KNOB_DEFAULTS, ModelOptions
@@ -9,5 +9,5 @@ from inception_jax.models.registry import MODEL_NAMES, build_model, create_model
 __all__ = [
     "KNOB_DEFAULTS", "MIN_IMAGE_SIZE", "MIN_IMAGE_SIZE_AUX", "MODEL_NAMES", "InceptionNet", "ModelOptions",
     "ModelOutput", "build_model", "convert_layout", "count_params", "create_model", "get_architecture",
-    "model_options", "spatial_sizes",
+    "grid_17", "model_options", "spatial_sizes",
 ]

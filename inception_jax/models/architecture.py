@@ -45,6 +45,11 @@ def spatial_sizes(size: int) -> tuple[int, int, int, int, int, int, int]:
     return s1, s2, s3, s4, s5, s6, s7
 
 
+def grid_17(image_size: int) -> int:
+    """The side of the "17" grid (the B blocks' and the aux head's input) for an input of `image_size`."""
+    return spatial_sizes(image_size)[5]
+
+
 def aux_kernel_size(image_size: int) -> int:
     """slim's aux conv kernel is the pooled 17-grid's size: (grid17 - 5) // 3 + 1 (5 at 299, 1 at 107)."""
-    return (spatial_sizes(image_size)[5] - 5) // 3 + 1
+    return (grid_17(image_size) - 5) // 3 + 1

@@ -570,7 +570,6 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
-
 # The ReLU that ends each scanned residual block, with its backward mask applied one block later. Autodiff of a plain
 # ReLU stores its mask (a bool per element) for every block of the scan; but the ReLU's output is the next block's
 # input, which the scan keeps anyway (its convolutions need it), and (out > 0) is the mask. So the block ends in
