@@ -1,5 +1,6 @@
-"""A real two-process `jax.distributed` run on localhost (gloo, one CPU device per process) trains and agrees
-with the single-process run (ECOSYSTEM.md §3)."""
+"""A real two-process `jax.distributed` run on localhost (gloo, one CPU device per process) trains like the
+single-process run, up to the rounding of the cross-device sums (gloo's all-reduce sums in its own order: its step 1
+loss differs from one process's, with one device or two, in the 7th digit)."""
 
 import os
 import socket
@@ -7,9 +8,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-from tests.training_helpers import ROOT, tiny_config, train_rows
+from tests.training_helpers import ROOT, assert_losses_agree_across_meshes, tiny_config, train_rows
 
 
 def free_port() -> int:
@@ -38,5 +37,5 @@ def test_two_processes_train_like_one(one_device_run, shapes_tiny_dir, tmp_path)
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     assert "process 0/2 devices 2 status finished" in outs[0] and "process 1/2 devices 2 status finished" in outs[1]
-    reference = [r["loss"] for r in train_rows(one_device_run)][:4]
-    np.testing.assert_allclose([r["loss"] for r in train_rows(workdir)], reference, rtol=2e-5)
+    losses = [r["loss"] for r in train_rows(workdir)]
+    assert_losses_agree_across_meshes(losses, [r["loss"] for r in train_rows(one_device_run)], "vs one device")
