@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from analysis.findings import Finding
 from analysis.grouping import Group
 from analysis.runs import Run
 from analysis.tables import Table
@@ -93,7 +94,7 @@ def _config_html(run: Run) -> str:
 
 def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: Sequence[FigureFile],
                   group_tables: Sequence[Table], tables: Sequence[Table], runs: Sequence[Run],
-                  methods: Sequence[str]) -> str:
+                  methods: Sequence[str], findings: Mapping[str, Sequence[Finding]] | None = None) -> str:
     """The whole page. `group_tables` are shown per group (their `group` column selects the rows); `tables`
     (runs, skipped) are shown once, after the groups."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>inception_jax report</title>"
@@ -112,6 +113,10 @@ def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: S
                  f"{0 if skipped is None else len(skipped.data)} skipped (listed under Skipped runs).</p>")
     parts.append("<ul>" + "".join(f'<li><a href="#group-{escape(g.key.slug)}">{escape(g.key.label)}</a></li>'
                                   for g in groups) + "</ul>")
+    for label, items in (findings or {}).items():
+        parts.append(f"<h2>Findings: {escape(label)}</h2><p class='note'>Stated from these runs' own numbers "
+                     "(rules under How the numbers are made); the figures and tables below show them.</p><ul>"
+                     + "".join(f"<li>{escape(f.text)}</li>" for f in items) + "</ul>")
     for group in groups:
         parts.append(f'<h2 id="group-{escape(group.key.slug)}">{escape(group.key.label)}</h2>')
         parts.append(f"<p class='note'>{len(group.runs)} runs; filter counts {group.widths}; variants "
@@ -129,7 +134,7 @@ def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: S
     parts.append("<h2>How the numbers are made</h2><ul>" + "".join(f"<li>{escape(m)}</li>" for m in methods)
                  + "</ul>")
     definitions = sorted({str(r.verdict["definition"]) for r in runs if r.verdict and r.verdict.get("definition")})
-    parts.append("<h2>Verdict definitions (shared/reference/DYING.md, verbatim)</h2>"
+    parts.append("<h2>Verdict definitions (inception_jax/verdicts.py, the rules training applied)</h2>"
                  f'<pre class="verbatim">{escape(ZERO_FRACTION_DEFINITION)}\n\n{escape(DEFINITION_TEXT)}</pre>')
     if definitions:
         parts.append("<p class='note'>As recorded in the runs' verdict.json:</p>"

@@ -22,6 +22,7 @@ from analysis.grouping import Group, variant_order
 
 VERDICT_COLOURS = {
     "healthy": "#4daf4a",
+    "not_learning": "#9ecae1",
     "transient_death": "#fed976",
     "damaged": "#fd8d3c",
     "died": "#d7301f",

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import re
 import shlex
 import sys
@@ -28,20 +29,23 @@ from matplotlib.figure import Figure
 from analysis.convergence import convergence_figure
 from analysis.curves import SMOOTHING_WINDOW
 from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, learnable_scale_figure, verdict_heatmap
+from analysis.findings import Finding, group_findings
 from analysis.grouping import GROUP_FIELDS, Group, group_runs
 from analysis.html import FigureFile, Provenance, render_report
 from analysis.plotting import save_figure
-from analysis.runs import SkippedRun, load_runs
+from analysis.runs import Run, SkippedRun, load_runs
 from analysis.tables import (
     DEFAULT_THRESHOLDS,
     SOURCE_EVAL,
     SOURCE_TRAIN,
+    final_values,
     runs_table,
     skipped_table,
     thresholds_table,
     verdict_cells,
     verdicts_table,
 )
+from analysis.verdicts import VERDICTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,8 @@ class ReportResult:
     html: Path
     out_dir: Path
     figures: tuple[FigureFile, ...]
+    findings: dict[str, tuple[Finding, ...]]  # group label -> what its runs support (findings.py)
+    summary: Path  # summary.md: the findings as text, with date, machine and command
     tables: dict[str, Path]  # table name -> CSV file
     frames: dict[str, pd.DataFrame]  # table name -> its exact values
     runs_used: tuple[str, ...]  # run labels (run ids unless two runs share one)
@@ -76,9 +82,9 @@ def methods(thresholds: Sequence[float], window: int) -> list[str]:
         "never reached counting as infinitely late; ratio = residual / plain at the same filter count, only when "
         "both reached.",
         "Verdicts are read from verdict.json (else result.json), never recomputed. A heatmap cell's colour is the "
-        "majority verdict over its seeds, a tie going to the more severe one (healthy < transient_death < damaged "
-        "< died < diverged); the cell lists every verdict's count and the mean final eval top-1 (train accuracy "
-        "when a seed has no eval; diverged seeds are left out of the mean).",
+        f"majority verdict over its seeds, a tie going to the more severe one ({' < '.join(VERDICTS)}); the cell "
+        "lists every verdict's count and the mean final eval top-1 (train accuracy when a seed has no eval; "
+        "diverged seeds are left out of the mean).",
         "Runs used: those with result.json, and diverged runs (verdict.json 'diverged') even without it. Runs "
         "without result.json are partial (unfinished or still running): listed under Skipped runs, never plotted.",
     ]
@@ -163,6 +169,7 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
                 continue
             figures.append(FigureFile(name, title, kind, group.key.label, png, svg))
 
+    findings = {group.key.label: tuple(group_findings(group, thresholds)) for group in groups}
     group_tables = [thresholds_table(groups, thresholds, window), verdicts_table(groups)]
     tables = [runs_table(groups), skipped_table(run_set.skipped)]
     csv_paths = {}
@@ -178,17 +185,34 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
                             generated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     methods_text = methods(thresholds, window) + [f"Figure not drawn: {e}" for e in errors]
     page = render_report(provenance=provenance, groups=groups, figures=figures, group_tables=group_tables,
-                         tables=tables, runs=run_set.runs, methods=methods_text)
+                         tables=tables, runs=run_set.runs, methods=methods_text, findings=findings)
     html_path = out_dir / "report.html"
     html_path.write_text(page, encoding="utf-8")
+    findings_path = out_dir / "findings.json"
+    findings_path.write_text(json.dumps({label: [dataclasses.asdict(f) for f in items]
+                                         for label, items in findings.items()}, indent=1, default=str))
+    summary_path = out_dir / "summary.md"
+    summary_path.write_text(summary_markdown(provenance, run_set.runs, findings), encoding="utf-8")
 
-    written = {html_path.name, *(p.name for p in csv_paths.values())}
+    written = {html_path.name, findings_path.name, summary_path.name, *(p.name for p in csv_paths.values())}
     written |= {p.name for f in figures for p in (f.png, f.svg)}
     _remove_stale(out_dir, written)
-    return ReportResult(html=html_path, out_dir=out_dir, figures=tuple(figures), tables=csv_paths,
+    return ReportResult(html=html_path, out_dir=out_dir, figures=tuple(figures), findings=findings,
+                        summary=summary_path, tables=csv_paths,
                         frames={t.name: t.data for t in (*group_tables, *tables)},
                         runs_used=tuple(run.label for run in run_set.runs), runs_skipped=run_set.skipped,
                         groups=tuple(group.key.label for group in groups), errors=tuple(errors))
+
+
+def summary_markdown(provenance: Provenance, runs: Sequence[Run], findings: dict[str, tuple[Finding, ...]]) -> str:
+    """The findings as a short text (README's main-job section quotes one): when, on what, by which command."""
+    machines = sorted({str(run.get("derived.machine")) for run in runs if run.get("derived.machine")})
+    seconds = sum(t for t in (final_values(run)["wall_time_s"] for run in runs) if math.isfinite(t))
+    lines = [f"Generated {provenance.generated} from {len(runs)} runs ({seconds:.0f} s of training and evaluation) "
+             f"on {'; '.join(machines) or 'an unrecorded machine'}, by `{provenance.command}`.", ""]
+    for label, items in findings.items():
+        lines += [f"**{label}**", ""] + [f"- {finding.text}" for finding in items] + [""]
+    return "\n".join(lines)
 
 
 def _thresholds(text: str) -> tuple[float, ...]:

@@ -126,7 +126,7 @@ class Run:
 
     @property
     def seed(self) -> int | None:
-        return self.get("train.seed")
+        return self.get("seed")
 
     @property
     def num_classes(self) -> int | None:

@@ -202,7 +202,7 @@ def verdicts_table(groups: Sequence[Group]) -> Table:
                                                             "final_zero_frac": "{:.4f}".format,
                                                             "median_t_death": "{:g}".format})
     note = ("Verdict per filter count × variant: the majority over seeds, a tie going to the more severe verdict "
-            "(healthy < transient_death < damaged < died < diverged); runs without a verdict count as 'unknown' "
+            f"({' < '.join(VERDICTS)}); runs without a verdict count as 'unknown' "
             "and never outvote a known verdict. Accuracy: mean final eval top-1, or mean final train accuracy "
             "when a seed has no eval; diverged seeds are left out of the mean.")
     return Table("verdicts", "Dying verdicts by filter count and variant", data, shown, note)

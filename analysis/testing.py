@@ -56,15 +56,16 @@ class SyntheticRun:
         widths = {"a": self.width // 4, "b": self.width // 2, "c": self.width}
         return {
             "run_id": self.run_id,
+            "seed": self.seed,
             "model": {"name": self.model, "width_multiplier": self.width / 2080, "use_residual": self.is_residual,
                       "residual_scale": scale,
                       "residual_scale_mode": "learnable" if self.variant == "learnable" else "constant"},
             "data": {"name": self.dataset, "image_size": 75},
             "train": {"optimizer": "sgd", "learning_rate": 0.1, "batch_size": 64, "num_steps": self.num_steps,
-                      "seed": self.seed, "workdir": f"/tmp/{self.run_id}"},
+                      "workdir": f"/tmp/{self.run_id}"},
             "derived": {"stage_widths": widths, "deepest_width": self.width, "variant": self.variant,
                         "num_params": 1000 * self.width, "num_classes": NUM_CLASSES, "steps_per_epoch": 20},
-            "sweep": {"name": "synthetic", "row": self.run_id, "overrides": {"train.seed": self.seed}},
+            "sweep": {"name": "synthetic", "row": self.run_id, "overrides": {"seed": self.seed}},
         }
 
     def _dead(self, step: int) -> bool:

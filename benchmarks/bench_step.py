@@ -5,7 +5,6 @@ Plain attributes instead of an ml_collections config, so the GPU check also runs
 
 from __future__ import annotations
 
-import functools
 import time
 import types
 from typing import Any
@@ -43,7 +42,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     tx = make_optimizer(t, schedule)
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
-                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False, seed=0,
+                     aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False,
                      log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1),
                      xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(codegen, jax.devices()[0].platform))
     state = jax.jit(lambda: init_state(opts, tx, 0))()
@@ -53,7 +52,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     begin = time.perf_counter()
     rows = cpu_codegen.block_matmul_rows(batch, grid_17(size))  # as the training loop compiles (train.py)
     options = cpu_codegen.compiler_options(codegen, jax.devices()[0].platform, matmul_rows=rows)
-    step = jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=0,
+    step = jax.jit(lambda state, batch: train_step(state, batch, 0, cfg), donate_argnums=0,
                    compiler_options=options).lower(state, data).compile()
     seconds = time.perf_counter() - begin
     host_memory.release_freed_memory()  # what the training loop does after compiling (train.py)

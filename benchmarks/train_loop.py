@@ -35,15 +35,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from inception_jax import image_cache
 from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import load_config
 from inception_jax.metrics import RunWriter
+from inception_jax.programs import compile_steps
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.sharding import global_batch
-from inception_jax.train import Clock, TrainLog, compile_steps, device_prefetch
+from inception_jax.train import Clock, TrainLog, device_prefetch
 from inception_jax.train_step import cross_entropy, is_log_step, model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +108,7 @@ def bare_grad(run, holder: dict, batch):
 
 def stepper(train_fn, holder: dict, batch: dict):
     def step():
-        holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], batch)
+        holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], batch, np.int32(0))
         jax.block_until_ready(metrics)
     return step
 
@@ -163,12 +165,12 @@ def run_loop(run, holder, train_fn, steps: int) -> float:
     pipeline's start and one step to fill it are not timed. Returns the seconds of the `steps` steps."""
     writer = RunWriter(run.workdir, resume_step=0)
     batches = device_prefetch(run.train_stream.iterator(1), run.mesh)
-    holder["leaves"], _ = train_fn.step_leaves(holder["leaves"], next(batches))
+    holder["leaves"], _ = train_fn.step_leaves(holder["leaves"], next(batches), np.int32(0))
     jax.block_until_ready(holder["leaves"])
     train_log = TrainLog(writer, run, Clock(0.0), [], 1, fetch=train_fn.metrics)
     begin = time.perf_counter()
     for step in range(2, steps + 2):
-        holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], next(batches))
+        holder["leaves"], metrics = train_fn.step_leaves(holder["leaves"], next(batches), np.int32(0))
         train_log.flush()
         if is_log_step(step, run.step_cfg.log_schedule):
             train_log.pending = (step, metrics, time.perf_counter())

@@ -29,7 +29,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "
                   "train.log_dense_steps", "train.eval_every_steps", "train.probe_every_steps",
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "data.data_dir", "data.num_threads",
                   "data.prefetch_batches", "data.cache_mb", "mesh.", "distributed.", "compilation_cache_dir",
-                  "xla_cpu_codegen", "compile_only", "eval_only",
+                  "xla_cpu_codegen", "compile_only", "eval_only", "train.precise_bn_batches",
                   "init_from", "init_from_ema", "sweep.", "report.")
 
 
@@ -100,6 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.checkpoint_every_steps = 500
     t.keep_checkpoints = 3
     t.eval_batch_size = config_dict.placeholder(int)  # None: train.batch_size
+    # >0: before each evaluation, recompute every BatchNorm's statistics as the mean over this many training
+    # batches of their own statistics in train mode ("precise BN", pycls / detectron2), and log the accuracy those
+    # batches get with batch statistics (bn_batch_top1). 0: evaluate with the running averages.
+    t.precise_bn_batches = 0
     t.diagnostics = True  # the dying diagnostics, computed inside the step
     t.stop_when_dead_windows = 0  # >0: end a run early once it has been dead for this many windows
 
@@ -117,7 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
-    c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default", "fast" (cpu_codegen.py)
+    c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu_codegen.py)
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
     c.report = ml_collections.ConfigDict()
@@ -181,7 +185,7 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
     for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):
         check_positive(f"train.{key}", t[key], allow_zero=True)
-    for key in ("warmup_steps", "stop_when_dead_windows"):
+    for key in ("warmup_steps", "stop_when_dead_windows", "precise_bn_batches"):
         check_positive(f"train.{key}", t[key], integer=True, allow_zero=True)
     for key in ("log_every_steps", "probe_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         check_positive(f"train.{key}", t[key], integer=True)

@@ -1,5 +1,5 @@
-"""How XLA:CPU compiles the train and eval steps (`xla_cpu_codegen`): "tuned" (the default), XLA's own
-defaults ("xla_default"), or "tuned" plus 512-bit vectors and reassociating float math ("fast").
+"""How XLA:CPU compiles the train and eval steps (`xla_cpu_codegen`): "tuned" (the default) or XLA's own
+defaults ("xla_default").
 
 "tuned" is XLA's defaults with one change: convolutions run on XLA's own convolution kernels instead of YNNPACK
 (and, in steps whose repeated blocks have large matmuls, dots too: see below).
@@ -14,10 +14,10 @@ pixels times examples per device of the B blocks' 1x1 convolutions, at least XLA
 dots are faster. The step at 299 px, batch 8 (2,312 rows) with XLA's dots: 0.982x / 0.984x (IR-v2, two A/Bs in one
 process) and 0.986x (v4); at 75 px, batch 32 (288 rows): 1.069x (README, "What changed", evening of 2026-12-06).
 
-"fast" adds 512-bit vectors (`xla_cpu_prefer_vector_width`) and LLVM's reassociation and contraction
-(`xla_cpu_enable_fast_math`), keeping NaN and inf honoured (the dying diagnostics and the divergence checks look
-for them), and division and the transcendental functions exact. It did not pay where we could measure it (0.99-1.04x
-at 75 px over 10-16 rounds, 0.98x at 299 px, against XLA's defaults), so it is a knob to try, not the default.
+There is no fast-math choice: XLA:CPU's `xla_cpu_enable_fast_math` (even honouring NaN, inf, division and the
+math functions) made the gradients of a small IR-v2 3-13 % off XLA's defaults once a residual block multiplied its
+shortcut by a gain held as a value (the forward agreed to 1e-6), and it had not made a step measurably faster
+(0.98-1.04x).
 
 Every choice moves float32 results by rounding only (tests/test_cpu_codegen.py, the Keras parity test). An option
 the user set in XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU.
@@ -28,23 +28,14 @@ from __future__ import annotations
 
 import os
 
-CODEGENS = ("tuned", "xla_default", "fast")
+CODEGENS = ("tuned", "xla_default")
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 # Which ops XLA:CPU hands to YNNPACK: its defaults less INDIVIDUAL_CONVOLUTION.
 TUNED_OPTIONS: dict[str, bool | int | str] = {
     YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
-FAST_OPTIONS: dict[str, bool | int | str] = {
-    **TUNED_OPTIONS,
-    "xla_cpu_prefer_vector_width": 512,
-    "xla_cpu_enable_fast_math": True,
-    "xla_cpu_fast_math_honor_nans": True,
-    "xla_cpu_fast_math_honor_infs": True,
-    "xla_cpu_fast_math_honor_division": True,
-    "xla_cpu_fast_math_honor_functions": True,
-}
-_OPTIONS = {"tuned": TUNED_OPTIONS, "xla_default": {}, "fast": FAST_OPTIONS}
-# From this many rows in the blocks' matmuls, "tuned" and "fast" leave dots to XLA too. One 1x1 convolution's three
+_OPTIONS = {"tuned": TUNED_OPTIONS, "xla_default": {}}
+# From this many rows in the blocks' matmuls, "tuned" leaves dots to XLA too. One 1x1 convolution's three
 # matmuls in a scan, XLA's time over YNNPACK's: 1.10-1.16x at 288 rows, ~1.0 at 800, 0.97-1.04 at 1,152, 0.89-1.03
 # at 1,600-2,312; the steps were measured at 288 and 2,312 only, hence a threshold in between on the safe side.
 XLA_DOTS_MIN_ROWS = 2048

@@ -7,9 +7,11 @@ Every check that can fail happens in `prepare_run`, before anything compiles or 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+import platform
 from typing import Any
 
 import jax
@@ -23,9 +25,10 @@ from inception_jax import cpu_codegen, input_pipeline, sharding
 from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
 from inception_jax.input_pipeline import DataConfig
-from inception_jax.models import ModelOptions, build_model, model_options
+from inception_jax.models import ModelOptions, build_model, model_options, program_options
 from inception_jax.optim import learning_rate_schedule, make_optimizer
-from inception_jax.train_step import StepConfig, TrainState, init_state
+from inception_jax.programs import programs_for
+from inception_jax.train_step import StepConfig, TrainState, init_state, split_model
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,21 @@ class Run:
                 "num_params": self.model_facts.num_params, "num_classes": o.num_classes,
                 "steps_per_epoch": self.steps_per_epoch, "num_steps": self.num_steps,
                 "devices": jax.device_count(), "processes": jax.process_count(),
-                "bn_group": o.bn_group_size or self.config.train.batch_size}
+                "bn_group": o.bn_group_size or self.config.train.batch_size, "machine": machine_description()}
+
+
+def machine_description() -> str:
+    """What ran the run, for the report: the devices' kind and count, and on CPU the processor and its cores."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return f"{jax.device_count()} x {device.device_kind}"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +96,9 @@ class ModelFacts:
     stacked_counts: dict[str, int]
 
 
+@functools.cache
 def model_facts(opts: ModelOptions) -> ModelFacts:
+    """Cached: the rows of a sweep ask for the same network again and again (ModelOptions is a frozen dataclass)."""
     model = nnx.eval_shape(lambda: build_model(opts))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     widths = {"a": int(model.stem.out_channels), "b": int(model.reduction_a.mixed_channels),
@@ -125,15 +144,19 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
         resolve_source(config.init_from)
     schedule = learning_rate_schedule(t, steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps)
-    facts = model_facts(opts)
+    # The programs are built from the network with its value knobs at fixed values; the run's own values (plain
+    # or residual, the scales) are state (fresh_state), so variants of one shape share their programs.
+    shape_opts = program_options(opts)
+    facts = model_facts(shape_opts)
+    statistics_opts = dataclasses.replace(shape_opts, bn_momentum=0.0, dropout_rate=0.0)
     step_cfg = StepConfig(
         graphdef=facts.graphdef, tx=make_optimizer(t, schedule), schedule=schedule,
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
-        learnable_scales=opts.residual_scale_mode != "constant", seed=int(config.seed),
-        log_schedule=log_schedule(t, num_steps),
+        learnable_scales=opts.residual_scale_mode != "constant", log_schedule=log_schedule(t, num_steps),
         xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(config.xla_cpu_codegen,
-                                                                 mesh.devices.flat[0].platform))
+                                                                 mesh.devices.flat[0].platform),
+        statistics_graphdef=model_facts(statistics_opts).graphdef if t.precise_bn_batches else None)
     return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=info, train_stream=stream,
                steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps, eval_batch_size=eval_batch_size,
                mesh=mesh, step_cfg=step_cfg, model_facts=facts)
@@ -153,13 +176,11 @@ def state_layout(run: Run) -> tuple[TrainState, TrainState]:
 def fresh_state(run: Run, shardings: TrainState) -> TrainState:
     """A new state created already sharded (big_vision style: the full state never sits on one device).
 
-    The initialising program is built with every residual scale at 1.0 and the run's scales are written in
-    afterwards: scales draw no random numbers, and runs that differ only in their scale then share one compiled
-    initialisation (a sweep's rows hit the compilation cache instead of compiling it again)."""
-    no_ema = shardings.replace(ema_params=None)
-    init_opts = dataclasses.replace(run.opts, residual_scale=(1.0, 1.0, 1.0))
-    state = jax.jit(lambda: init_state(init_opts, run.step_cfg.tx, run.config.seed), out_shardings=no_ema)()
-    state = set_residual_scales(state, run.opts)
+    The initialisation is the compiled one of the run's programs (programs.py): the network with its value knobs
+    at fixed values, which draws the same random numbers as the run's own (values draw none). The run's shortcut
+    gains and scales are written in afterwards (with_block_values)."""
+    init = programs_for(run, shardings).init
+    state = with_block_values(init(np.int32(run.config.seed)), run)
     if run.config.init_from:
         from inception_jax.warm_start import apply_init_from
 
@@ -172,19 +193,12 @@ def fresh_state(run: Run, shardings: TrainState) -> TrainState:
     return state
 
 
-def set_residual_scales(state: TrainState, opts: ModelOptions) -> TrainState:
-    """Write `opts.residual_scale` into every block's scale (constant or learnable); the released IR-v2's linear
-    last block keeps its 1.0 (ARCHITECTURE.md §1.6)."""
-    stages = dict(zip("abc", opts.residual_scale, strict=True))
-    linear_last = f"blocks_c_{opts.block_counts[2] - 1}" if opts.final_block_linear else None
-    for collection in (state.params, state.rest):
-        for path, variable in nnx.to_flat_state(collection):
-            block = str(path[0])
-            if path[-1] != "residual_scale" or block == linear_last or not block.startswith("blocks_"):
-                continue
-            value = variable[...]
-            variable[...] = jax.device_put(jnp.full(value.shape, stages[block[7]], value.dtype), value.sharding)
-    return state
+def with_block_values(state: TrainState, run: Run) -> TrainState:
+    """The state with the run's own shortcut gains and residual / plain scales in every block."""
+    model = nnx.merge(run.step_cfg.graphdef, state.params, state.rest)
+    model.set_block_values(run.opts)
+    _, params, rest = split_model(model)
+    return state.replace(params=params, rest=rest)
 
 
 def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, dict]]:

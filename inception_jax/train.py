@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import functools
 import json
 import logging
 import math
@@ -18,17 +17,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from inception_jax import cpu_codegen, diagnostics, host_memory, sharding
+from inception_jax import host_memory, sharding, verdicts
 from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
-from inception_jax.models import grid_17
+from inception_jax.programs import Programs, compile_steps, programs_for
 from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
-from inception_jax.train_step import LeafStep, eval_step, is_log_step
+from inception_jax.train_step import is_log_step
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
 def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     t = run.config.train
+    _, shardings = state_layout(run)
+    programs = programs_for(run, shardings)
     state, shardings, meta = restore_or_init(run, checkpoints)
     start = int(jax.device_get(state.step))
     writer = RunWriter(run.workdir, resume_step=start)
@@ -67,10 +70,13 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
         writer.write_json("config.json", run_record(run))
         log_parameter_overview(state)
     history = [r for r in writer.history() if r.get("split") == "train"]
-    train_fn, eval_fn = compile_steps(run, shardings)
+    batches = device_prefetch(run.train_stream.iterator(start), run.mesh)
+    inputs = EvalInputs(run)
+    programs.prepare(state, batches.peek(), inputs.probe_batch())  # compiled before the clock starts
+    train_fn = programs.train
+    seed = jax.device_put(np.int32(run.config.seed), sharding.replicated(run.mesh))
     preemption = PreemptionWatcher(checkpoints.manager, distributed=jax.process_count() > 1)
     clock = Clock(offset=float(meta["elapsed"]) if meta else 0.0)
-    batches = device_prefetch(run.train_stream.iterator(start), run.mesh)
     train_log = TrainLog(writer, run, clock, history, start, fetch=train_fn.metrics)
     status, step = "finished", start
     log.info("training %s for %d steps from step %d on %d device(s)", run.opts.name, run.num_steps, start,
@@ -79,7 +85,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     del state  # donated by the first step
     try:
         for step in range(start + 1, run.num_steps + 1):
-            leaves, metrics = train_fn.step_leaves(leaves, next(batches))
+            leaves, metrics = train_fn.step_leaves(leaves, next(batches), seed)
             if step == start + 1:  # compiled by now: the compiler's freed memory goes back to the system
                 release_compiler_memory("train step")
             returned = time.perf_counter()  # after that one-off release, which is no step's time
@@ -100,10 +106,11 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
             if status != "finished":
                 break
             state = train_fn.state(leaves)
+            if due_probe:  # before an evaluation's precise statistics replace the running ones
+                probe(writer, step, state, programs, inputs, clock)
             if due_eval:
-                evaluate(writer, step, state, eval_fn, run, clock)
-            if due_probe:
-                probe(writer, step, state, eval_fn, run, clock)
+                state, _ = evaluate(writer, step, state, programs, inputs, clock)
+                leaves = jax.tree.leaves(state)
             if due_save:
                 checkpoints.save(step, state, checkpoint_meta(step, clock))
             if preempted:
@@ -117,32 +124,19 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
         preemption.close()
         batches.close()
     state = train_fn.state(leaves)
+    save = None
     if status == "diverged":
         log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked diverged",
                   train_log.last_step, checkpoints.latest_step())
     else:
-        checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
-    result = finish(writer, step, state, eval_fn, run, clock, history, status)
+        def save(final: Any) -> None:
+            checkpoints.save(step, final, checkpoint_meta(step, clock), force=True)
+    result = finish(writer, step, state, programs, inputs, clock, history, status, save=save)
     writer.close()
     return RunResult(status, step, result)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def compile_steps(run: Run, shardings: Any) -> tuple[Any, Any]:
-    """The jitted train step (state donated, explicit in/out shardings) and eval step."""
-    batch_sh = sharding.batch_sharding(run.mesh)
-    replicated = sharding.replicated(run.mesh)
-    platform = run.mesh.devices.flat[0].platform
-    rows = cpu_codegen.block_matmul_rows(run.config.train.batch_size // run.mesh.devices.size,
-                                         grid_17(run.data.image_size))
-    options = cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform, matmul_rows=rows)
-    log.info("%s", cpu_codegen.describe(run.config.xla_cpu_codegen, platform, matmul_rows=rows))
-    train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)
-    eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg), compiler_options=options,
-                      in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)
-    return train_fn, eval_fn
-
-
 def release_compiler_memory(what: str) -> None:
     """glibc keeps what XLA's compiler freed (850 MiB after IR-v2's train step); give it back (host_memory.py)."""
     released = host_memory.release_freed_memory()
@@ -217,7 +211,7 @@ def dead_for_long(history: list[dict], run: Run) -> bool:
     limit = run.config.train.stop_when_dead_windows
     if not limit or "prepool_zero_frac" not in history[-1]:
         return False
-    windows = diagnostics.dead_windows_at_end([r["prepool_zero_frac"] for r in history],
+    windows = verdicts.dead_windows_at_end([r["prepool_zero_frac"] for r in history],
                                               [r["loss"] for r in history], run.opts.num_classes)
     return windows >= limit
 
@@ -229,17 +223,65 @@ def _eval_batches(run: Run) -> Iterator[dict]:
         yield sharding.global_batch(batch, run.mesh)
 
 
-def evaluate(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock, *,
-             with_ema: bool = True) -> dict:
-    """Top-1, top-5 and loss over the whole eval split, with the raw parameters and (if kept) their EMA."""
+class EvalInputs:
+    """What evaluation reads besides the eval split, fetched once per run: the probe batch (the first eval batch)
+    and the training batches precise BatchNorm recomputes the statistics from (the first
+    `train.precise_bn_batches` batches of the run's data order: training images, training augmentation)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self._probe: dict | None = None
+        self._statistics: list[dict] | None = None
+
+    def probe_batch(self) -> dict:
+        if self._probe is None:
+            self._probe = next(_eval_batches(self.run))
+        return self._probe
+
+    def statistics_batches(self) -> list[dict]:
+        if self._statistics is None:
+            self._statistics = [sharding.global_batch(self.run.train_stream.batch(i), self.run.mesh)
+                                for i in range(self.run.config.train.precise_bn_batches)]
+        return self._statistics
+
+
+def precise_statistics(params: Any, rest: Any, statistics: Callable, batches: list[dict]) -> tuple[Any, dict]:
+    """`rest` with every BatchNorm's statistics replaced by their mean over `batches` (each batch's own mean and
+    variance in train mode, the parameters fixed: `statistics` is train_step.batch_norm_statistics, compiled), and
+    the loss and top-1 those batches get with their batch statistics (`bn_batch_loss`, `bn_batch_top1`): the
+    network's accuracy before any mismatch between running and current statistics."""
+    total, sums = None, {}
+    for batch in batches:
+        stats, batch_sums = statistics(params, rest, batch)
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        for key, value in jax.device_get(batch_sums).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    mean = jax.tree.map(lambda s: s / len(batches), total)
+    values = {"bn_batch_loss": sums["loss_sum"] / sums["count"], "bn_batch_top1": sums["top1_sum"] / sums["count"]}
+    return nnx.merge_state(rest, mean), values
+
+
+def evaluate(writer: RunWriter, step: int, state: Any, programs: Programs, inputs: EvalInputs, clock: Clock, *,
+             with_ema: bool = True) -> tuple[Any, dict]:
+    """Top-1, top-5 and loss over the whole eval split, with the raw parameters and (if kept) their EMA. With
+    precise BatchNorm (train.precise_bn_batches > 0) each set of weights is evaluated with statistics recomputed
+    for it, and the raw weights' statistics become the state's running statistics (as pycls does): the returned
+    state carries them."""
+    run = inputs.run
     values: dict[str, float] = {}
     weights = [("", state.params)]
     if with_ema and state.ema_params is not None:
         weights.append(("ema_", state.ema_params))
     for prefix, params in weights:
+        rest = state.rest
+        if programs.statistics is not None:
+            rest, bn_values = precise_statistics(params, state.rest, programs.statistics, inputs.statistics_batches())
+            values.update({prefix + k: v for k, v in bn_values.items()})
+            if not prefix:
+                state = state.replace(rest=rest)
         totals: dict[str, float] = {}
         for batch in _eval_batches(run):
-            sums = jax.device_get(eval_fn(params, state.rest, batch))
+            sums = jax.device_get(programs.evaluate(params, rest, batch))
             for key in ("loss_sum", "top1_sum", "top5_sum", "count"):
                 totals[key] = totals.get(key, 0.0) + float(sums[key])
         n = max(totals["count"], 1.0)
@@ -249,30 +291,33 @@ def evaluate(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, c
     writer.write(step, "eval", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch)
     log.info("eval at step %d: %s", step, json.dumps({k: round(v, 4) for k, v in values.items()}))
     release_compiler_memory("eval step")
-    return values
+    return state, values
 
 
-_PROBE_BATCHES: dict[str, dict] = {}
-
-
-def probe(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock) -> None:
-    """The diagnostics in eval mode on a fixed held-out batch (the first eval batch)."""
-    if run.workdir not in _PROBE_BATCHES:
-        _PROBE_BATCHES.clear()
-        _PROBE_BATCHES[run.workdir] = next(_eval_batches(run))
-    sums = jax.device_get(eval_fn(state.params, state.rest, _PROBE_BATCHES[run.workdir]))
+def probe(writer: RunWriter, step: int, state: Any, programs: Programs, inputs: EvalInputs, clock: Clock) -> None:
+    """The diagnostics in eval mode (the running statistics) on a fixed held-out batch (the first eval batch)."""
+    run = inputs.run
+    sums = jax.device_get(programs.evaluate(state.params, state.rest, inputs.probe_batch()))
     n = max(float(sums["count"]), 1.0)
     values = {"loss": float(sums["loss_sum"]) / n, "top1": float(sums["top1_sum"]) / n, **sums["probe"]}
     writer.write(step, "probe", values, time=clock.elapsed(), epoch=step / run.steps_per_epoch)
 
 
-def finish(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clock: Clock, history: list[dict],
-           status: str) -> dict:
-    """Final evaluation, the verdict and result.json (whose presence marks the run finished)."""
-    eval_values = {} if status == "diverged" else evaluate(writer, step, state, eval_fn, run, clock)
+def finish(writer: RunWriter, step: int, state: Any, programs: Programs, inputs: EvalInputs, clock: Clock,
+           history: list[dict], status: str, save: Callable[[Any], Any] | None = None) -> dict:
+    """Final evaluation, the final checkpoint (`save`, with the evaluated statistics), the verdict and
+    result.json (whose presence marks the run finished)."""
+    run = inputs.run
+    eval_values: dict[str, Any] = {}
+    if status != "diverged":
+        state, eval_values = evaluate(writer, step, state, programs, inputs, clock)
+    if save is not None:
+        save(state)
     train = [r for r in history if "prepool_zero_frac" in r]
-    verdict = diagnostics.judge([r["step"] for r in train], [r["prepool_zero_frac"] for r in train],
-                                [r["loss"] for r in train], run.opts.num_classes)
+    verdict = verdicts.judge([r["step"] for r in train], [r["prepool_zero_frac"] for r in train],
+                             [r["loss"] for r in train], run.opts.num_classes)
+    verdict = verdicts.with_evaluation(verdict, eval_values.get("top1"), eval_values.get("num_examples", 0),
+                                       run.opts.num_classes)
     writer.write_json("verdict.json", verdict.to_json())
     last = history[-1] if history else {}
     result = {
@@ -280,7 +325,8 @@ def finish(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clo
         "final_train_loss": last.get("loss"), "final_train_accuracy": last.get("accuracy"),
         "eval_loss": eval_values.get("loss"), "eval_top1": eval_values.get("top1"),
         "eval_top5": eval_values.get("top5"), "ema_eval_top1": eval_values.get("ema_top1"),
-        "ema_eval_top5": eval_values.get("ema_top5"), "verdict": verdict.verdict, "t_death": verdict.t_death,
+        "ema_eval_top5": eval_values.get("ema_top5"), "bn_batch_top1": eval_values.get("bn_batch_top1"),
+        "verdict": verdict.verdict, "t_death": verdict.t_death,
     }
     writer.write_json("result.json", result)
     log.info("run finished (%s): %s", status, json.dumps(result))
@@ -360,6 +406,7 @@ class device_prefetch:
     def __init__(self, host_batches: Iterator[dict], mesh: Any, size: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
+        self._peeked: dict | None = None
         self._thread = threading.Thread(target=self._fill, args=(host_batches, mesh), daemon=True)
         self._thread.start()
 
@@ -373,10 +420,19 @@ class device_prefetch:
             self._queue.put(e)
 
     def __next__(self) -> dict:
+        if self._peeked is not None:
+            item, self._peeked = self._peeked, None
+            return item
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
         return item
+
+    def peek(self) -> dict:
+        """The next batch, which `__next__` then returns again."""
+        if self._peeked is None:
+            self._peeked = next(self)
+        return self._peeked
 
     def close(self) -> None:
         self._stop.set()
@@ -390,12 +446,13 @@ def evaluate_only(run: Run) -> RunResult:
     if checkpoints.latest_step() is None and not run.config.init_from:
         checkpoints.close()
         raise ConfigError(f"eval_only=True needs a checkpoint in {run.workdir} or init_from=<run or exported model>")
+    _, shardings = state_layout(run)
+    programs = programs_for(run, shardings)
     state, shardings, _ = restore_or_init(run, checkpoints)
     checkpoints.close()
-    _, eval_fn = compile_steps(run, shardings)
     writer = RunWriter(run.workdir, resume_step=10**12)
     step = int(jax.device_get(state.step))
-    values = evaluate(writer, step, state, eval_fn, run, Clock(0.0), with_ema=False)
+    _, values = evaluate(writer, step, state, programs, EvalInputs(run), Clock(0.0), with_ema=False)
     result = {"run_id": run_record(run)["run_id"], "status": "evaluated", "steps": step,
               "eval_crops": run.data.eval_crops, "init_from": run.config.init_from,
               "eval_loss": values["loss"], "eval_top1": values["top1"], "eval_top5": values["top5"],
@@ -411,7 +468,8 @@ def compile_only(run: Run) -> RunResult:
     abstract, shardings = state_layout(run)
     train_fn, _ = compile_steps(run, shardings)
     s = run.data.image_size
-    batch = {"image": jax.ShapeDtypeStruct((run.config.train.batch_size, s, s, 3), np.float32),
+    pixels = np.float32 if run.data.color_distort else np.uint8  # as the pipeline delivers them
+    batch = {"image": jax.ShapeDtypeStruct((run.config.train.batch_size, s, s, 3), pixels),
              "label": jax.ShapeDtypeStruct((run.config.train.batch_size,), np.int32)}
     begin = time.perf_counter()
     compiled = train_fn.lower(abstract_with_shardings(abstract, shardings), batch).compile()

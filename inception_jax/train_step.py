@@ -1,7 +1,8 @@
 """The train state and the two compiled functions of a run: the train step and the evaluation step.
 
 Both are pure functions over an `nnx.split` model (Flax NNX's functional API) so `jax.jit` can shard them.
-Every random draw of step s comes from `fold_in(seed key, s)`, so a resumed run draws the same numbers.
+Every random draw of step s comes from `fold_in(seed key, s)`, so a resumed run draws the same numbers. The seed is
+an argument, not a constant of the program, so runs that differ only in their seed share one compilation.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class StepConfig:
     ema_decay: float
     diagnostics: bool
     learnable_scales: bool
-    seed: int
     # (log_dense_steps, log_every_steps, num_steps): the steps whose metrics the loop fetches. The three global
     # norms (a full read of gradients, updates and parameters: 7 % of IR-v2's step at 75 px) are computed on
     # those steps only. The default logs every step.
@@ -54,6 +54,9 @@ class StepConfig:
     # The step compiles for XLA:CPU's own convolution kernels (cpu_codegen.xla_convolution_kernels): the
     # convolutions outside the scanned blocks then take XLA's kernel gradient (models/layers.py, conv2d).
     xla_kernel_gradients: bool = False
+    # The network with BatchNorm momentum 0 and no dropout, whose train-mode forward leaves each BatchNorm's
+    # statistics of one batch in its running statistics (batch_norm_statistics); None when unused.
+    statistics_graphdef: Any = None
 
 
 def is_log_step(step: Any, log_schedule: tuple[int, int, int]) -> Any:
@@ -68,10 +71,11 @@ def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
     return graphdef, params, rest
 
 
-def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded). The EMA starts
-    as None here and is copied from the parameters by the caller: aliased buffers must not be donated (T2)."""
-    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(seed)))
+def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array) -> TrainState:
+    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` may be traced).
+    The EMA starts as None here and is copied from the parameters by the caller: aliased buffers must not be
+    donated (T2)."""
+    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed))))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                       ema_params=None)
 
@@ -90,10 +94,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smooth
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], seed: jax.Array, cfg: StepConfig
+               ) -> tuple[TrainState, dict]:
     """One optimizer step; returns the new state and this step's metrics (device arrays, fetched only on log
     steps, so non-log steps never wait for the host)."""
-    dropout_key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
         model = nnx.merge(cfg.graphdef, params, state.rest, copy=True)
@@ -172,7 +177,7 @@ class LeafStep:
     works too, at the old cost, and returns the metrics fetched (tests, benchmarks).
     """
 
-    def __init__(self, cfg: StepConfig, state_shardings: Any, batch_sharding: Any, metrics_sharding: Any,
+    def __init__(self, cfg: StepConfig, state_shardings: Any, batch_sharding: Any, replicated: Any,
                  compiler_options: dict[str, Any] | None = None):
         self.treedef = jax.tree.structure(state_shardings)
         self.compiler_options = compiler_options
@@ -180,20 +185,20 @@ class LeafStep:
         treedef = self.treedef
         leaf_shardings = jax.tree.leaves(state_shardings)
 
-        def step_leaves(leaves, batch):
-            state, metrics = train_step(jax.tree.unflatten(treedef, leaves), batch, cfg)
+        def step_leaves(leaves, batch, seed):
+            state, metrics = train_step(jax.tree.unflatten(treedef, leaves), batch, seed, cfg)
             packed, layout = pack_metrics(metrics)
             # Recorded while tracing, which jit does in every process before its first call (a persistent
             # compilation cache skips XLA's compile, not the trace): the layout is known before a metric is read.
             self.metrics_layout = layout
             return jax.tree.leaves(state), packed
 
-        self.step_leaves = jax.jit(step_leaves, in_shardings=(leaf_shardings, batch_sharding),
-                                   out_shardings=(leaf_shardings, metrics_sharding), donate_argnums=0,
+        self.step_leaves = jax.jit(step_leaves, in_shardings=(leaf_shardings, batch_sharding, replicated),
+                                   out_shardings=(leaf_shardings, replicated), donate_argnums=0,
                                    compiler_options=compiler_options)
 
-    def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        leaves, packed = self.step_leaves(jax.tree.leaves(state), batch)
+    def __call__(self, state: TrainState, batch: dict, seed: int) -> tuple[TrainState, dict]:
+        leaves, packed = self.step_leaves(jax.tree.leaves(state), batch, np.int32(seed))
         return self.state(leaves), self.metrics(packed)
 
     def metrics(self, packed: jax.Array) -> dict[str, np.ndarray]:
@@ -206,7 +211,12 @@ class LeafStep:
         return jax.tree.unflatten(self.treedef, leaves)
 
     def lower(self, state: Any, batch: Any):
-        return self.step_leaves.lower(jax.tree.leaves(state), batch)
+        return self.step_leaves.lower(jax.tree.leaves(state), batch, jax.ShapeDtypeStruct((), np.int32))
+
+    def compile(self, state: Any, batch: Any) -> None:
+        """Compile now, for these shapes (`state` and `batch` may be abstract), and run that executable from here
+        on: the caller decides when compiling happens (before a run's clock starts), not the first step."""
+        self.step_leaves = self.lower(state, batch).compile()
 
     def _cache_size(self) -> int:
         return self.step_leaves._cache_size()
@@ -217,6 +227,24 @@ def _diagnostics(out, cfg: StepConfig) -> dict[str, jax.Array]:
     if not cfg.learnable_scales:
         stats = {k: v for k, v in stats.items() if not k.startswith("residual_scale/")}
     return stats
+
+
+def batch_norm_statistics(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], cfg: StepConfig
+                          ) -> tuple[nnx.State, dict[str, jax.Array]]:
+    """One batch's contribution to precise BatchNorm statistics (pycls, detectron2): every BatchNorm's mean and
+    variance of this batch in train mode, the parameters unchanged, as a state of BatchStat variables; and the loss
+    and top-1 sums the batch gets normalised by those batch statistics. The caller averages the statistics over a
+    few training batches (train.precise_bn_batches) and evaluates with them: running averages taken while the
+    weights moved lag behind them, so eval-mode accuracy can sit at chance while the network has learned."""
+    model = nnx.merge(cfg.statistics_graphdef, params, rest, copy=True)
+    out = model.forward(model_input(batch["image"]), train=True)
+    labels = batch["label"]
+    sums = {
+        "loss_sum": jnp.sum(cross_entropy(out.logits, labels, cfg.num_classes, 0.0)),
+        "top1_sum": jnp.sum((jnp.argmax(out.logits, -1) == labels).astype(jnp.float32)),
+        "count": jnp.asarray(labels.shape[0], jnp.float32),
+    }
+    return nnx.state(model, nnx.BatchStat), sums
 
 
 def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], cfg: StepConfig) -> dict:

@@ -17,6 +17,7 @@ from flax import nnx
 from inception_jax import model_io
 from inception_jax.configuration import ConfigError
 from inception_jax.models import ModelOptions
+from inception_jax.models.blocks import CONSTANT_NAMES
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = (("head", "fc"), ("aux", "fc"))
@@ -74,8 +75,8 @@ def merged_variables(target_params: Mapping, target_rest: Mapping, source: dict[
     skip = {c for c in CLASSIFIERS} if replace_classifier else set()
     problems: list[str] = []
     params = _merge(target_params, source["params"], (), problems, optional=(), skip=skip)
-    # Constant residual scales are part of the target's own options, not of the weights.
-    rest = _merge(target_rest, source["batch_stats"], (), problems, optional=("residual_scale",), skip=skip)
+    # Shortcut gains and constant residual scales are part of the target's own options, not of the weights.
+    rest = _merge(target_rest, source["batch_stats"], (), problems, optional=CONSTANT_NAMES, skip=skip)
     if problems:
         raise ConfigError(f"{where}: the source does not fit this model ({len(problems)} problems): "
                           + "; ".join(problems[:10]) + ("; ..." if len(problems) > 10 else ""))

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from inception_jax.models.batchnorm import BatchNorm, batch_norm_relu
+from tests.numerics import relative_error
 
 EPS = 1e-3
 
@@ -30,11 +31,6 @@ def textbook(x, scale, bias, groups, dy, dmean, dvar):
     dscale = (g * xhat).sum((0, *axes))
     dbias = g.sum((0, *axes))
     return (np.maximum(pre, 0).reshape(-1, *x.shape[2:]), mean, var), (dx.reshape(-1, *x.shape[2:]), dscale, dbias)
-
-
-def relative_error(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 @pytest.mark.parametrize("shape,groups,use_scale", [

@@ -5,10 +5,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from inception_jax.diagnostics import activation_stats, dead_windows_at_end, judge
+from inception_jax.diagnostics import activation_stats
 from inception_jax.models import create_model
+from inception_jax.verdicts import chance_top1, dead_windows_at_end, judge, with_evaluation
 
 LN10 = math.log(10)
 
@@ -72,3 +74,19 @@ def test_a_huge_negative_bias_in_the_last_up_projection_kills_the_net_within_k_s
     np.testing.assert_allclose(losses, LN10, rtol=1e-6)
     verdict = judge(steps, zs, losses, 10)
     assert (verdict.verdict, verdict.t_death) == ("died", 1)
+
+
+def test_an_alive_run_at_chance_is_not_learning_never_healthy():
+    """not_learning: no death, but the final eval top-1 within 3 binomial standard errors of chance (10 classes,
+    500 examples: 0.1 + 3 * sqrt(0.09 / 500) = 0.140)."""
+    steps, z, loss = history(60, 0.5, 0.5, 2.2, 2.2, change_at=1)
+    healthy = judge(steps, z, loss, 10)
+    assert healthy.verdict == "healthy"
+    assert chance_top1(10, 500) == pytest.approx(0.1402, abs=1e-4)
+    assert with_evaluation(healthy, 0.13, 500, 10).verdict == "not_learning"
+    assert with_evaluation(healthy, 0.15, 500, 10).verdict == "healthy"
+    assert with_evaluation(healthy, None, 0, 10).verdict == "healthy"  # no evaluation: nothing to judge by
+    dead = judge(*history(60, 0.3, 0.999, 1.5, LN10, change_at=12), 10)
+    assert with_evaluation(dead, 0.1, 500, 10).verdict == "died"  # the dying verdicts stand
+    record = with_evaluation(healthy, 0.13, 500, 10).to_json()
+    assert record["final_eval_top1"] == 0.13 and record["chance_top1"] == pytest.approx(0.1402, abs=1e-4)

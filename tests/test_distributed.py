@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.training_helpers import ROOT, assert_losses_agree_across_meshes, tiny_config, train_rows
+from tests.training_helpers import ROOT, assert_losses_agree_up_to_rounding, tiny_config, train_rows
 
 
 def free_port() -> int:
@@ -38,4 +38,4 @@ def test_two_processes_train_like_one(one_device_run, shapes_tiny_dir, tmp_path)
         assert p.returncode == 0, out[-4000:]
     assert "process 0/2 devices 2 status finished" in outs[0] and "process 1/2 devices 2 status finished" in outs[1]
     losses = [r["loss"] for r in train_rows(workdir)]
-    assert_losses_agree_across_meshes(losses, [r["loss"] for r in train_rows(one_device_run)], "vs one device")
+    assert_losses_agree_up_to_rounding(losses, [r["loss"] for r in train_rows(one_device_run)], "vs one device")

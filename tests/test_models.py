@@ -20,6 +20,7 @@ from inception_jax.models import (
 )
 from inception_jax.models.blocks import ResidualBlock
 from inception_jax.models.stacking import to_scanned, to_unrolled
+from tests.numerics import assert_trees_close_to_scale
 
 TINY = dict(width_multiplier=0.125, block_counts=(2, 2, 2), num_classes=10)
 
@@ -269,8 +270,10 @@ def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_ma
     fn, params = grad_fn(scanned)
     assert "pred[3," not in fn.lower(params).compile().as_text()  # a bool per element and block: a stacked mask
     unrolled_fn, unrolled_params = grad_fn(convert_layout(scanned, scan_blocks=False))
-    chex.assert_trees_all_close(to_unrolled(nnx.to_pure_dict(fn(params))),
-                                nnx.to_pure_dict(unrolled_fn(unrolled_params)), rtol=2e-5, atol=1e-6)
+    # Relative to each leaf's scale: a BatchNorm bias gradient is a sum that cancels (-0.42 among terms of 90), and
+    # the two layouts fuse the sums differently.
+    assert_trees_close_to_scale(to_unrolled(nnx.to_pure_dict(fn(params))),
+                                nnx.to_pure_dict(unrolled_fn(unrolled_params)), 2e-5)
 
 
 def test_layout_conversion_round_trips():

@@ -9,6 +9,7 @@ from flax import nnx
 
 from inception_jax.models import projection
 from inception_jax.models.projection import folds_scale, scaled_projection
+from tests.numerics import relative_error
 
 
 def textbook(x, kernel, bias, scale, dy):
@@ -19,13 +20,6 @@ def textbook(x, kernel, bias, scale, dy):
     ds = (dy * r).sum((0, 1, 2))
     return s * r, (np.einsum("bhwd,cd->bhwc", g, w), np.einsum("bhwc,bhwd->cd", x, g)[None, None], g.sum((0, 1, 2)),
                    ds.sum() if np.ndim(s) == 0 else ds)
-
-
-def relative_error(ours, ref):
-    """max |ours - ref| / max |ref|; for an all-zero ref (a plain block's unused residual scale), max |ours|."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    top = np.max(np.abs(ref))
-    return float(np.max(np.abs(ours - ref)) / top) if top else float(np.max(np.abs(ours)))
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar scale", "per-channel scale"])

@@ -18,11 +18,12 @@ from inception_jax import model_io
 from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
+from inception_jax.programs import compile_steps
 from inception_jax.run_setup import prepare_run, restore_or_init
-from inception_jax.train import compile_steps, train_and_evaluate
+from inception_jax.train import train_and_evaluate
 from tests.training_helpers import (
     ROOT,
-    assert_losses_agree_across_meshes,
+    assert_losses_agree_up_to_rounding,
     read_json,
     read_text,
     saved_params,
@@ -49,7 +50,10 @@ def test_a_run_writes_the_files_analysis_reads(one_device_run):
     (final_eval,) = train_rows(one_device_run, "eval")
     assert final_eval["num_examples"] == 120 and {"top1", "top5", "ema_top1", "ema_top5"} <= set(final_eval)
     result = read_json(one_device_run, "result.json")
-    assert result["steps"] == 6 and result["verdict"] == "healthy" and result["eval_top1"] == final_eval["top1"]
+    # Six steps at lr 0.005 learn nothing measurable: alive, but not called healthy.
+    assert result["steps"] == 6 and result["verdict"] == "not_learning" and result["eval_top1"] == final_eval["top1"]
+    verdict = read_json(one_device_run, "verdict.json")
+    assert verdict["final_eval_top1"] == final_eval["top1"] <= verdict["chance_top1"] < 0.3
 
 
 def test_eight_devices_agree_with_one_data_parallel_and_fsdp(one_device_run, shapes_tiny_dir, tmp_path):
@@ -58,7 +62,7 @@ def test_eight_devices_agree_with_one_data_parallel_and_fsdp(one_device_run, sha
         workdir = str(tmp_path / name)
         train_and_evaluate(tiny_config(shapes_tiny_dir, **{"train.num_steps": 4, **overrides}), workdir)
         losses = [r["loss"] for r in train_rows(workdir)]
-        assert_losses_agree_across_meshes(losses, reference[:4], name)
+        assert_losses_agree_up_to_rounding(losses, reference[:4], name)
 
 
 def test_resume_after_a_stop_in_the_middle_is_bit_exact(one_device_run, shapes_tiny_dir, tmp_path):
@@ -146,7 +150,7 @@ def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     from inception_jax.sharding import global_batch
 
     for step in range(3):
-        state, _ = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh))
+        state, _ = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh), run.config.seed)
     assert train_fn._cache_size() == 1
 
 
@@ -194,7 +198,7 @@ def test_global_norms_are_computed_on_log_steps_only_and_are_exact_there(shapes_
     assert [s for s in range(1, 6) if is_log_step(s, run.step_cfg.log_schedule)] == [2, 4, 5]
     for step in (1, 2):
         before = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
-        state, metrics = train_fn(state, global_batch(run.train_stream.batch(step - 1), run.mesh))
+        state, metrics = train_fn(state, global_batch(run.train_stream.batch(step - 1), run.mesh), run.config.seed)
         after = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
         norms = {k: float(metrics[k]) for k in ("grad_norm", "update_norm", "param_norm")}
         if step == 1:  # not a log step

@@ -206,32 +206,39 @@ SCALE_MODES = ("constant", "learnable", "learnable_channel")
 
 
 class ScaleConstant(nnx.Variable):
-    """A constant residual scale. It is state, not a parameter (no gradient, no weight decay, never updated), and
-    being an array rather than a Python float it keeps the value out of the compiled program: runs that differ
-    only in their constant scale share one compilation."""
+    """A constant of a block: the residual scale in `constant` mode, or the shortcut's gain. It is state, not a
+    parameter (no gradient, no weight decay, never updated), and being an array rather than a Python float it keeps
+    the value out of the compiled program: networks that differ only in these values share one compilation."""
+
+
+# The ScaleConstant variables of a residual block: values of the network's options (network.block_values), never
+# weights to carry over from another network.
+CONSTANT_NAMES = ("shortcut", "residual_scale")
 
 
 class ResidualBlock(Mixed):
-    """Inception-ResNet block (§1.6): y = act(x + scale * UP(concat(branches))), UP a biased linear 1x1 conv.
+    """Inception-ResNet block (§1.6): y = act(shortcut * x + scale * UP(concat(branches))), UP a biased linear 1x1
+    conv, shortcut 1.
 
-    `residual=False` is the plain block of §1.10: y = act(plain_scale * UP(...)), same parameters, no shortcut.
-    The scale is a static float (`constant`) or a trainable scalar / per-channel vector initialised at the given
-    value (`learnable` / `learnable_channel`: the LayerScale / ReZero / SkipInit family).
+    The plain block of §1.10 is the same block with shortcut 0 and scale `plain_scale`: y = act(plain_scale *
+    UP(...)), same parameters, no shortcut. Both the shortcut and a constant scale are values held as state, so a
+    plain and a residual network of one shape are one program. The scale is constant, or a trainable scalar /
+    per-channel vector starting at its value (`learnable` / `learnable_channel`: the LayerScale / ReZero / SkipInit
+    family).
     """
 
     fuses_pointwise_openings = True
     repeated_block = True
 
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
-                 residual: bool, scale: float, scale_mode: str, plain_scale: float, activation: bool,
-                 ctx: LayerContext, rngs: nnx.Rngs):
+                 shortcut: float, scale: float, scale_mode: str, activation: bool, ctx: LayerContext,
+                 rngs: nnx.Rngs):
         super().__init__(in_channels, branches, filters, ctx=ctx, rngs=rngs)
         self.up = nnx.Conv(self.mixed_channels, in_channels, (1, 1), use_bias=True, kernel_init=ctx.up_init,
                            dtype=ctx.dtype, param_dtype=ctx.param_dtype, conv_general_dilated=conv_general_dilated,
                            rngs=rngs)
-        self.residual = residual
         self.activation = activation
-        self.plain_scale = plain_scale
+        self.shortcut = ScaleConstant(jnp.asarray(shortcut, jnp.float32))
         if scale_mode == "constant":
             self.residual_scale = ScaleConstant(jnp.asarray(scale, jnp.float32))
         else:
@@ -242,10 +249,10 @@ class ResidualBlock(Mixed):
         return self.residual_scale[...]
 
     def scaled_up(self, h: jax.Array) -> jax.Array:
-        """scale * UP(h): the residual scale, or plain_scale in a plain block. Where UP's kernel is small next to
-        the activations, the scale is folded into the kernel and bias (`projection.py`); elsewhere the output is
-        scaled, which autodiff then repeats on the output gradient."""
-        scale = self.scale_value() if self.residual else jnp.asarray(self.plain_scale)
+        """scale * UP(h). Where UP's kernel is small next to the activations, the scale is folded into the kernel
+        and bias (`projection.py`); elsewhere the output is scaled, which autodiff then repeats on the output
+        gradient."""
+        scale = self.scale_value()
         h, kernel, bias = self.up.promote_dtype((h, self.up.kernel[...], self.up.bias[...]), dtype=self.up.dtype)
         if folds_scale(kernel.shape, h.shape):
             return scaled_projection(h, kernel, bias, scale.astype(h.dtype))
@@ -256,7 +263,7 @@ class ResidualBlock(Mixed):
         """(output, diagnostics or None). `deferred_mask`: the final ReLU leaves its backward mask to a
         `mask_gradient` on the output, which the scan over blocks applies (layers.relu_unmasked)."""
         branch = self.scaled_up(self.mixed(x, train=train))
-        y = x + branch if self.residual else branch
+        y = self.shortcut[...].astype(x.dtype) * x + branch
         if self.activation:
             y = relu_unmasked(y) if deferred_mask else jax.nn.relu(y)
         if not diagnostics:

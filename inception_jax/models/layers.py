@@ -46,7 +46,7 @@ def scaled_initializer(name: str, scale: float = 1.0) -> Initializer:
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-# Set while a train step compiled for XLA:CPU's own convolution kernels is traced (cpu_codegen "tuned" / "fast";
+# Set while a train step compiled for XLA:CPU's own convolution kernels is traced (cpu_codegen "tuned";
 # StepConfig.xla_kernel_gradients): the convolutions built `outside_loops` then take XLA's kernel gradient, and the
 # stride-1 convolutions inside the scanned blocks `canonical_kernel_gradient`.
 _XLA_KERNEL_GRADIENTS = contextvars.ContextVar("xla_kernel_gradients", default=False)

@@ -47,6 +47,15 @@ class ModelOutput:
     stages: dict[str, jax.Array] | None = None
 
 
+def block_values(opts: ModelOptions, stage: str, *, linear: bool = False) -> tuple[float, float]:
+    """(shortcut gain, scale) of a residual-family block, y = act(gain * x + scale * UP(branches)): gain 1 and the
+    stage's residual scale; the plain network (use_residual=False, §1.10) gain 0 and `plain_scale`. The released
+    IR-v2's linear last block keeps scale 1.0 in every scale mode (§1.6)."""
+    if not opts.use_residual:
+        return 0.0, opts.plain_scale
+    return 1.0, 1.0 if linear else opts.residual_scale[STAGES.index(stage)]
+
+
 def layer_context(opts: ModelOptions) -> LayerContext:
     return LayerContext(
         dtype=DTYPES[opts.dtype], param_dtype=DTYPES[opts.param_dtype], bn_momentum=opts.bn_momentum,
@@ -92,12 +101,30 @@ class InceptionNet(nnx.Module):
         f = sub_filters(filters, f"block_{stage}")
         if not self.residual_family:
             return InceptionBlock(c, branches, f, ctx=ctx, rngs=rngs)
-        o = self.options
-        return ResidualBlock(
-            c, branches, f, residual=o.use_residual, plain_scale=o.plain_scale, ctx=ctx, rngs=rngs,
-            # §1.6 final-block exception: scale 1.0, no activation, in every scale mode.
-            scale=1.0 if linear else o.residual_scale[STAGES.index(stage)],
-            scale_mode="constant" if linear else o.residual_scale_mode, activation=not linear)
+        shortcut, scale = block_values(self.options, stage, linear=linear)
+        return ResidualBlock(c, branches, f, shortcut=shortcut, scale=scale, activation=not linear, ctx=ctx,
+                             rngs=rngs, scale_mode="constant" if linear else self.options.residual_scale_mode)
+
+    def residual_blocks(self) -> list[tuple[str, ResidualBlock, bool]]:
+        """(stage, block, linear) for every residual block module (a stacked module counts once)."""
+        found = []
+        for stage in STAGES if self.residual_family else ():
+            names = [f"blocks_{stage}", *(f"blocks_{stage}_{i}" for i in range(self.options.block_counts[
+                STAGES.index(stage)]))]
+            for name in names:
+                block = getattr(self, name, None)
+                if isinstance(block, ResidualBlock):
+                    found.append((stage, block, not block.activation))
+        return found
+
+    def set_block_values(self, opts: ModelOptions) -> None:
+        """Write `opts`' shortcut gains and scales (block_values) into the blocks, keeping each array's shape,
+        dtype and sharding: how one initialised network becomes another variant of the same program."""
+        for stage, block, linear in self.residual_blocks():
+            shortcut, scale = block_values(opts, stage, linear=linear)
+            for variable, value in ((block.shortcut, shortcut), (block.residual_scale, scale)):
+                current = variable[...]
+                variable[...] = jax.device_put(jnp.full(current.shape, value, current.dtype), current.sharding)
 
     def _build_stage(self, stage: str, branches, c: int, filters, ctx, rngs) -> int:
         n_identical = self.stacked_counts()[f"blocks_{stage}"]

@@ -241,6 +241,17 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
     )
 
 
+# Knobs that are values of the network, not its structure: the shortcut gain (plain = 0), the residual scales and
+# the plain scale live in the blocks' state (network.block_values), so they never change the compiled program.
+VALUE_KNOBS = {"use_residual": True, "residual_scale": (1.0, 1.0, 1.0), "plain_scale": 1.0}
+
+
+def program_options(opts: ModelOptions) -> ModelOptions:
+    """`opts` with every value knob at one fixed value: two networks whose program options are equal are one
+    compiled program (the values are written into the state, `InceptionNet.set_block_values`)."""
+    return dataclasses.replace(opts, **VALUE_KNOBS)
+
+
 def _dtype_name(value: Any) -> Any:
     """Accept 'bfloat16' as well as jnp.bfloat16 / np.dtype('bfloat16')."""
     if isinstance(value, str):

@@ -1,0 +1,133 @@
+"""The compiled programs of a run: initialisation, train step, evaluation step and the BatchNorm statistics pass,
+shared by every run of the process that needs the same program, and compiled before the run's clock starts.
+
+A sweep's rows mostly differ in values: the seed, plain or residual (a shortcut gain of 0 or 1), the residual
+scale. Those are inputs of the programs (the seed an argument, the gains and scales state), so a sweep compiles
+once per network shape and recipe, and a later row reuses the executables without tracing anything again.
+Compiling up front (ahead of time, on the run's first real batches) keeps compile time out of the wall-time axes:
+a row that compiled and one that found its programs ready are timed alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from inception_jax import cpu_codegen, sharding
+from inception_jax.configuration import flatten
+from inception_jax.models import grid_17, program_options
+from inception_jax.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
+
+log = logging.getLogger(__name__)
+
+# Config keys no program reads: values passed to the programs or written into the state (the seed; plain or
+# residual and the scales, see models.program_options), and what only the loop, the data reader or the
+# bookkeeping reads. Every other key is part of a program's identity, so a key forgotten here costs a compile,
+# never a wrong program.
+NOT_PROGRAM_KEYS = (
+    "seed", "model.use_residual", "model.residual_scale", "model.plain_scale",
+    "train.eval_every_steps", "train.probe_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.stop_when_dead_windows", "data.data_dir", "data.num_threads", "data.prefetch_batches", "data.cache_mb",
+    "init_from", "init_from_ema", "compilation_cache_dir", "compile_only", "eval_only", "sweep.", "report.",
+    "distributed.",
+)
+
+
+def program_key(run: Any) -> str:
+    """What identifies a run's programs: its config without NOT_PROGRAM_KEYS, the network's program options, the
+    schedule's length and the devices."""
+    config = {key: value for key, value in flatten(run.config.to_dict()).items()
+              if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_PROGRAM_KEYS)}
+    facts = {"config": config, "network": repr(program_options(run.opts)), "num_steps": run.num_steps,
+             "steps_per_epoch": run.steps_per_epoch, "devices": [int(i) for i in run.mesh.device_ids.flat],
+             "mesh": list(run.mesh.axis_names)}
+    return json.dumps(facts, sort_keys=True, default=repr)
+
+
+def compile_steps(run: Any, shardings: Any) -> tuple[LeafStep, Any]:
+    """The jitted train step (state donated, explicit in/out shardings) and eval step, compiled on first call."""
+    batch_sh = sharding.batch_sharding(run.mesh)
+    replicated = sharding.replicated(run.mesh)
+    options = compiler_options(run)
+    train_fn = LeafStep(run.step_cfg, shardings, batch_sh, replicated, compiler_options=options)
+    eval_fn = jax.jit(functools.partial(eval_step, cfg=run.step_cfg), compiler_options=options,
+                      in_shardings=(shardings.params, shardings.rest, batch_sh), out_shardings=replicated)
+    return train_fn, eval_fn
+
+
+def compiler_options(run: Any) -> dict[str, Any]:
+    platform = run.mesh.devices.flat[0].platform
+    rows = cpu_codegen.block_matmul_rows(run.config.train.batch_size // run.mesh.devices.size,
+                                         grid_17(run.data.image_size))
+    return cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform, matmul_rows=rows)
+
+
+@dataclasses.dataclass
+class Programs:
+    """One program family. `init(seed)` builds a fresh state (no EMA; block values at program_options' values);
+    `train` is the step; `evaluate(params, rest, batch)` the eval sums; `statistics(params, rest, batch)` one
+    batch's BatchNorm statistics (None without precise BN). Train, evaluate and statistics compile on the first
+    `prepare` and are executables from then on."""
+
+    key: str
+    init: Callable[[Any], TrainState]
+    train: LeafStep
+    evaluate: Any
+    statistics: Any | None
+    compiled: bool = False
+
+    def prepare(self, state: Any, train_batch: dict, eval_batch: dict) -> None:
+        """Compile the steps for these batches' shapes, unless an earlier run of this process did."""
+        if self.compiled:
+            log.info("the train and eval steps are an earlier run's: nothing to compile")
+            return
+        begin = time.perf_counter()
+        self.train.compile(state, train_batch)
+        self.evaluate = self.evaluate.lower(state.params, state.rest, eval_batch).compile()
+        if self.statistics is not None:
+            self.statistics = self.statistics.lower(state.params, state.rest, train_batch).compile()
+        self.compiled = True
+        log.info("compiled the train, eval%s steps in %.1f s", " and BatchNorm statistics"
+                 if self.statistics is not None else "", time.perf_counter() - begin)
+
+
+_PROGRAMS: dict[str, Programs] = {}
+
+
+def programs_for(run: Any, shardings: TrainState) -> Programs:
+    """The run's programs: this process's earlier ones when the program key matches, else new ones (whose init
+    is compiled here, the steps by `Programs.prepare`)."""
+    key = program_key(run)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    train_fn, eval_fn = compile_steps(run, shardings)
+    statistics = None
+    if run.step_cfg.statistics_graphdef is not None:
+        statistics = jax.jit(functools.partial(batch_norm_statistics, cfg=run.step_cfg),
+                             in_shardings=(shardings.params, shardings.rest, sharding.batch_sharding(run.mesh)),
+                             out_shardings=sharding.replicated(run.mesh), compiler_options=compiler_options(run))
+    programs = Programs(key, _compiled_init(run, shardings), train_fn, eval_fn, statistics)
+    _PROGRAMS.clear()  # a sweep runs its rows in order: keep one family, not every one the process has seen
+    _PROGRAMS[key] = programs
+    return programs
+
+
+def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any], TrainState]:
+    """init_state of the program's network, compiled once. It runs once per run, so XLA:CPU compiles it without
+    LLVM's optimisations: 4.5 s instead of 36 s for the main job's network (its ~250 random initialisers), the
+    same numbers."""
+    opts = program_options(run.opts)
+    tx = run.step_cfg.tx
+    no_ema = shardings.replace(ema_params=None)
+    platform = run.mesh.devices.flat[0].platform
+    options = {"xla_backend_optimization_level": 0} if platform == "cpu" else None
+    init = jax.jit(lambda seed: init_state(opts, tx, seed), out_shardings=no_ema)
+    return init.lower(jax.ShapeDtypeStruct((), np.int32)).compile(compiler_options=options)
