@@ -115,6 +115,8 @@ def test_cells_round_trip():
     ([SweepRow("a", {"train.batch_size": "big"})],
      r"sweep row 'a', column 'train.batch_size': value 'big' does not fit \(the config holds int 32\)"),
     ([SweepRow("a", {"model.residual_scale": -1.0})], r"sweep row 'a', column 'model.residual_scale': .*>= 0"),
+    ([SweepRow("a", {"model.residual_scale": parse_cell("nan")})],
+     r"sweep row 'a', column 'model.residual_scale': .*residual_scale='nan' must be one number"),
     ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep run_id 'a' appears twice"),
     ([SweepRow("a b", {})], r"sweep run_id 'a b' is not valid"),
 ])
