@@ -117,12 +117,43 @@ def test_cells_round_trip():
     ([SweepRow("a", {"model.residual_scale": -1.0})], r"sweep row 'a', column 'model.residual_scale': .*>= 0"),
     ([SweepRow("a", {"model.residual_scale": parse_cell("nan")})],
      r"sweep row 'a', column 'model.residual_scale': .*residual_scale='nan' must be one number"),
-    ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep run_id 'a' appears twice"),
-    ([SweepRow("a b", {})], r"sweep run_id 'a b' is not valid"),
+    ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep row 'a', column 'run_id': run_id 'a' appears twice"),
+    ([SweepRow("a b", {})], r"sweep row 'a b', column 'run_id': 'a b' is not a valid run_id"),
 ])
 def test_rows_are_validated_before_anything_runs(rows, message):
     with pytest.raises(ConfigError, match=message):
         validate_rows(load_config(os.path.join(ROOT, CONFIG)), rows)
+
+
+def test_a_spreadsheet_saved_by_excel_reads_as_written(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and writes empty rows as commas only."""
+    sheet = tmp_path / "rows.csv"
+    sheet.write_bytes("\ufeffrun_id,model.residual_scale,train.learning_rate\r\n"
+                      "a,0.1,\r\n,,\r\n , ,\r\nb,,0.01\r\n,,\r\n".encode())
+    assert read_csv(str(sheet)) == [SweepRow("a", {"model.residual_scale": 0.1}),
+                                    SweepRow("b", {"train.learning_rate": 0.01})]
+    assert [r.origin for r in read_csv(str(sheet))] == [f"{sheet} line 2", f"{sheet} line 5"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,seed\na,1\n", r"rows.csv line 1: the first column must be 'run_id', found \['id', 'seed'\]"),
+    ("run_id,seed,seed\na,1,2\n", r"rows.csv line 1: columns \['seed'\] appear more than once"),
+    ("run_id,seed\n,,\na,1,2\n", r"rows.csv line 3 \(run_id 'a'\): 3 cells but 2 columns"),
+    ("run_id,seed\n\na,1\nb c,2\n", r"sweep row 'b c' \(.*rows.csv line 4\), column 'run_id': 'b c' is not a "
+                                     r"valid run_id"),
+    ("run_id,seed\na,1\n,2\n", r"sweep row '' \(.*rows.csv line 3\), column 'run_id': '' is not a valid run_id"),
+    ("run_id,seed\na,1\na,2\n", r"sweep row 'a' \(.*rows.csv line 3\), column 'run_id': run_id 'a' appears twice "
+                                 r"\(first at .*rows.csv line 2\)"),
+    ("run_id,train.batch_size\na,\nb,big\n", r"sweep row 'b' \(.*rows.csv line 3\), column 'train.batch_size': "
+                                             r"value 'big' does not fit"),
+    ("run_id,seed\na,1\nb,2 \xe9t\xe9\n".encode("cp1252"), r"rows.csv line 3: not UTF-8 text \(byte b'\\xe9'\); "
+                                                          r"save the spreadsheet as 'CSV UTF-8'"),
+])
+def test_every_spreadsheet_error_names_its_line(tmp_path, text, message):
+    sheet = tmp_path / "rows.csv"
+    sheet.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message):
+        validate_rows(load_config(os.path.join(ROOT, CONFIG)), read_csv(str(sheet)))
 
 
 def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tiny_dir):
@@ -130,6 +161,6 @@ def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tin
     sheet.write_text("run_id,model.use_residual,train.learning_rat\nok,False,\nbad,,0.1\n")
     proc = main_job(f"--rows_csv={sheet}", workdir=str(tmp_path / "w"), data_dir=shapes_tiny_dir, check=False)
     assert proc.returncode == 2
-    assert "sweep row 'bad': unknown column 'train.learning_rat'; closest valid keys: ['train.learning_rate'" \
-        in proc.stderr
+    assert (f"sweep row 'bad' ({sheet} line 3): unknown column 'train.learning_rat'; closest valid keys: "
+            "['train.learning_rate'") in proc.stderr
     assert not os.path.exists(tmp_path / "w" / "runs")
