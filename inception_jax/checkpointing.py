@@ -2,11 +2,13 @@
 
 Resume order (documented in the README): this workdir's latest complete checkpoint, else `init_from`, else a
 fresh initialisation. Orbax commits a step by an atomic rename of its temporary directory, so a half-written
-checkpoint is never listed and never loaded; leftovers are cleaned up.
+checkpoint is never listed and never loaded; leftovers are cleaned up. A committed checkpoint whose files were
+damaged later is skipped in favour of the newest one that restores (`RunCheckpoints.restore`).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -17,6 +19,18 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: what restore skipped, kept for inspection
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint restores, or one cannot be saved; the message says what was kept and what to do."""
+
+
+def _first_words(error: BaseException, limit: int = 160) -> str:
+    """An error's gist for one log line: TensorStore's messages run to thousands of characters of spec."""
+    text = str(error).split(". See full TensorStore details")[0].splitlines()[0] if str(error) else ""
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class PreemptionWatcher:
@@ -53,6 +67,7 @@ class RunCheckpoints:
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -74,11 +89,47 @@ class RunCheckpoints:
                                                                meta=ocp.args.JsonSave(meta)), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore into `abstract_state`'s shapes and shardings (any device count: 8 devices -> 1 works)."""
-        step = self.latest_step() if step is None else step
+        """Restore into `abstract_state`'s shapes and shardings (any device count: 8 devices -> 1 works).
+
+        Without `step`: the newest checkpoint that restores completely. A newer one that fails to read (a data
+        file truncated by a full disk or a bad copy; Orbax's commit only proves the files were all written) is
+        skipped with one log line and, once an older one has restored, moved to `damaged_checkpoints/` beside
+        this directory for inspection. Nothing is moved when none restores: then the cause is more likely the
+        code or config than the files."""
+        if step is not None:
+            return self._restore_step(step, abstract_state)
+        failures: list[tuple[int, str]] = []
+        for candidate in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore_step(candidate, abstract_state)
+            except Exception as e:  # TensorStore raises a bare Exception, with ~2,000 characters of spec
+                failures.append((candidate, _first_words(e)))
+                continue
+            for damaged, why in failures:
+                log.warning("checkpoint at step %d in %s does not restore (%s): skipped, %s; restored step %d",
+                            damaged, self.directory, why, self._move_aside(damaged), candidate)
+            return restored
+        steps = [s for s, _ in failures]
+        raise CheckpointError(f"no checkpoint in {self.directory} restores (steps {steps}; the newest: "
+                              f"{failures[0][1] if failures else 'none'}); they are left in place. If they were "
+                              "written by another version of the code or config, use another --workdir")
+
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
+
+    def _move_aside(self, step: int) -> str:
+        """A damaged step's folder -> damaged_checkpoints/<step>-<UTC time>/, outside what Orbax lists and
+        prunes (kept for inspection, never deleted); a read-only reader (init_from) leaves it where it is."""
+        if self.read_only or jax.process_index() != 0:
+            return "left in place"
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, f"{step}-{stamp}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return f"moved to {target}"
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

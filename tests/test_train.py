@@ -3,6 +3,7 @@ that survive crashes and device-count changes, the run folder analysis reads, an
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from flax import nnx
 
 from inception_jax import model_io
-from inception_jax.checkpointing import RunCheckpoints
+from inception_jax.checkpointing import CheckpointError, RunCheckpoints
 from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
 from inception_jax.run_setup import prepare_run, restore_or_init
@@ -135,6 +136,53 @@ def test_a_half_written_checkpoint_is_never_loaded(shapes_tiny_dir, tmp_path):
     checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
     assert checkpoints.latest_step() == 3
     checkpoints.close()
+
+
+def _truncate_largest_data_file(checkpoint_dir):
+    """What a full disk or an interrupted copy leaves: a committed checkpoint whose largest data file is cut short."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(checkpoint_dir) for name in names
+             if os.sep + "d" + os.sep in os.path.join(root, name)]
+    largest = max(files, key=os.path.getsize)
+    os.truncate(largest, 1000)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_kept_aside(one_device_run, shapes_tiny_dir, tmp_path, caplog):
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(one_device_run, workdir)  # checkpoints at steps 3 and 6
+    _truncate_largest_data_file(os.path.join(workdir, "checkpoints", "6"))
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    with caplog.at_level("WARNING", logger="inception_jax.checkpointing"):
+        _, _, meta = restore_or_init(run, checkpoints)
+    assert meta["step"] == 3 and checkpoints.manager.all_steps() == [3]
+    checkpoints.close()
+    (kept,) = os.listdir(os.path.join(workdir, "damaged_checkpoints"))
+    assert kept.startswith("6-") and os.path.isdir(os.path.join(workdir, "damaged_checkpoints", kept, "state"))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(rf"checkpoint at step 6 in {workdir}/checkpoints does not restore \(Exception: Encountered "
+                        rf"error while reading array index: .{{0,80}}\): skipped, moved to {workdir}/"
+                        rf"damaged_checkpoints/{kept}; restored step 3", line), line
+
+
+def test_when_no_checkpoint_restores_the_error_is_one_line_and_nothing_moves(one_device_run, shapes_tiny_dir,
+                                                                             tmp_path):
+    workdir = str(tmp_path / "all_damaged")
+    shutil.copytree(one_device_run, workdir)
+    for step in ("3", "6"):
+        _truncate_largest_data_file(os.path.join(workdir, "checkpoints", step))
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    with pytest.raises(CheckpointError) as refused:
+        restore_or_init(run, checkpoints)
+    checkpoints.close()
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 500, message
+    assert message.startswith(f"no checkpoint in {workdir}/checkpoints restores (steps [6, 3]; the newest: "
+                              "Exception: Encountered error while reading array index")
+    assert message.endswith("they are left in place. If they were written by another version of the code or config, "
+                            "use another --workdir")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
 
 
 def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
