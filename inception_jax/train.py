@@ -27,7 +27,7 @@ from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
 from inception_jax.models import grid_17
-from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
+from inception_jax.run_setup import Run, config_record, prepare_run, restore_or_init, state_layout
 from inception_jax.train_step import LeafStep, eval_step, is_log_step
 
 log = logging.getLogger(__name__)
@@ -290,15 +290,9 @@ def finish(writer: RunWriter, step: int, state: Any, eval_fn: Any, run: Run, clo
 # ---------------------------------------------------------------------------------------------- housekeeping
 def run_record(run: Run) -> dict:
     """config.json: the resolved config plus the derived facts analysis reads (docs/run_folder.md)."""
-    record = json.loads(run.config.to_json())
-    record.setdefault("run_id", os.path.basename(run.workdir.rstrip("/")))
-    record["model"]["num_classes"] = run.opts.num_classes
-    record["derived"] = run.derived
-    sweep = record.pop("sweep", {})
-    if sweep.get("row"):
-        record["run_id"] = sweep["row"]
-        record["sweep"] = {"name": sweep["name"], "row": sweep["row"], "overrides": json.loads(sweep["overrides_json"])}
-    return record
+    record = config_record(run.config, run_id=os.path.basename(run.workdir.rstrip("/")),
+                           num_classes=run.opts.num_classes)
+    return {**record, "derived": run.derived}
 
 
 def check_stored_config(run: Run) -> None:

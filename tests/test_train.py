@@ -326,7 +326,17 @@ def test_init_from_an_exported_model(shapes_tiny_dir, tmp_path):
     ({"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' is neither an exported model"),
     ({"data.image_size": 60}, r"image_size=60.* below 75"),
     ({"model.width_multiplier": 0.001}, r"width_multiplier=0.001 leaves"),
-    ({"train.batch_size": 1024}, r"larger than split"),
+    ({"train.batch_size": 1024}, r"train.batch_size=1024 is larger than data.train_split='train' of "
+                                 r"'shapes_textures/tiny' \(480 examples in .*\); use at most 480"),
+    # The eval split is read only at the first evaluation: checked before training all the same.
+    ({"train.eval_batch_size": 200}, r"train.eval_batch_size=200 is larger than data.eval_split='validation' of "
+                                     r"'shapes_textures/tiny' \(120 examples in .*\); use at most 120"),
+    ({"train.eval_batch_size": None, "data.eval_split": "validation[:4]"},
+     r"train.batch_size=8 \(the eval batch too, as train.eval_batch_size is None\) is larger than "
+     r"data.eval_split='validation\[:4\]' .*\(4 examples"),
+    ({"model.num_classes": 0}, r"model.num_classes=0 does not fit dataset 'shapes_textures/tiny', whose labels take "
+                               r"10 classes; use None \(the dataset's count\) or a count >= 10"),
+    ({"model.num_classes": 9}, r"model.num_classes=9 does not fit dataset"),
     ({"data.name": "shapes_texture"}, r"shapes_texture"),
     ({"train.ema_decay": 1.0}, r"train.ema_decay=1.0 must be in \[0, 1\)"),
 ])
