@@ -34,9 +34,9 @@ def _first_words(error: BaseException, limit: int = 160) -> str:
 
 
 class PreemptionWatcher:
-    """SIGTERM -> finish the current step, save, exit 0. Under `jax.distributed` JAX's own preemption notifier
-    catches SIGTERM and Orbax's `reached_preemption` tells every process the same step; on one process without
-    it, this handler sets a flag the loop reads."""
+    """SIGTERM -> finish the current step, save, exit 75 (sweep.EXIT_PREEMPTED). Under `jax.distributed` JAX's own
+    preemption notifier catches SIGTERM and Orbax's `reached_preemption` tells every process the same step; on one
+    process without it, this handler sets a flag the loop reads."""
 
     def __init__(self, manager: ocp.CheckpointManager, *, distributed: bool):
         self._manager = manager

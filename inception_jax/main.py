@@ -28,6 +28,9 @@ _ROW = flags.DEFINE_string("row", None, "Run only this row (run_id) of the sweep
 _ROWS_CSV = flags.DEFINE_string("rows_csv", None, "Take the sweep's rows from this CSV instead of the config.")
 _EXPORT_CSV = flags.DEFINE_string("export_csv", None, "Write the sweep's rows to this CSV and exit.")
 _PRINT_COMMANDS = flags.DEFINE_bool("print_commands", False, "Print each row's exact command line and exit.")
+_RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "Rows whose run folder holds a run of another config "
+                                   "(finished or not): move the folder to <workdir>/replaced/ and run the row again "
+                                   "(without it such a sweep is refused).")
 flags.mark_flag_as_required("config")
 
 
@@ -50,7 +53,8 @@ def main(argv) -> int:
 def _run(sweep) -> int:
     return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
                                 workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
-                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value)
+                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value,
+                                rerun_changed=_RERUN_CHANGED.value)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def write_csv(path: str, rows: Sequence[SweepRow]) -> None:
             writer.writerow([row.run_id, *cells])
 
 
-def _where(row: SweepRow, column: str | None = None) -> str:
+def describe_row(row: SweepRow, column: str | None = None) -> str:
+    """How every message names a row: its run_id, where it was read, and the column at fault."""
     origin = f" ({row.origin})" if row.origin else ""
     return f"sweep row {row.run_id!r}{origin}" + (f", column {column!r}" if column else "")
 
@@ -110,12 +111,12 @@ def apply_row(base: ml_collections.ConfigDict, row: SweepRow) -> ml_collections.
         if column not in valid:
             close = difflib.get_close_matches(column, valid, n=3)
             hint = f"; closest valid keys: {close}" if close else ""
-            raise ConfigError(f"{_where(row)}: unknown column {column!r}{hint}")
+            raise ConfigError(f"{describe_row(row)}: unknown column {column!r}{hint}")
         try:
             config.update_from_flattened_dict({column: value})
         except (TypeError, ValueError, KeyError) as e:
             current = flatten(base.to_dict())[column]
-            raise ConfigError(f"{_where(row, column)}: value {value!r} does not fit (the config holds "
+            raise ConfigError(f"{describe_row(row, column)}: value {value!r} does not fit (the config holds "
                               f"{type(current).__name__} {current!r}): {e}") from None
     return config
 
@@ -128,11 +129,11 @@ def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> 
     configs = []
     for row in rows:
         if not RUN_ID.fullmatch(row.run_id):
-            raise ConfigError(f"{_where(row, 'run_id')}: {row.run_id!r} is not a valid run_id: use letters, digits "
-                              "and _ . = - (it names the run's folder)")
+            raise ConfigError(f"{describe_row(row, 'run_id')}: {row.run_id!r} is not a valid run_id: use letters, "
+                              "digits and _ . = - (it names the run's folder)")
         if row.run_id in seen:
             first = seen[row.run_id]
-            raise ConfigError(f"{_where(row, 'run_id')}: run_id {row.run_id!r} appears twice"
+            raise ConfigError(f"{describe_row(row, 'run_id')}: run_id {row.run_id!r} appears twice"
                               f"{f' (first at {first})' if first else ''}; run ids must be unique")
         seen[row.run_id] = row.origin
         config = apply_row(base, row)
@@ -143,7 +144,7 @@ def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> 
                           **model_knobs(config.model))
         except (TypeError, ValueError) as e:
             column = next((c for c in row.overrides if c.split(".")[-1] in str(e)), None)
-            raise ConfigError(f"{_where(row, column)}: {e}") from None
+            raise ConfigError(f"{describe_row(row, column)}: {e}") from None
         configs.append(config)
     return configs
 

@@ -78,23 +78,24 @@ def test_resume_after_a_stop_in_the_middle_is_bit_exact(one_device_run, shapes_t
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(one_device_run, shapes_tiny_dir, tmp_path):
-    """A preempted job (SIGTERM) saves at the current step and exits 0; rerunning resumes to the same bits."""
+def test_sigterm_saves_and_exits_75_then_resumes(one_device_run, shapes_tiny_dir, tmp_path):
+    """A preempted job (SIGTERM) saves at the current step and exits 75 (EX_TEMPFAIL: a job array requeues it, and
+    tells it from a finished run's 0); rerunning resumes to the same bits."""
     workdir = str(tmp_path / "preempted")
-    script = ("import sys, json; from inception_jax.train import train_and_evaluate; "
-              "from ml_collections import ConfigDict; "
-              "r = train_and_evaluate(ConfigDict(json.loads(sys.argv[1])), sys.argv[2]); print('STATUS', r.status)")
-    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 400,
-                                             "train.checkpoint_every_steps": 1000})
-    proc = subprocess.Popen([sys.executable, "-c", script, config.to_json(), workdir], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    flags = {"data.name": "shapes_textures/tiny", "data.data_dir": shapes_tiny_dir, "compilation_cache_dir": "",
+             "model.block_counts": "(1,1,1)", "train.num_steps": 400, "train.batch_size": 8,
+             "train.eval_batch_size": 40, "train.checkpoint_every_steps": 1000, "train.probe_every_steps": 3,
+             "train.learning_rate": 0.005, "mesh.num_devices": 1}  # tiny_config's, 400 steps long
+    proc = subprocess.Popen([sys.executable, "-m", "inception_jax.main", "--config=configs/default.py:tiny",
+                             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.time() + 240
     while time.time() < deadline and len(train_rows(workdir)) < 2:
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    assert "STATUS preempted" in out
+    assert proc.returncode == 75, out[-3000:]
+    assert f"run preempted: {workdir}" in out
     stopped_at, _ = saved_params(workdir)
     assert 2 <= stopped_at < 400
     # Resume to step 6 with the reference's length: identical to the uninterrupted run.
