@@ -118,8 +118,11 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
         batches.close()
     state = train_fn.state(leaves)
     if status == "diverged":
+        # The loss is checked one step late (TrainLog), so the loop had dispatched one more step: the run's
+        # length is the step whose loss was non-finite.
+        step = train_log.last_step
         log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked diverged",
-                  train_log.last_step, checkpoints.latest_step())
+                  step, checkpoints.latest_step())
     else:
         checkpoints.save(step, state, checkpoint_meta(step, clock), force=True)
     result = finish(writer, step, state, eval_fn, run, clock, history, status)

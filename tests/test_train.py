@@ -53,6 +53,26 @@ def test_a_run_writes_the_files_analysis_reads(one_device_run):
     assert result["steps"] == 6 and result["verdict"] == "healthy" and result["eval_top1"] == final_eval["top1"]
 
 
+def test_a_diverged_run_reports_the_step_of_its_non_finite_loss_in_strict_json(shapes_tiny_dir, tmp_path):
+    """Strict JSON readers (jq, JavaScript) refuse a bare NaN: non-finite values of result.json and verdict.json
+    are null. The run's steps are those it trained up to the non-finite loss, not the one dispatched after it."""
+    workdir = str(tmp_path / "diverged")
+    result = train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.learning_rate": 1e38,
+                                                                "train.grad_clip_norm": 0.0}), workdir)
+    rows = train_rows(workdir)
+    assert result.status == "diverged" and not np.isfinite(rows[-1]["loss"])
+    assert all(np.isfinite(r["loss"]) for r in rows[:-1])
+    assert result.steps == rows[-1]["step"]
+
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    stored = json.loads(read_text(workdir, "result.json"), parse_constant=strict)
+    assert stored["status"] == "diverged" and stored["steps"] == rows[-1]["step"]
+    assert stored["final_train_loss"] is None and stored["verdict"] == "diverged"
+    json.loads(read_text(workdir, "verdict.json"), parse_constant=strict)
+
+
 def test_eight_devices_agree_with_one_data_parallel_and_fsdp(one_device_run, shapes_tiny_dir, tmp_path):
     reference = [r["loss"] for r in train_rows(one_device_run)]
     for name, overrides in (("dp", {}), ("fsdp", {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256})):
