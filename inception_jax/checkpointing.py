@@ -8,14 +8,19 @@ damaged later is skipped in favour of the newest one that restores (`RunCheckpoi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import logging
+import math
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,7 @@ class RunCheckpoints:
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        self.read_only = read_only
+        self.read_only, self.keep = read_only, keep
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -85,8 +90,42 @@ class RunCheckpoints:
         """Start an async save if the interval policy (or `force`) says so; returns whether it did."""
         if step in self.manager.all_steps():
             return False  # already saved (the interval save of the last step, then the final forced one)
-        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               meta=ocp.args.JsonSave(meta)), force=force)
+        with self._storage_errors(f"saving the checkpoint of step {step}"):
+            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                   meta=ocp.args.JsonSave(meta)), force=force)
+
+    def check_free_space(self, abstract_state: Any) -> None:
+        """Room for the checkpoints still to come, checked before training rather than found at the first save:
+        `keep` of them plus the one being written before the oldest is deleted, less those already here."""
+        import shutil
+
+        size = checkpoint_bytes(abstract_state)
+        count = max(1, self.keep + 1 - len(self.manager.all_steps()))
+        existing = self.directory
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free
+        if free < size * count:
+            raise CheckpointError(
+                f"not enough free space for this run's checkpoints in {self.directory}: {free / 2**20:,.0f} MiB "
+                f"free, {count} x {size / 2**20:,.1f} MiB needed (train.keep_checkpoints={self.keep}, plus the one "
+                "being written); free space, lower train.keep_checkpoints, or use another --workdir")
+
+    @contextlib.contextmanager
+    def _storage_errors(self, what: str) -> Iterator[None]:
+        """A save that fails for want of space (or a file system gone read-only) -> one line saying what is safe."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            kept = sorted(self.manager.all_steps())
+            safe = (f"the checkpoints of steps {kept} and the run's metrics are intact" if kept else
+                    "the run's metrics are intact (no checkpoint had been saved yet)")
+            resume = f"resume from step {kept[-1]}" if kept else "start again"
+            raise CheckpointError(f"{what} to {self.directory} failed ({_first_words(e)}); nothing already written "
+                                  f"was lost: {safe}, and a partial save is never loaded. Free space and rerun the "
+                                  f"same command to {resume}") from None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restore into `abstract_state`'s shapes and shardings (any device count: 8 devices -> 1 works).
@@ -132,11 +171,26 @@ class RunCheckpoints:
         return f"moved to {target}"
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._storage_errors("finishing a checkpoint save"):  # an async save's error surfaces here
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+def checkpoint_bytes(abstract_state: Any) -> int:
+    """The bytes of one checkpoint's arrays (params, optimizer state, EMA, batch statistics), uncompressed."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract_state))
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Out of space or quota, or the file system refusing writes; TensorStore reports these as text in a bare
+    Exception, so the message is read too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return any(words in str(error) for words in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
+                                                  "Read-only file system"))
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

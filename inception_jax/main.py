@@ -4,6 +4,7 @@
     python -m inception_jax.main --config=configs/default.py --workdir=/tmp/r  # one run
 """
 
+import errno
 import os
 import sys
 
@@ -32,11 +33,13 @@ _RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "Rows whose run folde
                                    "(finished or not): move the folder to <workdir>/replaced/ and run the row again "
                                    "(without it such a sweep is refused).")
 flags.mark_flag_as_required("config")
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def main(argv) -> int:
     del argv
     from inception_jax import runtime, sweep
+    from inception_jax.checkpointing import CheckpointError
     from inception_jax.configuration import ConfigError
     from inception_jax.input_pipeline import DataError
 
@@ -48,6 +51,16 @@ def main(argv) -> int:
     except (ConfigError, DataError) as e:  # bad input: the message says what and where; no traceback needed
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # no checkpoint restores, or a save failed: the message says what was kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        # The machine, not the code: a full disk, a read-only or foreign file system (the workdir was checked
+        # before the run started; this is what changed since).
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(sweep) -> int:
@@ -57,5 +70,21 @@ def _run(sweep) -> int:
                                 rerun_changed=_RERUN_CHANGED.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that an override of a key the config lacks (`--config.train.nonexistent=1`)
+    is one line naming the closest keys, not ml_collections' uncaught KeyError."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError):
+        from inception_jax.configuration import ConfigError, check_override_flags
+
+        try:
+            check_override_flags(argv)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

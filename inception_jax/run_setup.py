@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -199,6 +200,21 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                eval_batch_size=checked.eval_batch_size, mesh=mesh, step_cfg=step_cfg, model_facts=facts)
 
 
+def check_workdir_writable(workdir: str) -> None:
+    """A workdir where nothing can be written (a read-only file system, no permission) is refused in one line
+    before anything runs; the check leaves nothing behind (a probe folder, removed)."""
+    existing = os.path.abspath(workdir)
+    while not os.path.isdir(existing):
+        if os.path.exists(existing):
+            raise ConfigError(f"--workdir={workdir}: {existing} is a file, not a folder")
+        existing = os.path.dirname(existing)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir} cannot be written: creating a folder in {existing} failed "
+                          f"({e.strerror}); use a --workdir on a writable file system") from None
+
+
 def config_record(config: ml_collections.ConfigDict, *, run_id: str, num_classes: int) -> dict:
     """config.json less `derived`: the resolved config as a run stores it, and as a rerun compares it."""
     record = json.loads(config.to_json())
@@ -299,6 +315,8 @@ def prepare_source_layout(source_cfg: ml_collections.ConfigDict) -> tuple[TrainS
 def restore_or_init(run: Run, checkpoints: RunCheckpoints) -> tuple[TrainState, TrainState, dict | None]:
     """(state, shardings, checkpoint meta or None). This workdir's checkpoint wins over init_from."""
     abstract, shardings = state_layout(run)
+    if not (checkpoints.read_only or run.config.eval_only):
+        checkpoints.check_free_space(abstract)
     if checkpoints.latest_step() is not None:
         state, meta = checkpoints.restore(abstract_with_shardings(abstract, shardings))
         log.info("resumed from %s at step %d", checkpoints.directory, int(meta["step"]))

@@ -21,6 +21,7 @@ import ml_collections
 
 from inception_jax.configuration import ConfigError
 from inception_jax.metrics import write_json_atomic
+from inception_jax.run_setup import check_workdir_writable
 from inception_jax.sweep_checks import check_rows
 from inception_jax.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
 from inception_jax.train import train_and_evaluate
@@ -57,6 +58,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
         if row or export_csv or print_commands or rerun_changed:
             raise ConfigError(f"{config_arg} defines no sweep (no get_sweep); --row, --export_csv, --print_commands "
                               "and --rerun_changed need one, or --rows_csv")
+        check_workdir_writable(workdir)
         result = train_and_evaluate(config, workdir)
         print(f"run {result.status}: {os.path.abspath(workdir)}")
         return EXIT_PREEMPTED if result.status == "preempted" else 0
@@ -78,6 +80,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
             raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
         selected = [(r, c) for r, c in selected if r.run_id == row]
     # Every selected row against its data, every row's folder against its config: before anything is written.
+    check_workdir_writable(workdir)
     stale = check_rows(list(zip(rows, configs, strict=True)), {r.run_id for r, _ in selected}, workdir,
                        rerun_changed=rerun_changed)
     return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],

@@ -10,14 +10,13 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
-import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError, flatten, model_knobs, validate_static
+from inception_jax.configuration import ConfigError, closest_keys_hint, flatten, model_knobs, validate_static
 from inception_jax.input_pipeline import DataConfig
 from inception_jax.models import model_options
 
@@ -109,9 +108,7 @@ def apply_row(base: ml_collections.ConfigDict, row: SweepRow) -> ml_collections.
     valid = list(flatten(base.to_dict()))
     for column, value in row.overrides.items():
         if column not in valid:
-            close = difflib.get_close_matches(column, valid, n=3)
-            hint = f"; closest valid keys: {close}" if close else ""
-            raise ConfigError(f"{describe_row(row)}: unknown column {column!r}{hint}")
+            raise ConfigError(f"{describe_row(row)}: unknown column {column!r}{closest_keys_hint(column, valid)}")
         try:
             config.update_from_flattened_dict({column: value})
         except (TypeError, ValueError, KeyError) as e:

@@ -4,6 +4,7 @@ rerun alone, finished rows skipped, interrupted ones resumed, and every spreadsh
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,29 @@ def test_a_preempted_sweep_exits_75_and_writes_no_table(monkeypatch, tmp_path):
     status = sweep.run_sweep([(row, config) for row in rows], rows, workdir=str(tmp_path), name="t", command="c")
     assert status == sweep.EXIT_PREEMPTED == 75
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.nonexistent=1", "error: --config.train.nonexistent=1: 'train.nonexistent' is not a key of "
+                                     f"{CONFIG}:preset=tiny's config; closest valid keys: ['train.momentum', "
+                                     "'train.num_steps']"),
+    ("--config.trian.batch_size=4", "error: --config.trian.batch_size=4: 'trian.batch_size' is not a key of "
+                                    f"{CONFIG}:preset=tiny's config; closest valid keys: ['train.batch_size', "
+                                    "'train.eval_batch_size']"),
+])
+def test_an_unknown_config_key_is_one_line_naming_the_closest(tmp_path, shapes_tiny_dir, flag, message):
+    proc = main_job(flag, workdir=str(tmp_path / "w"), data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_a_workdir_that_cannot_be_written_is_one_line(shapes_tiny_dir):
+    """/sys refuses new folders even to root (EPERM, EACCES to others; a read-only mount: EROFS, the same line)."""
+    proc = main_job(workdir="/sys/inception_jax_sweep", data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.fullmatch(r"error: --workdir=/sys/inception_jax_sweep cannot be written: creating a folder in /sys "
+                        r"failed \((Operation not permitted|Permission denied|Read-only file system)\); use a "
+                        r"--workdir on a writable file system", proc.stderr.strip().splitlines()[-1])
 
 
 def test_print_commands_gives_each_rows_exact_command(tmp_path):

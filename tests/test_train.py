@@ -1,6 +1,7 @@
 """The training loop as a specification: SPMD on 8 simulated devices agrees with 1, exact resume, checkpoints
 that survive crashes and device-count changes, the run folder analysis reads, and refusals before compiling."""
 
+import errno
 import json
 import os
 import re
@@ -16,10 +17,10 @@ import pytest
 from flax import nnx
 
 from inception_jax import model_io
-from inception_jax.checkpointing import CheckpointError, RunCheckpoints
+from inception_jax.checkpointing import CheckpointError, RunCheckpoints, checkpoint_bytes
 from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
-from inception_jax.run_setup import prepare_run, restore_or_init
+from inception_jax.run_setup import prepare_run, restore_or_init, state_layout
 from inception_jax.train import compile_steps, train_and_evaluate
 from tests.training_helpers import (
     ROOT,
@@ -204,6 +205,48 @@ def test_when_no_checkpoint_restores_the_error_is_one_line_and_nothing_moves(one
                             "use another --workdir")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+
+
+def test_a_disk_without_room_for_the_checkpoints_is_refused_before_training(shapes_tiny_dir, tmp_path,
+                                                                            monkeypatch):
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), str(tmp_path))
+    size = checkpoint_bytes(state_layout(run)[0])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 3 * size))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=3, keep=3)
+    with pytest.raises(CheckpointError) as refused:
+        restore_or_init(run, checkpoints)
+    checkpoints.close()
+    assert str(refused.value) == (
+        f"not enough free space for this run's checkpoints in {tmp_path}/checkpoints: {3 * size / 2**20:,.0f} MiB "
+        f"free, 4 x {size / 2**20:,.1f} MiB needed (train.keep_checkpoints=3, plus the one being written); free "
+        "space, lower train.keep_checkpoints, or use another --workdir")
+
+
+@pytest.mark.parametrize("failure, where", [
+    (OSError(errno.ENOSPC, "No space left on device"), "save"),
+    # How an async save's failure reaches the loop: TensorStore's text in a bare Exception, when the next save
+    # waits for the previous one.
+    (Exception("RESOURCE_EXHAUSTED: Error writing \"d/3f\": No space left on device [source locations=...]"),
+     "wait_until_finished"),
+])
+def test_a_failed_save_is_one_line_saying_nothing_written_was_lost(tmp_path, monkeypatch, failure, where):
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=1, keep=3)
+    checkpoints.save(1, {"w": np.zeros(3, np.float32)}, {"step": 1})
+    checkpoints.wait()
+
+    def disk_full(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(checkpoints.manager, where, disk_full)
+    with pytest.raises(CheckpointError) as failed:
+        checkpoints.save(2, {"w": np.ones(3, np.float32)}, {"step": 2})
+        checkpoints.wait()
+    message = str(failed.value)
+    assert message.startswith(f"saving the checkpoint of step 2 to {tmp_path}/checkpoints failed (")
+    assert "No space left on device" in message and "\n" not in message
+    assert message.endswith("); nothing already written was lost: the checkpoints of steps [1] and the run's metrics "
+                            "are intact, and a partial save is never loaded. Free space and rerun the same command "
+                            "to resume from step 1")
 
 
 def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
