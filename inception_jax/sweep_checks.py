@@ -53,9 +53,9 @@ def check_rows(rows: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], selec
             except (ConfigError, DataError) as e:
                 difference = f"its config no longer checks: {e}"
             if difference:
-                stale.append(f"{row.run_id} ({difference})")
+                stale.append(f"{row.run_id} [{difference}]")
     if changed and not rerun_changed:
-        listed = "; ".join(f"{describe_row(row)} ({why})" for row, why in changed)
+        listed = "; ".join(f"{describe_row(row)} [{why}]" for row, why in changed)
         raise ConfigError(f"{len(changed)} row(s) have a run of a different config in {workdir}/runs: {listed}. A "
                           "finished one's numbers would be reported as this sweep's. Use another --workdir, or "
                           f"--rerun_changed to move these run folders to {workdir}/{REPLACED_DIR}/ and run the "
@@ -101,7 +101,7 @@ def stored_run_difference(run_dir: str, config: ml_collections.ConfigDict, check
     if not conflicts:
         return ""
     shown = "; ".join(conflicts[:6]) + (f"; and {len(conflicts) - 6} more" if len(conflicts) > 6 else "")
-    return f"{'finished' if finished else 'unfinished'}; {shown}"
+    return f"{'finished' if finished else 'unfinished'}: {shown}"
 
 
 def move_aside(workdir: str, run_id: str, why: str) -> str:

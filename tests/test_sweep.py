@@ -95,8 +95,8 @@ def test_a_finished_row_of_another_config_is_refused_then_rerun_on_request(tiny_
     assert refused.returncode == 2, refused.stderr[-3000:]
     (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
     assert message.startswith(f"error: 6 row(s) have a run of a different config in {workdir}/runs: sweep row "
-                              "'w268_plain' (finished; train.learning_rate: stored 0.05, now 0.1); sweep row "
-                              "'w268_scale1' (finished; train.learning_rate: stored 0.05, now 0.1); ")
+                              "'w268_plain' [finished: train.learning_rate: stored 0.05, now 0.1]; sweep row "
+                              "'w268_scale1' [finished: train.learning_rate: stored 0.05, now 0.1]; ")
     assert message.endswith(". A finished one's numbers would be reported as this sweep's. Use another --workdir, or "
                             f"--rerun_changed to move these run folders to {workdir}/replaced/ and run the rows again")
     assert "finished earlier, skipped" not in refused.stderr and read_text(workdir, "results.csv") == results_before
@@ -110,7 +110,7 @@ def test_a_finished_row_of_another_config_is_refused_then_rerun_on_request(tiny_
     assert read_json(workdir, "runs", "w268_plain", "result.json")["status"] == "finished"
     # The other rows still hold the old config's runs: no table or report mixes the two.
     assert "results.csv and the report not written: rows not run now hold runs of another config: w268_scale1 " \
-           "(finished; train.learning_rate: stored 0.05, now 0.1)" in rerun.stdout
+           "[finished: train.learning_rate: stored 0.05, now 0.1]" in rerun.stdout
     assert read_text(workdir, "results.csv") == results_before
 
 
@@ -118,8 +118,8 @@ def test_a_finished_row_asked_to_train_longer_is_not_reported_finished(tiny_swee
     workdir = str(tmp_path / "sweep")
     shutil.copytree(tiny_sweep[0], workdir)
     rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.num_steps": 6})
-    with pytest.raises(ConfigError, match=r"sweep row 'w268_plain' \(finished; training length: stored 4 steps, now "
-                                          r"6\)"):
+    with pytest.raises(ConfigError, match=r"sweep row 'w268_plain' \[finished: training length: stored 4 steps, now "
+                                          r"6\]"):
         check_rows(list(zip(rows, configs)), {"w268_plain"}, workdir)
     # Keys a resume may change (how often to log, evaluate, checkpoint) leave a finished run this row's.
     rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.log_every_steps": 5, "train.checkpoint_every_steps": 4})
@@ -134,8 +134,8 @@ def test_an_unfinished_row_of_another_config_is_refused_before_any_row_trains(sh
     stored["model"]["width_multiplier"] = 0.25
     (run_dir / "config.json").write_text(json.dumps({**stored, "derived": {"num_steps": 4}}))
     with pytest.raises(ConfigError, match=r"1 row\(s\) have a run of a different config in .*: sweep row "
-                                          r"'w1040_plain' \(unfinished; model.width_multiplier: stored 0.25, now "
-                                          r"0.125\)"):
+                                          r"'w1040_plain' \[unfinished: model.width_multiplier: stored 0.25, now "
+                                          r"0.125\]"):
         check_rows(list(zip(rows, configs)), {r.run_id for r in rows}, str(tmp_path))
     assert os.listdir(tmp_path) == ["runs"]
 
