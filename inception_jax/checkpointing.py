@@ -2,27 +2,46 @@
 
 Resume order (documented in the README): this workdir's latest complete checkpoint, else `init_from`, else a
 fresh initialisation. Orbax commits a step by an atomic rename of its temporary directory, so a half-written
-checkpoint is never listed and never loaded; leftovers are cleaned up.
+checkpoint is never listed and never loaded; leftovers are cleaned up. A committed checkpoint whose files were
+damaged later is skipped in favour of the newest one that restores (`RunCheckpoints.restore`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import logging
+import math
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: what restore skipped, kept for inspection
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint restores, or one cannot be saved; the message says what was kept and what to do."""
+
+
+def _first_words(error: BaseException, limit: int = 160) -> str:
+    """An error's gist for one log line: TensorStore's messages run to thousands of characters of spec."""
+    text = str(error).split(". See full TensorStore details")[0].splitlines()[0] if str(error) else ""
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class PreemptionWatcher:
-    """SIGTERM -> finish the current step, save, exit 0. Under `jax.distributed` JAX's own preemption notifier
-    catches SIGTERM and Orbax's `reached_preemption` tells every process the same step; on one process without
-    it, this handler sets a flag the loop reads."""
+    """SIGTERM -> finish the current step, save, exit 75 (sweep.EXIT_PREEMPTED). Under `jax.distributed` JAX's own
+    preemption notifier catches SIGTERM and Orbax's `reached_preemption` tells every process the same step; on one
+    process without it, this handler sets a flag the loop reads."""
 
     def __init__(self, manager: ocp.CheckpointManager, *, distributed: bool):
         self._manager = manager
@@ -53,6 +72,7 @@ class RunCheckpoints:
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only, self.keep = read_only, keep
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -70,22 +90,107 @@ class RunCheckpoints:
         """Start an async save if the interval policy (or `force`) says so; returns whether it did."""
         if step in self.manager.all_steps():
             return False  # already saved (the interval save of the last step, then the final forced one)
-        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               meta=ocp.args.JsonSave(meta)), force=force)
+        with self._storage_errors(f"saving the checkpoint of step {step}"):
+            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                   meta=ocp.args.JsonSave(meta)), force=force)
+
+    def check_free_space(self, abstract_state: Any) -> None:
+        """Room for the checkpoints still to come, checked before training rather than found at the first save:
+        `keep` of them plus the one being written before the oldest is deleted, less those already here."""
+        import shutil
+
+        size = checkpoint_bytes(abstract_state)
+        count = max(1, self.keep + 1 - len(self.manager.all_steps()))
+        existing = self.directory
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free
+        if free < size * count:
+            raise CheckpointError(
+                f"not enough free space for this run's checkpoints in {self.directory}: {free / 2**20:,.0f} MiB "
+                f"free, {count} x {size / 2**20:,.1f} MiB needed (train.keep_checkpoints={self.keep}, plus the one "
+                "being written); free space, lower train.keep_checkpoints, or use another --workdir")
+
+    @contextlib.contextmanager
+    def _storage_errors(self, what: str) -> Iterator[None]:
+        """A save that fails for want of space (or a file system gone read-only) -> one line saying what is safe."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            kept = sorted(self.manager.all_steps())
+            safe = (f"the checkpoints of steps {kept} and the run's metrics are intact" if kept else
+                    "the run's metrics are intact (no checkpoint had been saved yet)")
+            resume = f"resume from step {kept[-1]}" if kept else "start again"
+            raise CheckpointError(f"{what} to {self.directory} failed ({_first_words(e)}); nothing already written "
+                                  f"was lost: {safe}, and a partial save is never loaded. Free space and rerun the "
+                                  f"same command to {resume}") from None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore into `abstract_state`'s shapes and shardings (any device count: 8 devices -> 1 works)."""
-        step = self.latest_step() if step is None else step
+        """Restore into `abstract_state`'s shapes and shardings (any device count: 8 devices -> 1 works).
+
+        Without `step`: the newest checkpoint that restores completely. A newer one that fails to read (a data
+        file truncated by a full disk or a bad copy; Orbax's commit only proves the files were all written) is
+        skipped with one log line and, once an older one has restored, moved to `damaged_checkpoints/` beside
+        this directory for inspection. Nothing is moved when none restores: then the cause is more likely the
+        code or config than the files."""
+        if step is not None:
+            return self._restore_step(step, abstract_state)
+        failures: list[tuple[int, str]] = []
+        for candidate in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore_step(candidate, abstract_state)
+            except Exception as e:  # TensorStore raises a bare Exception, with ~2,000 characters of spec
+                failures.append((candidate, _first_words(e)))
+                continue
+            for damaged, why in failures:
+                log.warning("checkpoint at step %d in %s does not restore (%s): skipped, %s; restored step %d",
+                            damaged, self.directory, why, self._move_aside(damaged), candidate)
+            return restored
+        steps = [s for s, _ in failures]
+        raise CheckpointError(f"no checkpoint in {self.directory} restores (steps {steps}; the newest: "
+                              f"{failures[0][1] if failures else 'none'}); they are left in place. If they were "
+                              "written by another version of the code or config, use another --workdir")
+
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
+    def _move_aside(self, step: int) -> str:
+        """A damaged step's folder -> damaged_checkpoints/<step>-<UTC time>/, outside what Orbax lists and
+        prunes (kept for inspection, never deleted); a read-only reader (init_from) leaves it where it is."""
+        if self.read_only or jax.process_index() != 0:
+            return "left in place"
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, f"{step}-{stamp}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return f"moved to {target}"
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._storage_errors("finishing a checkpoint save"):  # an async save's error surfaces here
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+def checkpoint_bytes(abstract_state: Any) -> int:
+    """The bytes of one checkpoint's arrays (params, optimizer state, EMA, batch statistics), uncompressed."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract_state))
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Out of space or quota, or the file system refusing writes; TensorStore reports these as text in a bare
+    Exception, so the message is read too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return any(words in str(error) for words in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
+                                                  "Read-only file system"))
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

@@ -213,6 +213,35 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def closest_keys_hint(key: str, valid: list[str]) -> str:
+    """'; closest valid keys: [...]' for an unknown dotted key (spreadsheet columns and --config.* flags)."""
+    close = difflib.get_close_matches(key, valid, n=3)
+    if close:
+        return f"; closest valid keys: {close}"
+    sections = sorted({k.split(".")[0] for k in valid if "." in k})
+    return f"; keys start with one of {sections}, or are one of {sorted(k for k in valid if '.' not in k)}"
+
+
+def check_override_flags(argv: list[str]) -> None:
+    """Every `--config.<key>=...` of a command line names a key of its `--config` file's config, else a one-line
+    ConfigError naming the flag and the closest keys. (ml_collections raises a KeyError or AttributeError for an
+    unknown key while absl parses flags, which absl does not catch: a 35-line traceback.)"""
+    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    if not spec:
+        return
+    valid = list(flatten(load_config(spec).to_dict()))
+    sections = {k.rsplit(".", i)[0] for k in valid for i in range(1, k.count(".") + 1)}
+    for arg in argv:
+        for prefix in ("--config.", "--noconfig."):
+            if arg.startswith(prefix):
+                key = arg[len(prefix):].partition("=")[0]
+                if key not in valid and key not in sections:
+                    raise ConfigError(f"{arg}: {key!r} is not a key of {spec}'s config"
+                                      f"{closest_keys_hint(key, valid)}")
+
+
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS. A key
     the stored config lacks (a knob added to the package since) is no conflict while it has its default value,

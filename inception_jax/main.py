@@ -4,6 +4,7 @@
     python -m inception_jax.main --config=configs/default.py --workdir=/tmp/r  # one run
 """
 
+import errno
 import os
 import sys
 
@@ -28,12 +29,17 @@ _ROW = flags.DEFINE_string("row", None, "Run only this row (run_id) of the sweep
 _ROWS_CSV = flags.DEFINE_string("rows_csv", None, "Take the sweep's rows from this CSV instead of the config.")
 _EXPORT_CSV = flags.DEFINE_string("export_csv", None, "Write the sweep's rows to this CSV and exit.")
 _PRINT_COMMANDS = flags.DEFINE_bool("print_commands", False, "Print each row's exact command line and exit.")
+_RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "Rows whose run folder holds a run of another config "
+                                   "(finished or not): move the folder to <workdir>/replaced/ and run the row again "
+                                   "(without it such a sweep is refused).")
 flags.mark_flag_as_required("config")
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def main(argv) -> int:
     del argv
     from inception_jax import runtime, sweep
+    from inception_jax.checkpointing import CheckpointError
     from inception_jax.configuration import ConfigError
     from inception_jax.input_pipeline import DataError
 
@@ -45,13 +51,40 @@ def main(argv) -> int:
     except (ConfigError, DataError) as e:  # bad input: the message says what and where; no traceback needed
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # no checkpoint restores, or a save failed: the message says what was kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        # The machine, not the code: a full disk, a read-only or foreign file system (the workdir was checked
+        # before the run started; this is what changed since).
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(sweep) -> int:
     return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
                                 workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
-                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value)
+                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value,
+                                rerun_changed=_RERUN_CHANGED.value)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that an override of a key the config lacks (`--config.train.nonexistent=1`)
+    is one line naming the closest keys, not ml_collections' uncaught KeyError."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError):
+        from inception_jax.configuration import ConfigError, check_override_flags
+
+        try:
+            check_override_flags(argv)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

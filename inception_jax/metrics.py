@@ -26,22 +26,29 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write-then-rename, so a reader (or a crash) never sees half a file."""
+    """Write-then-rename, so a reader (or a crash) never sees half a file. Strict JSON: a non-finite number (a
+    diverged run's loss) is written as null, since Python's bare NaN / Infinity are refused by jq, JavaScript,
+    Go and other strict readers of result.json and verdict.json."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
+        json.dump(finite_or_null(obj), f, indent=1, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray | jax.Array):
-        return np.asarray(value).tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
+def finite_or_null(value: Any) -> Any:
+    """A JSON-ready copy of `value`: arrays and numpy scalars as Python values, non-finite floats as None."""
+    if isinstance(value, Mapping):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        return finite_or_null(np.asarray(value).tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 

@@ -21,10 +21,15 @@ import ml_collections
 
 from inception_jax.configuration import ConfigError
 from inception_jax.metrics import write_json_atomic
+from inception_jax.run_setup import check_workdir_writable
+from inception_jax.sweep_checks import check_rows
 from inception_jax.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
 from inception_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
+# Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again
+# later", which job arrays can requeue on (SLURM: --requeue; `[ $? -eq 75 ] && scontrol requeue ...`).
+EXIT_PREEMPTED = 75
 
 
 def default_workdir(config_arg: str) -> str:
@@ -45,16 +50,18 @@ def config_rows(config_arg: str) -> list[SweepRow] | None:
 
 
 def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdir: str | None, row: str | None,
-                   rows_csv: str | None, export_csv: str | None, print_commands: bool) -> int:
+                   rows_csv: str | None, export_csv: str | None, print_commands: bool,
+                   rerun_changed: bool = False) -> int:
     workdir = workdir or default_workdir(config_arg)
     rows = read_csv(rows_csv) if rows_csv else config_rows(config_arg)
     if rows is None:
-        if row or export_csv or print_commands:
-            raise ConfigError(f"{config_arg} defines no sweep (no get_sweep); --row, --export_csv and "
-                              "--print_commands need one, or --rows_csv")
+        if row or export_csv or print_commands or rerun_changed:
+            raise ConfigError(f"{config_arg} defines no sweep (no get_sweep); --row, --export_csv, --print_commands "
+                              "and --rerun_changed need one, or --rows_csv")
+        check_workdir_writable(workdir)
         result = train_and_evaluate(config, workdir)
         print(f"run {result.status}: {os.path.abspath(workdir)}")
-        return 0
+        return EXIT_PREEMPTED if result.status == "preempted" else 0
     configs = validate_rows(config, rows)  # every row, before anything runs
     if export_csv:
         write_csv(export_csv, rows)
@@ -72,13 +79,18 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
         selected = [(r, c) for r, c in selected if r.run_id == row]
+    # Every selected row against its data, every row's folder against its config: before anything is written.
+    check_workdir_writable(workdir)
+    stale = check_rows(list(zip(rows, configs, strict=True)), {r.run_id for r, _ in selected}, workdir,
+                       rerun_changed=rerun_changed)
     return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],
                      command=" ".join(shlex.quote(a) for a in sys.argv),
-                     thresholds=tuple(config.report.thresholds))
+                     thresholds=tuple(config.report.thresholds), stale_rows=stale)
 
 
 def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], all_rows: Sequence[SweepRow], *,
-              workdir: str, name: str, command: str, thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -> int:
+              workdir: str, name: str, command: str, thresholds: Sequence[float] = (0.3, 0.4, 0.5),
+              stale_rows: Sequence[str] = ()) -> int:
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     write_json_atomic(os.path.join(workdir, "sweep.json"), {
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
@@ -96,7 +108,11 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         result = train_and_evaluate(config, run_dir)
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
-            return 0
+            return EXIT_PREEMPTED
+    if stale_rows:  # sweep_checks.check_rows: their numbers must not be reported as this sweep's
+        print(f"sweep {name}: {len(selected)} run(s) done; results.csv and the report not written: rows not run "
+              f"now hold runs of another config: {'; '.join(stale_rows)}. Run them (with --rerun_changed) first")
+        return 0
     results = write_results(workdir, all_rows, thresholds)
     report = write_report(workdir, command, thresholds)
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")

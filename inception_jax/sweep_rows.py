@@ -10,14 +10,13 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
-import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError, flatten, model_knobs, validate_static
+from inception_jax.configuration import ConfigError, closest_keys_hint, flatten, model_knobs, validate_static
 from inception_jax.input_pipeline import DataConfig
 from inception_jax.models import model_options
 
@@ -28,6 +27,8 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 class SweepRow:
     run_id: str
     overrides: dict[str, Any]
+    # Where the row was read ("rows.csv line 4"), for error messages; not part of the row's identity.
+    origin: str = dataclasses.field(default="", compare=False)
 
 
 def parse_cell(text: str) -> Any:
@@ -46,17 +47,41 @@ def format_cell(value: Any) -> str:
 
 
 def read_csv(path: str) -> list[SweepRow]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or reader.fieldnames[0] != "run_id":
-            raise ConfigError(f"{path}: the first column must be 'run_id', found {reader.fieldnames}")
-        rows = []
-        for line, record in enumerate(reader, start=2):
-            run_id = (record.pop("run_id") or "").strip()
-            if None in record:
-                raise ConfigError(f"{path} line {line} (run_id {run_id!r}): more cells than columns")
-            rows.append(SweepRow(run_id, {k.strip(): parse_cell(v) for k, v in record.items() if v and v.strip()}))
+    """The rows of a spreadsheet as people save it: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted and
+    rows of empty cells (Excel's empty lines, ",,,") are skipped. Every error names the file and its line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return _read_rows(path, csv.reader(f))
+    except UnicodeDecodeError as e:
+        line = _line_of_byte(path, e.start)
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); save the "
+                          "spreadsheet as 'CSV UTF-8'") from None
+
+
+def _read_rows(path: str, reader: Any) -> list[SweepRow]:
+    header = [cell.strip() for cell in next(reader, [])]
+    if not header or header[0] != "run_id":
+        raise ConfigError(f"{path} line 1: the first column must be 'run_id', found {header}")
+    repeated = sorted({c for c in header if c and header.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{path} line 1: columns {repeated} appear more than once; each config key once")
+    rows = []
+    for cells in reader:
+        where = f"{path} line {reader.line_num}"
+        if not any(cell.strip() for cell in cells):
+            continue  # an empty row
+        run_id = cells[0].strip()
+        if len(cells) > len(header) and any(cell.strip() for cell in cells[len(header):]):
+            raise ConfigError(f"{where} (run_id {run_id!r}): {len(cells)} cells but {len(header)} columns "
+                              f"({header}); a cell holding a comma needs quotes")
+        named = zip(header[1:], cells[1:], strict=False)
+        rows.append(SweepRow(run_id, {k: parse_cell(v) for k, v in named if v.strip()}, origin=where))
     return rows
+
+
+def _line_of_byte(path: str, offset: int) -> int:
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
 
 
 def write_csv(path: str, rows: Sequence[SweepRow]) -> None:
@@ -71,8 +96,10 @@ def write_csv(path: str, rows: Sequence[SweepRow]) -> None:
             writer.writerow([row.run_id, *cells])
 
 
-def _where(row: SweepRow, column: str | None = None) -> str:
-    return f"sweep row {row.run_id!r}" + (f", column {column!r}" if column else "")
+def describe_row(row: SweepRow, column: str | None = None) -> str:
+    """How every message names a row: its run_id, where it was read, and the column at fault."""
+    origin = f" ({row.origin})" if row.origin else ""
+    return f"sweep row {row.run_id!r}{origin}" + (f", column {column!r}" if column else "")
 
 
 def apply_row(base: ml_collections.ConfigDict, row: SweepRow) -> ml_collections.ConfigDict:
@@ -81,14 +108,12 @@ def apply_row(base: ml_collections.ConfigDict, row: SweepRow) -> ml_collections.
     valid = list(flatten(base.to_dict()))
     for column, value in row.overrides.items():
         if column not in valid:
-            close = difflib.get_close_matches(column, valid, n=3)
-            hint = f"; closest valid keys: {close}" if close else ""
-            raise ConfigError(f"{_where(row)}: unknown column {column!r}{hint}")
+            raise ConfigError(f"{describe_row(row)}: unknown column {column!r}{closest_keys_hint(column, valid)}")
         try:
             config.update_from_flattened_dict({column: value})
         except (TypeError, ValueError, KeyError) as e:
             current = flatten(base.to_dict())[column]
-            raise ConfigError(f"{_where(row, column)}: value {value!r} does not fit (the config holds "
+            raise ConfigError(f"{describe_row(row, column)}: value {value!r} does not fit (the config holds "
                               f"{type(current).__name__} {current!r}): {e}") from None
     return config
 
@@ -97,15 +122,17 @@ def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> 
     """Every row's config, or the first error naming its row, column and what is allowed. Nothing runs here."""
     if not rows:
         raise ConfigError("the sweep has no rows")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     configs = []
     for row in rows:
         if not RUN_ID.fullmatch(row.run_id):
-            raise ConfigError(f"sweep run_id {row.run_id!r} is not valid: use letters, digits and _ . = - "
-                              "(it names the run's folder)")
+            raise ConfigError(f"{describe_row(row, 'run_id')}: {row.run_id!r} is not a valid run_id: use letters, "
+                              "digits and _ . = - (it names the run's folder)")
         if row.run_id in seen:
-            raise ConfigError(f"sweep run_id {row.run_id!r} appears twice; run ids must be unique")
-        seen.add(row.run_id)
+            first = seen[row.run_id]
+            raise ConfigError(f"{describe_row(row, 'run_id')}: run_id {row.run_id!r} appears twice"
+                              f"{f' (first at {first})' if first else ''}; run ids must be unique")
+        seen[row.run_id] = row.origin
         config = apply_row(base, row)
         try:
             validate_static(config)
@@ -114,7 +141,7 @@ def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> 
                           **model_knobs(config.model))
         except (TypeError, ValueError) as e:
             column = next((c for c in row.overrides if c.split(".")[-1] in str(e)), None)
-            raise ConfigError(f"{_where(row, column)}: {e}") from None
+            raise ConfigError(f"{describe_row(row, column)}: {e}") from None
         configs.append(config)
     return configs
 

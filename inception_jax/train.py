@@ -28,7 +28,7 @@ from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
 from inception_jax.programs import Programs, compile_steps, programs_for
-from inception_jax.run_setup import Run, prepare_run, restore_or_init, state_layout
+from inception_jax.run_setup import Run, config_record, prepare_run, restore_or_init, state_layout
 from inception_jax.train_step import is_log_step
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,11 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
     state = train_fn.state(leaves)
     save = None
     if status == "diverged":
+        # The loss is checked one step late (TrainLog), so the loop had dispatched one more step: the run's
+        # length is the step whose loss was non-finite.
+        step = train_log.last_step
         log.error("non-finite loss at step %d (last finite checkpoint kept: %s); the run is marked diverged",
-                  train_log.last_step, checkpoints.latest_step())
+                  step, checkpoints.latest_step())
     else:
         def save(final: Any) -> None:
             checkpoints.save(step, final, checkpoint_meta(step, clock), force=True)
@@ -336,15 +339,9 @@ def finish(writer: RunWriter, step: int, state: Any, programs: Programs, inputs:
 # ---------------------------------------------------------------------------------------------- housekeeping
 def run_record(run: Run) -> dict:
     """config.json: the resolved config plus the derived facts analysis reads (docs/run_folder.md)."""
-    record = json.loads(run.config.to_json())
-    record.setdefault("run_id", os.path.basename(run.workdir.rstrip("/")))
-    record["model"]["num_classes"] = run.opts.num_classes
-    record["derived"] = run.derived
-    sweep = record.pop("sweep", {})
-    if sweep.get("row"):
-        record["run_id"] = sweep["row"]
-        record["sweep"] = {"name": sweep["name"], "row": sweep["row"], "overrides": json.loads(sweep["overrides_json"])}
-    return record
+    record = config_record(run.config, run_id=os.path.basename(run.workdir.rstrip("/")),
+                           num_classes=run.opts.num_classes)
+    return {**record, "derived": run.derived}
 
 
 def check_stored_config(run: Run) -> None:

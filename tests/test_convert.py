@@ -202,6 +202,20 @@ def test_convert_command_from_a_keras_h5(tmp_path):
     np.testing.assert_array_equal(params["head"]["fc"]["kernel"], layer("predictions").kernel.numpy())
 
 
+def test_a_corrupt_safetensors_file_is_one_line_naming_it(tmp_path):
+    """safetensors is a base dependency (README's own convert example reads a .safetensors), and a file cut short
+    or of another format is named in one line, not a SafetensorError traceback."""
+    corrupt = tmp_path / "inception_v4.safetensors"
+    corrupt.write_bytes(b"\xff" * 8 + b"<html>not found</html>")
+    result = run_convert("--source=timm", f"--input={corrupt}", "--model=inception_v4", f"--output={tmp_path / 'o'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"convert: ValueError: timm weights file '{corrupt}' is not a readable .safetensors file (Error while "
+        "deserializing header: header too large); download it again, or check that it is the model's .safetensors")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_convert_command_refuses_bad_input(tmp_path):
     result = run_convert("--source=timm", f"--input={tmp_path / 'missing.safetensors'}", "--model=inception_v4",
                          f"--output={tmp_path / 'out'}")

@@ -383,6 +383,12 @@ def test_width_multiplier_scales_filters_and_derives_the_residual_width():
     (dict(widht_multiplier=0.5), r"unknown knob 'widht_multiplier' \(did you mean 'width_multiplier'\?\)"),
     (dict(residual_scale=-0.1), r"residual_scale=-0.1 is out of range; it must be >= 0"),
     (dict(residual_scale=float("nan")), r"residual_scale=nan is not a finite number"),
+    # As a flag or a spreadsheet cell spells them: the whole value is quoted, not its first letter.
+    (dict(residual_scale="nan"), r"residual_scale='nan' must be one number or one per block type \(a, b, c\)"),
+    (dict(residual_scale="abc"), r"residual_scale='abc' must be one number or one per block type"),
+    (dict(residual_scale=(0.1, float("nan"), 0.2)), r"residual_scale=\(0.1, nan, 0.2\): stage b's nan is not a "
+                                                     r"finite number"),
+    (dict(block_counts=(1, "x", 2)), r"block_counts=\(1, 'x', 2\): stage b's 'x' must be an integer >= 0"),
     (dict(residual_scale=(0.1, 0.2)), r"must be one number or one per block type \(a, b, c\)"),
     (dict(residual_scale_mode="rezero"), r"residual_scale_mode='rezero' is not one of \['constant', 'learnable'"),
     (dict(width_multiplier=0.01), r"width_multiplier=0.01 leaves .* zero filters .*use width_multiplier >= 0.016"),

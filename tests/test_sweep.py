@@ -4,15 +4,19 @@ rerun alone, finished rows skipped, interrupted ones resumed, and every spreadsh
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from inception_jax.configuration import ConfigError, load_config
+from inception_jax.run_setup import config_record
 from inception_jax.sweep import config_rows
+from inception_jax.sweep_checks import check_rows
 from inception_jax.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
-from tests.training_helpers import ROOT
+from tests.training_helpers import ROOT, read_json, read_text
 
 CONFIG = "configs/ablation_scale.py"
 
@@ -92,6 +96,117 @@ def test_one_row_rerun_alone_reproduces_the_sweeps_row(tiny_sweep, shapes_tiny_d
     assert "did you mean ['w1040_plain'" in bad.stderr
 
 
+def test_a_finished_row_of_another_config_is_refused_then_rerun_on_request(tiny_sweep, shapes_tiny_dir, tmp_path):
+    """Rerunning finished rows with another learning rate must not report the old runs' numbers as the new ones."""
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
+    results_before = read_text(workdir, "results.csv")
+    refused = main_job("--config.train.learning_rate=0.1", workdir=workdir, data_dir=shapes_tiny_dir, check=False)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert message.startswith(f"error: 6 row(s) have a run of a different config in {workdir}/runs: sweep row "
+                              "'w268_plain' [finished: train.learning_rate: stored 0.05, now 0.1]; sweep row "
+                              "'w268_scale1' [finished: train.learning_rate: stored 0.05, now 0.1]; ")
+    assert message.endswith(". A finished one's numbers would be reported as this sweep's. Use another --workdir, or "
+                            f"--rerun_changed to move these run folders to {workdir}/replaced/ and run the rows again")
+    assert "finished earlier, skipped" not in refused.stderr and read_text(workdir, "results.csv") == results_before
+
+    rerun = main_job("--config.train.learning_rate=0.1", "--rerun_changed", "--row=w268_plain", workdir=workdir,
+                     data_dir=shapes_tiny_dir)
+    (replaced,) = os.listdir(os.path.join(workdir, "replaced"))
+    assert replaced.startswith("w268_plain-")
+    assert read_json(workdir, "replaced", replaced, "config.json")["train"]["learning_rate"] == 0.05
+    assert read_json(workdir, "runs", "w268_plain", "config.json")["train"]["learning_rate"] == 0.1
+    assert read_json(workdir, "runs", "w268_plain", "result.json")["status"] == "finished"
+    # The other rows still hold the old config's runs: no table or report mixes the two.
+    assert "results.csv and the report not written: rows not run now hold runs of another config: w268_scale1 " \
+           "[finished: train.learning_rate: stored 0.05, now 0.1]" in rerun.stdout
+    assert read_text(workdir, "results.csv") == results_before
+
+
+def test_a_finished_row_asked_to_train_longer_is_not_reported_finished(tiny_sweep, shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
+    rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.num_steps": 6})
+    with pytest.raises(ConfigError, match=r"sweep row 'w268_plain' \[finished: training length: stored 4 steps, now "
+                                          r"6\]"):
+        check_rows(list(zip(rows, configs)), {"w268_plain"}, workdir)
+    # Keys a resume may change (how often to log, evaluate, checkpoint) leave a finished run this row's.
+    rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.log_every_steps": 5, "train.checkpoint_every_steps": 4})
+    assert check_rows(list(zip(rows, configs)), {r.run_id for r in rows}, workdir) == []
+
+
+def test_an_unfinished_row_of_another_config_is_refused_before_any_row_trains(shapes_tiny_dir, tmp_path):
+    rows, configs = _tiny_rows(shapes_tiny_dir)
+    run_dir = tmp_path / "runs" / "w1040_plain"  # the last row, interrupted, under another width
+    run_dir.mkdir(parents=True)
+    stored = config_record(configs[3], run_id="w1040_plain", num_classes=10)
+    stored["model"]["width_multiplier"] = 0.25
+    (run_dir / "config.json").write_text(json.dumps({**stored, "derived": {"num_steps": 4}}))
+    with pytest.raises(ConfigError, match=r"1 row\(s\) have a run of a different config in .*: sweep row "
+                                          r"'w1040_plain' \[unfinished: model.width_multiplier: stored 0.25, now "
+                                          r"0.125\]"):
+        check_rows(list(zip(rows, configs)), {r.run_id for r in rows}, str(tmp_path))
+    assert os.listdir(tmp_path) == ["runs"]
+
+
+def _tiny_rows(data_dir, **overrides):
+    base = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
+    base.data.data_dir = data_dir
+    base.update_from_flattened_dict(overrides)
+    rows = config_rows(f"{CONFIG}:preset=tiny")
+    return rows, validate_rows(base, rows)
+
+
+def test_every_row_is_checked_against_its_data_before_the_first_trains(tmp_path, shapes_tiny_dir):
+    sheet = tmp_path / "rows.csv"
+    sheet.write_text("run_id,model.use_residual,data.eval_split\nplain,False,\nsmall,,validation[:20]\n")
+    workdir = tmp_path / "w"
+    proc = main_job(f"--rows_csv={sheet}", workdir=str(workdir), data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: sweep row 'small' ({sheet} line 3), column 'data.eval_split': train.eval_batch_size=40 is larger "
+        f"than data.eval_split='validation[:20]' of 'shapes_textures/tiny' (20 examples in {shapes_tiny_dir}); use "
+        "at most 20")
+    assert not workdir.exists()  # no sweep.json, no run folder: nothing trained
+
+
+def test_a_preempted_sweep_exits_75_and_writes_no_table(monkeypatch, tmp_path):
+    """Exit status 75 (EX_TEMPFAIL) tells a job array the sweep was preempted, not finished (0)."""
+    from inception_jax import sweep
+    from inception_jax.train import RunResult
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", lambda config, run_dir: RunResult("preempted", 3, {}))
+    config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
+    rows = [SweepRow("a", {}), SweepRow("b", {})]
+    status = sweep.run_sweep([(row, config) for row in rows], rows, workdir=str(tmp_path), name="t", command="c")
+    assert status == sweep.EXIT_PREEMPTED == 75
+    assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.nonexistent=1", "error: --config.train.nonexistent=1: 'train.nonexistent' is not a key of "
+                                     f"{CONFIG}:preset=tiny's config; closest valid keys: ['train.momentum', "
+                                     "'train.num_steps']"),
+    ("--config.trian.batch_size=4", "error: --config.trian.batch_size=4: 'trian.batch_size' is not a key of "
+                                    f"{CONFIG}:preset=tiny's config; closest valid keys: ['train.batch_size', "
+                                    "'train.eval_batch_size']"),
+])
+def test_an_unknown_config_key_is_one_line_naming_the_closest(tmp_path, shapes_tiny_dir, flag, message):
+    proc = main_job(flag, workdir=str(tmp_path / "w"), data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_a_workdir_that_cannot_be_written_is_one_line(shapes_tiny_dir):
+    """/sys refuses new folders even to root (EPERM, EACCES to others; a read-only mount: EROFS, the same line)."""
+    proc = main_job(workdir="/sys/inception_jax_sweep", data_dir=shapes_tiny_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.fullmatch(r"error: --workdir=/sys/inception_jax_sweep cannot be written: creating a folder in /sys "
+                        r"failed \((Operation not permitted|Permission denied|Read-only file system)\); use a "
+                        r"--workdir on a writable file system", proc.stderr.strip().splitlines()[-1])
+
+
 def test_print_commands_gives_each_rows_exact_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
                            f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -125,12 +240,45 @@ def test_cells_round_trip():
     ([SweepRow("a", {"train.batch_size": "big"})],
      r"sweep row 'a', column 'train.batch_size': value 'big' does not fit \(the config holds int 32\)"),
     ([SweepRow("a", {"model.residual_scale": -1.0})], r"sweep row 'a', column 'model.residual_scale': .*>= 0"),
-    ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep run_id 'a' appears twice"),
-    ([SweepRow("a b", {})], r"sweep run_id 'a b' is not valid"),
+    ([SweepRow("a", {"model.residual_scale": parse_cell("nan")})],
+     r"sweep row 'a', column 'model.residual_scale': .*residual_scale='nan' must be one number"),
+    ([SweepRow("a", {}), SweepRow("a", {"seed": 1})], r"sweep row 'a', column 'run_id': run_id 'a' appears twice"),
+    ([SweepRow("a b", {})], r"sweep row 'a b', column 'run_id': 'a b' is not a valid run_id"),
 ])
 def test_rows_are_validated_before_anything_runs(rows, message):
     with pytest.raises(ConfigError, match=message):
         validate_rows(load_config(os.path.join(ROOT, CONFIG)), rows)
+
+
+def test_a_spreadsheet_saved_by_excel_reads_as_written(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and writes empty rows as commas only."""
+    sheet = tmp_path / "rows.csv"
+    sheet.write_bytes("\ufeffrun_id,model.residual_scale,train.learning_rate\r\n"
+                      "a,0.1,\r\n,,\r\n , ,\r\nb,,0.01\r\n,,\r\n".encode())
+    assert read_csv(str(sheet)) == [SweepRow("a", {"model.residual_scale": 0.1}),
+                                    SweepRow("b", {"train.learning_rate": 0.01})]
+    assert [r.origin for r in read_csv(str(sheet))] == [f"{sheet} line 2", f"{sheet} line 5"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,seed\na,1\n", r"rows.csv line 1: the first column must be 'run_id', found \['id', 'seed'\]"),
+    ("run_id,seed,seed\na,1,2\n", r"rows.csv line 1: columns \['seed'\] appear more than once"),
+    ("run_id,seed\n,,\na,1,2\n", r"rows.csv line 3 \(run_id 'a'\): 3 cells but 2 columns"),
+    ("run_id,seed\n\na,1\nb c,2\n", r"sweep row 'b c' \(.*rows.csv line 4\), column 'run_id': 'b c' is not a "
+                                     r"valid run_id"),
+    ("run_id,seed\na,1\n,2\n", r"sweep row '' \(.*rows.csv line 3\), column 'run_id': '' is not a valid run_id"),
+    ("run_id,seed\na,1\na,2\n", r"sweep row 'a' \(.*rows.csv line 3\), column 'run_id': run_id 'a' appears twice "
+                                 r"\(first at .*rows.csv line 2\)"),
+    ("run_id,train.batch_size\na,\nb,big\n", r"sweep row 'b' \(.*rows.csv line 3\), column 'train.batch_size': "
+                                             r"value 'big' does not fit"),
+    ("run_id,seed\na,1\nb,2 \xe9t\xe9\n".encode("cp1252"), r"rows.csv line 3: not UTF-8 text \(byte b'\\xe9'\); "
+                                                          r"save the spreadsheet as 'CSV UTF-8'"),
+])
+def test_every_spreadsheet_error_names_its_line(tmp_path, text, message):
+    sheet = tmp_path / "rows.csv"
+    sheet.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message):
+        validate_rows(load_config(os.path.join(ROOT, CONFIG)), read_csv(str(sheet)))
 
 
 def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tiny_dir):
@@ -138,6 +286,6 @@ def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tin
     sheet.write_text("run_id,model.use_residual,train.learning_rat\nok,False,\nbad,,0.1\n")
     proc = main_job(f"--rows_csv={sheet}", workdir=str(tmp_path / "w"), data_dir=shapes_tiny_dir, check=False)
     assert proc.returncode == 2
-    assert "sweep row 'bad': unknown column 'train.learning_rat'; closest valid keys: ['train.learning_rate'" \
-        in proc.stderr
+    assert (f"sweep row 'bad' ({sheet} line 3): unknown column 'train.learning_rat'; closest valid keys: "
+            "['train.learning_rate'") in proc.stderr
     assert not os.path.exists(tmp_path / "w" / "runs")

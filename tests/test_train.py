@@ -1,8 +1,10 @@
 """The training loop as a specification: SPMD on 8 simulated devices agrees with 1, exact resume, checkpoints
 that survive crashes and device-count changes, the run folder analysis reads, and refusals before compiling."""
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,11 +17,11 @@ import pytest
 from flax import nnx
 
 from inception_jax import model_io
-from inception_jax.checkpointing import RunCheckpoints
+from inception_jax.checkpointing import CheckpointError, RunCheckpoints, checkpoint_bytes
 from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
 from inception_jax.programs import compile_steps
-from inception_jax.run_setup import prepare_run, restore_or_init
+from inception_jax.run_setup import prepare_run, restore_or_init, state_layout
 from inception_jax.train import train_and_evaluate
 from tests.training_helpers import (
     ROOT,
@@ -56,6 +58,26 @@ def test_a_run_writes_the_files_analysis_reads(one_device_run):
     assert verdict["final_eval_top1"] == final_eval["top1"] <= verdict["chance_top1"] < 0.3
 
 
+def test_a_diverged_run_reports_the_step_of_its_non_finite_loss_in_strict_json(shapes_tiny_dir, tmp_path):
+    """Strict JSON readers (jq, JavaScript) refuse a bare NaN: non-finite values of result.json and verdict.json
+    are null. The run's steps are those it trained up to the non-finite loss, not the one dispatched after it."""
+    workdir = str(tmp_path / "diverged")
+    result = train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.learning_rate": 1e38,
+                                                                "train.grad_clip_norm": 0.0}), workdir)
+    rows = train_rows(workdir)
+    assert result.status == "diverged" and not np.isfinite(rows[-1]["loss"])
+    assert all(np.isfinite(r["loss"]) for r in rows[:-1])
+    assert result.steps == rows[-1]["step"]
+
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    stored = json.loads(read_text(workdir, "result.json"), parse_constant=strict)
+    assert stored["status"] == "diverged" and stored["steps"] == rows[-1]["step"]
+    assert stored["final_train_loss"] is None and stored["verdict"] == "diverged"
+    json.loads(read_text(workdir, "verdict.json"), parse_constant=strict)
+
+
 def test_eight_devices_agree_with_one_data_parallel_and_fsdp(one_device_run, shapes_tiny_dir, tmp_path):
     reference = [r["loss"] for r in train_rows(one_device_run)]
     for name, overrides in (("dp", {}), ("fsdp", {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256})):
@@ -81,23 +103,24 @@ def test_resume_after_a_stop_in_the_middle_is_bit_exact(one_device_run, shapes_t
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(one_device_run, shapes_tiny_dir, tmp_path):
-    """A preempted job (SIGTERM) saves at the current step and exits 0; rerunning resumes to the same bits."""
+def test_sigterm_saves_and_exits_75_then_resumes(one_device_run, shapes_tiny_dir, tmp_path):
+    """A preempted job (SIGTERM) saves at the current step and exits 75 (EX_TEMPFAIL: a job array requeues it, and
+    tells it from a finished run's 0); rerunning resumes to the same bits."""
     workdir = str(tmp_path / "preempted")
-    script = ("import sys, json; from inception_jax.train import train_and_evaluate; "
-              "from ml_collections import ConfigDict; "
-              "r = train_and_evaluate(ConfigDict(json.loads(sys.argv[1])), sys.argv[2]); print('STATUS', r.status)")
-    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 400,
-                                             "train.checkpoint_every_steps": 1000})
-    proc = subprocess.Popen([sys.executable, "-c", script, config.to_json(), workdir], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    flags = {"data.name": "shapes_textures/tiny", "data.data_dir": shapes_tiny_dir, "compilation_cache_dir": "",
+             "model.block_counts": "(1,1,1)", "train.num_steps": 400, "train.batch_size": 8,
+             "train.eval_batch_size": 40, "train.checkpoint_every_steps": 1000, "train.probe_every_steps": 3,
+             "train.learning_rate": 0.005, "mesh.num_devices": 1}  # tiny_config's, 400 steps long
+    proc = subprocess.Popen([sys.executable, "-m", "inception_jax.main", "--config=configs/default.py:tiny",
+                             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.time() + 240
     while time.time() < deadline and len(train_rows(workdir)) < 2:
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    assert "STATUS preempted" in out
+    assert proc.returncode == 75, out[-3000:]
+    assert f"run preempted: {workdir}" in out
     stopped_at, _ = saved_params(workdir)
     assert 2 <= stopped_at < 400
     # Resume to step 6 with the reference's length: identical to the uninterrupted run.
@@ -139,6 +162,95 @@ def test_a_half_written_checkpoint_is_never_loaded(shapes_tiny_dir, tmp_path):
     checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
     assert checkpoints.latest_step() == 3
     checkpoints.close()
+
+
+def _truncate_largest_data_file(checkpoint_dir):
+    """What a full disk or an interrupted copy leaves: a committed checkpoint whose largest data file is cut short."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(checkpoint_dir) for name in names
+             if os.sep + "d" + os.sep in os.path.join(root, name)]
+    largest = max(files, key=os.path.getsize)
+    os.truncate(largest, 1000)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_kept_aside(one_device_run, shapes_tiny_dir, tmp_path, caplog):
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(one_device_run, workdir)  # checkpoints at steps 3 and 6
+    _truncate_largest_data_file(os.path.join(workdir, "checkpoints", "6"))
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    with caplog.at_level("WARNING", logger="inception_jax.checkpointing"):
+        _, _, meta = restore_or_init(run, checkpoints)
+    assert meta["step"] == 3 and checkpoints.manager.all_steps() == [3]
+    checkpoints.close()
+    (kept,) = os.listdir(os.path.join(workdir, "damaged_checkpoints"))
+    assert kept.startswith("6-") and os.path.isdir(os.path.join(workdir, "damaged_checkpoints", kept, "state"))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(rf"checkpoint at step 6 in {workdir}/checkpoints does not restore \(Exception: Encountered "
+                        rf"error while reading array index: .{{0,120}}\): skipped, moved to {workdir}/"
+                        rf"damaged_checkpoints/{kept}; restored step 3", line), line
+
+
+def test_when_no_checkpoint_restores_the_error_is_one_line_and_nothing_moves(one_device_run, shapes_tiny_dir,
+                                                                             tmp_path):
+    workdir = str(tmp_path / "all_damaged")
+    shutil.copytree(one_device_run, workdir)
+    for step in ("3", "6"):
+        _truncate_largest_data_file(os.path.join(workdir, "checkpoints", step))
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
+    checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
+    with pytest.raises(CheckpointError) as refused:
+        restore_or_init(run, checkpoints)
+    checkpoints.close()
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 500, message
+    assert message.startswith(f"no checkpoint in {workdir}/checkpoints restores (steps [6, 3]; the newest: "
+                              "Exception: Encountered error while reading array index")
+    assert message.endswith("they are left in place. If they were written by another version of the code or config, "
+                            "use another --workdir")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+
+
+def test_a_disk_without_room_for_the_checkpoints_is_refused_before_training(shapes_tiny_dir, tmp_path,
+                                                                            monkeypatch):
+    run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), str(tmp_path))
+    size = checkpoint_bytes(state_layout(run)[0])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 3 * size))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=3, keep=3)
+    with pytest.raises(CheckpointError) as refused:
+        restore_or_init(run, checkpoints)
+    checkpoints.close()
+    assert str(refused.value) == (
+        f"not enough free space for this run's checkpoints in {tmp_path}/checkpoints: {3 * size / 2**20:,.0f} MiB "
+        f"free, 4 x {size / 2**20:,.1f} MiB needed (train.keep_checkpoints=3, plus the one being written); free "
+        "space, lower train.keep_checkpoints, or use another --workdir")
+
+
+@pytest.mark.parametrize("failure, where", [
+    (OSError(errno.ENOSPC, "No space left on device"), "save"),
+    # How an async save's failure reaches the loop: TensorStore's text in a bare Exception, when the next save
+    # waits for the previous one.
+    (Exception("RESOURCE_EXHAUSTED: Error writing \"d/3f\": No space left on device [source locations=...]"),
+     "wait_until_finished"),
+])
+def test_a_failed_save_is_one_line_saying_nothing_written_was_lost(tmp_path, monkeypatch, failure, where):
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=1, keep=3)
+    checkpoints.save(1, {"w": np.zeros(3, np.float32)}, {"step": 1})
+    checkpoints.wait()
+
+    def disk_full(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(checkpoints.manager, where, disk_full)
+    with pytest.raises(CheckpointError) as failed:
+        checkpoints.save(2, {"w": np.ones(3, np.float32)}, {"step": 2})
+        checkpoints.wait()
+    message = str(failed.value)
+    assert message.startswith(f"saving the checkpoint of step 2 to {tmp_path}/checkpoints failed (")
+    assert "No space left on device" in message and "\n" not in message
+    assert message.endswith("); nothing already written was lost: the checkpoints of steps [1] and the run's metrics "
+                            "are intact, and a partial save is never loaded. Free space and rerun the same command "
+                            "to resume from step 1")
 
 
 def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
@@ -282,7 +394,17 @@ def test_init_from_an_exported_model(shapes_tiny_dir, tmp_path):
     ({"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' is neither an exported model"),
     ({"data.image_size": 60}, r"image_size=60.* below 75"),
     ({"model.width_multiplier": 0.001}, r"width_multiplier=0.001 leaves"),
-    ({"train.batch_size": 1024}, r"larger than split"),
+    ({"train.batch_size": 1024}, r"train.batch_size=1024 is larger than data.train_split='train' of "
+                                 r"'shapes_textures/tiny' \(480 examples in .*\); use at most 480"),
+    # The eval split is read only at the first evaluation: checked before training all the same.
+    ({"train.eval_batch_size": 200}, r"train.eval_batch_size=200 is larger than data.eval_split='validation' of "
+                                     r"'shapes_textures/tiny' \(120 examples in .*\); use at most 120"),
+    ({"train.eval_batch_size": None, "data.eval_split": "validation[:4]"},
+     r"train.batch_size=8 \(the eval batch too, as train.eval_batch_size is None\) is larger than "
+     r"data.eval_split='validation\[:4\]' .*\(4 examples"),
+    ({"model.num_classes": 0}, r"model.num_classes=0 does not fit dataset 'shapes_textures/tiny', whose labels take "
+                               r"10 classes; use None \(the dataset's count\) or a count >= 10"),
+    ({"model.num_classes": 9}, r"model.num_classes=9 does not fit dataset"),
     ({"data.name": "shapes_texture"}, r"shapes_texture"),
     ({"train.ema_decay": 1.0}, r"train.ema_decay=1.0 must be in \[0, 1\)"),
 ])

@@ -104,11 +104,15 @@ def load_timm_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"timm weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
         try:
+            from safetensors import SafetensorError
             from safetensors.numpy import load_file
-        except ImportError as e:
-            raise ImportError(f"reading {path} needs the safetensors package: `pip install -e '.[parity]'` "
-                              "(or `pip install safetensors`)") from e
-        return dict(load_file(path))
+        except ImportError as e:  # a base dependency since 0.1.0; an environment installed without it
+            raise ImportError(f"reading {path} needs the safetensors package: `pip install safetensors`") from e
+        try:
+            return dict(load_file(path))
+        except SafetensorError as e:  # truncated, or not a safetensors file at all (an HTML error page, a .pth)
+            raise ValueError(f"timm weights file {path!r} is not a readable .safetensors file ({e}); download it "
+                             "again, or check that it is the model's .safetensors") from None
     if not path.endswith(STATE_DICT_SUFFIXES):
         raise ValueError(f"{path!r}: unknown timm weights format; expected one of {list(STATE_DICT_SUFFIXES)}")
     try:

@@ -131,6 +131,7 @@ def _positive_int(arch: Architecture, knob: str, value: Any, *, minimum: int = 1
 def _residual_scale(arch: Architecture, value: Any) -> tuple[float, float, float]:
     if value is None:
         return arch.residual_scale
+    given = value
     if isinstance(value, Mapping):
         unknown = set(value) - {"a", "b", "c"}
         if unknown:
@@ -138,11 +139,24 @@ def _residual_scale(arch: Architecture, value: Any) -> tuple[float, float, float
                              "use keys 'a', 'b', 'c'")
         value = tuple(value.get(k, d) for k, d in zip("abc", arch.residual_scale, strict=True))
     if isinstance(value, int | float) and not isinstance(value, bool):
-        value = (value,) * 3
-    if not isinstance(value, Sequence) or len(value) != 3:
-        raise ValueError(f"{_where(arch, 'residual_scale')}={value!r} must be one number or one per block type "
+        return (_finite_number(arch, "residual_scale", value),) * 3
+    # A string is a sequence too: 'nan' (how a flag or a spreadsheet cell spells it) has three letters.
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ValueError(f"{_where(arch, 'residual_scale')}={given!r} must be one number or one per block type "
                          "(a, b, c), e.g. 0.1 or (0.17, 0.1, 0.2)")
-    return tuple(_finite_number(arch, "residual_scale", v) for v in value)  # type: ignore[return-value]
+    return _per_stage(arch, "residual_scale", given, value, _finite_number)  # type: ignore[return-value]
+
+
+def _per_stage(arch: Architecture, knob: str, given: Any, values: Sequence, check: Any, **bounds: Any) -> tuple:
+    """Each stage's value checked, the error quoting the whole value as given (not one element of it)."""
+    checked = []
+    for stage, v in zip("abc", values, strict=True):
+        try:
+            checked.append(check(arch, knob, v, **bounds))
+        except ValueError as e:
+            why = str(e).partition(f"{_where(arch, knob)}={v!r} ")[2]
+            raise ValueError(f"{_where(arch, knob)}={given!r}: stage {stage}'s {v!r} {why}") from None
+    return tuple(checked)
 
 
 def _block_counts(arch: Architecture, value: Any, final_block_linear: bool) -> tuple[int, int, int]:
@@ -151,7 +165,7 @@ def _block_counts(arch: Architecture, value: Any, final_block_linear: bool) -> t
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 3:
         raise ValueError(f"{_where(arch, 'block_counts')}={value!r} must list 3 repeat counts (A, B, C stages), "
                          f"e.g. {arch.block_counts}")
-    counts = tuple(_positive_int(arch, "block_counts", v, minimum=0) for v in value)
+    counts = _per_stage(arch, "block_counts", value, value, _positive_int, minimum=0)
     if final_block_linear and counts[2] < 1:
         raise ValueError(f"{_where(arch, 'block_counts')}={value!r}: final_block_linear=True needs at least one "
                          "C block; use block_counts[2] >= 1 or final_block_linear=False")
