@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis.runs import Run
 
-SMOOTHING_WINDOW = 10  # log lines; DYING.md's K (and its "10-step-mean loss" when logging every step)
+SMOOTHING_WINDOW = 10  # log lines; docs/dying.md's K (and its "10-step-mean loss" when logging every step)
 
 
 def moving_mean(values: np.ndarray, window: int, *, full_windows_only: bool = False) -> np.ndarray:

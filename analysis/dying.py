@@ -1,4 +1,4 @@
-"""Dying-network figures across filter counts (DYING.md): activity, verdict heatmap, branch ratios, scales.
+"""Dying-network figures across filter counts (docs/dying.md): activity, verdict heatmap, branch ratios, scales.
 
 Every figure covers one group; its columns are the group's filter counts (derived.deepest_width) and its lines the
 variants, each the mean over seeds with a min–max band. The metrics come from the train split, measured inside the
@@ -22,7 +22,7 @@ from analysis.plotting import VERDICT_COLOURS, add_legend, curve_colours, mark_e
 from analysis.tables import SOURCE_EVAL
 from analysis.verdicts import VERDICTS
 
-DEAD_ZERO_FRACTION = 0.99  # DYING.md: a window is dead when mean z >= 0.99 (and the loss is near ln C)
+DEAD_ZERO_FRACTION = 0.99  # docs/dying.md: a window is dead when mean z >= 0.99 (and the loss is near ln C)
 
 
 def _num_classes(group: Group) -> int | None:

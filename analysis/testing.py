@@ -122,7 +122,7 @@ def write_run(runs_dir: Path, spec: SyntheticRun) -> Path:
     last = lines[-1]["step"]
     dead = spec.death_step is not None
     verdict = {"verdict": spec.verdict(), "t_death": spec.death_step, "final_zero_frac": 0.999 if dead else 0.5,
-               "final_loss": spec.train_line(last)["loss"], "window": 10, "definition": "DYING.md, K = 10"}
+               "final_loss": spec.train_line(last)["loss"], "window": 10, "definition": "docs/dying.md, K = 10"}
     if spec.write_verdict:
         (folder / "verdict.json").write_text(json.dumps(verdict))
     if spec.diverge_step is None:

@@ -39,14 +39,14 @@ def get_config(arg: str | None = None):
     c.model.name = MODEL
     c.model.width_multiplier = 0.125
     c.model.block_counts = (1, 2, 2)
-    c.model.bn_momentum = 0.95  # 150-step runs: running statistics must follow the weights (ARCHITECTURE.md §1.2)
+    c.model.bn_momentum = 0.95  # 150-step runs: running statistics must follow the weights (docs/architecture.md §1.2)
     c.model.dropout_rate = 0.0
     c.data.name = "shapes_textures/easy"  # learnable in a few hundred CPU steps (the standard config is not)
     c.data.augment = "flip"
     c.data.image_size = 75  # the smallest input the networks take: grids 7 / 3 / 1
     c.data.eval_split = "validation[:1000]"  # evaluated every 50 steps: convergence curves at a CPU price
     c.report.thresholds = (0.15, 0.2, 0.25)  # what 150 CPU steps reach (README: "The main job")
-    # DYING.md: the effect shows with plain SGD-momentum, no warm-up, constant learning rate.
+    # docs/dying.md: the effect shows with plain SGD-momentum, no warm-up, constant learning rate.
     c.train.optimizer = "sgd"
     c.train.momentum = 0.9
     c.train.learning_rate = 0.05
@@ -86,7 +86,7 @@ def get_config(arg: str | None = None):
         c.model.block_counts = (5, 10, 5)
         c.model.bn_momentum = 0.9997 if args.preset == "imagenet" else 0.99
         c.model.dropout_rate = 0.2
-        c.train.optimizer = "rmsprop"  # the paper's recipe (ARCHITECTURE.md §6)
+        c.train.optimizer = "rmsprop"  # the paper's recipe (docs/architecture.md §6)
         c.train.learning_rate = 0.045
         c.train.lr_schedule = "staircase"
         c.train.weight_decay = 4e-5

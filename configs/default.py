@@ -1,4 +1,4 @@
-"""One run with the paper's recipe (ARCHITECTURE.md §6.3) on the embedded dataset, at a CPU-friendly size.
+"""One run with the paper's recipe (docs/architecture.md §6.3) on the embedded dataset, at a CPU-friendly size.
 
     python -m inception_jax.main --config=configs/default.py --workdir=/tmp/default
     python -m inception_jax.main --config=configs/default.py:tiny --workdir=/tmp/tiny     # tests: seconds

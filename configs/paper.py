@@ -1,4 +1,4 @@
-"""The paper's four networks on ImageNet with the paper's recipe (ARCHITECTURE.md §6), or evaluation of a checkpoint.
+"""The paper's four networks on ImageNet with its recipe (docs/architecture.md §6), or a checkpoint's evaluation.
 
     python -m inception_jax.main --config=configs/paper.py:model=inception_resnet_v2 --workdir=runs/irv2 \
         --config.data.data_dir=~/tensorflow_datasets
@@ -17,7 +17,7 @@ lr 0.045; a synchronous global batch needs its own learning rate, so the default
 used 100), 299 px, bf16 compute with float32 parameters. On a TPU v3
 pod slice or 8+ GPUs: days, not hours; not run in this project (no such hardware here).
 
-Published errors to compare with (ARCHITECTURE.md §6.5; top-1 / top-5 %): single crop, 48,238 non-blacklisted
+Published errors to compare with (docs/architecture.md §6.5; top-1 / top-5 %): single crop, 48,238 non-blacklisted
 images (we evaluate on all 50,000: the paper says the subset gives ~0.3 % lower top-1 error): Inception-v4 20.0 /
 5.0, IR-v1 21.3 / 5.5, IR-v2 19.9 / 4.9. 12 crops: 18.7 / 4.2, 19.8 / 4.6, 18.7 / 4.1. 144 crops: 17.7 / 3.8,
 18.8 / 4.3, 17.8 / 3.7. The released IR-v2 checkpoint (slim / timm / Keras): 80.4 / 95.3 % top-1 / top-5.
@@ -26,7 +26,7 @@ images (we evaluate on all 50,000: the paper says the subset gives ~0.3 % lower 
 from inception_jax.configuration import base_config, parse_arg
 from inception_jax.models import MODEL_NAMES
 
-PUBLISHED = {  # (single, 12-crop, 144-crop) top-1 error %, ARCHITECTURE.md §6.5
+PUBLISHED = {  # (single, 12-crop, 144-crop) top-1 error %, docs/architecture.md §6.5
     "inception_v4": (20.0, 18.7, 17.7),
     "inception_resnet_v1": (21.3, 19.8, 18.8),
     "inception_resnet_v2_paper": (19.9, 18.7, 17.8),

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key a run reads, with the defaults of ARCHITECTURE.md §6.3 (the paper's recipe)."""
+    """Every key a run reads, with the defaults of docs/architecture.md §6.3 (the paper's recipe)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict()
@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.aux_loss_weight = 0.4  # only when model.aux_head
     t.ema_decay = 0.9999  # 0 disables; TF's num_updates warm-up: min(decay, (1 + step) / (10 + step))
     t.log_every_steps = 10
-    t.log_dense_steps = 200  # log every step before this (DYING.md: deaths happen early)
+    t.log_dense_steps = 200  # log every step before this (docs/dying.md: deaths happen early)
     t.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
     t.probe_every_steps = 50
     t.checkpoint_every_steps = 500

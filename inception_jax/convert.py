@@ -5,7 +5,7 @@ r"""Convert pretrained timm or Keras weights into an exported model directory (m
     python -m inception_jax.convert --source=keras --input=inception_resnet_v2.h5 --model=inception_resnet_v2 \
         --output=/tmp/irv2
 
-Prints the tensors read / used / dropped and the parameter count next to ARCHITECTURE.md §7.1. Any name or shape
+Prints the tensors read / used / dropped and the parameter count next to docs/architecture.md §7.1. Any name or shape
 mismatch stops the conversion with the offending names. --check_parity runs the source network and the converted
 one on two random 299 x 299 images and prints the error of every stage (needs torch + timm for timm sources).
 The output loads with `model_io.load_model(dir)` (or a training config's init_from). Takes 10-60 s on 2 cores.
@@ -33,7 +33,7 @@ from inception_jax.importers import (
 )
 
 SOURCES = ("timm", "keras")
-# ARCHITECTURE.md §7.1, 1000 classes, no aux head: (model, bn_scale) -> parameters.
+# docs/architecture.md §7.1, 1000 classes, no aux head: (model, bn_scale) -> parameters.
 REFERENCE_PARAMS = {("inception_v4", True): 42_679_816, ("inception_v4", False): 42_648_232,
                     ("inception_resnet_v2", True): 55_843_464, ("inception_resnet_v2", False): 55_813_192}
 FEATURES = 1536
@@ -108,7 +108,7 @@ def convert(source: str, input_path: str, model: str, output: str, *, scan_block
           f"{len(jax.tree.leaves(imported.variables['params']))} parameter arrays + "
           f"{len(jax.tree.leaves(imported.variables['batch_stats']))} batch-statistics arrays")
     verdict = "matches" if params == expected else "DIFFERS FROM"
-    print(f"parameters: {params:,} ({verdict} ARCHITECTURE.md §7.1: {expected:,}); batch statistics: {stats:,}")
+    print(f"parameters: {params:,} ({verdict} docs/architecture.md §7.1: {expected:,}); batch statistics: {stats:,}")
     for note in imported.notes:
         print(f"note: {note}")
     converted = imported.model()

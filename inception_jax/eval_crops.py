@@ -1,4 +1,4 @@
-"""Crop geometry of the evaluation protocols of ARCHITECTURE.md §6.4: single crop, 12 crops and 144 crops.
+"""Crop geometry of the evaluation protocols of docs/architecture.md §6.4: single crop, 12 crops and 144 crops.
 
 Pure geometry: every crop is a box in the *source* image's pixel coordinates plus a mirror flag, so that the
 pixels are produced by one resampling of the original (resizing the crop box straight to the network size is the
@@ -34,7 +34,7 @@ class Crop:
 
 
 def central_crop_box(height: int, width: int, central_fraction: float) -> tuple[float, float, float, float]:
-    """`tf.image.central_crop` (slim eval, ARCHITECTURE.md §1.9): keep `central_fraction` of each side.
+    """`tf.image.central_crop` (slim eval, docs/architecture.md §1.9): keep `central_fraction` of each side.
 
     Same integer arithmetic as TF: the offset is truncated and the crop keeps the remaining, symmetric, extent.
     """

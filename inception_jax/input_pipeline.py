@@ -51,7 +51,7 @@ class DataConfig:
     color_distort: bool = False  # slim distort_color (brightness, saturation, hue, contrast)
     area_range: tuple[float, float] = (0.05, 1.0)  # distorted box: fraction of the image area
     aspect_range: tuple[float, float] = (0.75, 1.333)  # distorted box: width / height
-    eval_crops: str = "single"  # "single" | "12" | "144" (ARCHITECTURE.md §6.4)
+    eval_crops: str = "single"  # "single" | "12" | "144" (docs/architecture.md §6.4)
     central_fraction: float = 0.875  # single crop: fraction of each side kept; 12 crops: S / fraction scale
     num_threads: int = 2  # threads preparing batches in the background
     prefetch_batches: int = 4  # batches prepared ahead of the consumer
@@ -70,7 +70,7 @@ class DataConfig:
             raise bad("image_size", "must be an int")
         if self.image_size < MIN_IMAGE_SIZE:
             raise bad("image_size", f"is below {MIN_IMAGE_SIZE}, the smallest input the Inception networks accept "
-                                    f"(ARCHITECTURE.md §1.3)")
+                                    f"(docs/architecture.md §1.3)")
         if self.augment not in preprocessing.AUGMENTATIONS:
             raise bad("augment", f"is not one of {list(preprocessing.AUGMENTATIONS)}")
         if self.eval_crops not in eval_crops.PROTOCOLS:

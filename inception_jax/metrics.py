@@ -1,7 +1,7 @@
 """What a run writes for people and scripts: clu writers (TensorBoard + log) and the plain files of
 docs/run_folder.md (config.json, metrics.jsonl, verdict.json, result.json). Only process 0 writes.
 
-clu is frozen upstream (ECOSYSTEM.md §5), so it stays behind this one class.
+clu is frozen upstream (docs/libraries.md §5), so it stays behind this one class.
 
 Scalars reach TensorBoard as one event per log step (`ScalarBatchWriter`): clu's `SummaryWriter` runs one
 TensorFlow op per scalar, which measured 8 ms of CPU per log step of 28 scalars on the background thread. On a

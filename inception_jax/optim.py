@@ -1,4 +1,4 @@
-"""The optimizer of ARCHITECTURE.md §6: TF1-style RMSProp, the staircase learning-rate decay, global-norm
+"""The optimizer of docs/architecture.md §6: TF1-style RMSProp, the staircase learning-rate decay, global-norm
 clipping, weight decay on kernels, and the parameter EMA used for evaluation. SGD-momentum and AdamW are the
 ablation alternatives. Pure functions of the config; no state lives here.
 """

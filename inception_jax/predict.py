@@ -2,7 +2,7 @@ r"""Top-k class predictions for image files with an exported model directory.
 
     python -m inception_jax.predict --checkpoint=/tmp/inception_resnet_v2 cat.jpg dog.png [--top_k=5]
 
-Preprocessing is the evaluation transform of ARCHITECTURE.md §1.9 (`preprocessing.eval_transform`: central crop
+Preprocessing is the evaluation transform of docs/architecture.md §1.9 (`preprocessing.eval_transform`: central crop
 keeping 87.5 % of each side, bilinear resize to the model size, scaled to [-1, 1]). Class names:
   * `labels` in the model's model.json, if the exporter stored them (save_model(..., labels=[...]));
   * else 1000 classes: the ImageNet-2012 names, in TFDS `imagenet2012` label order (the synset ids TFDS ships in

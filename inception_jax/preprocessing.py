@@ -3,7 +3,7 @@
 Train (slim `inception_preprocessing.preprocess_for_train`): a random distorted bounding box (area and aspect
 ranges), resized straight from the decoded image to the model size, a random horizontal flip, optional colour
 distortion. Eval: the crops of `eval_crops` (single central crop of 87.5 %, or 12 / 144 crops). Output: float32
-RGB in [-1, 1] (`x / 127.5 - 1`, ARCHITECTURE.md §1.9).
+RGB in [-1, 1] (`x / 127.5 - 1`, docs/architecture.md §1.9).
 
 The input pipeline ships uint8 pixels (a quarter of the bytes to copy and to put on devices); the jitted steps map
 them to [-1, 1] with `UINT8_TO_MODEL_RANGE`, a 256-entry table of `to_model_range`, so the device sees exactly
@@ -111,7 +111,7 @@ def resize_box(image: Image.Image, box: tuple[float, float, float, float], size:
 
 
 def to_model_range(image: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1] (ARCHITECTURE.md §1.9: x / 127.5 - 1)."""
+    """uint8 [0, 255] -> float32 [-1, 1] (docs/architecture.md §1.9: x / 127.5 - 1)."""
     return image.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
 
 

@@ -276,7 +276,7 @@ def fresh_state(run: Run, shardings: TrainState) -> TrainState:
         opt_state = jax.jit(run.step_cfg.tx.init, out_shardings=shardings.opt_state)(state.params)
         state = state.replace(opt_state=opt_state)
     if run.step_cfg.ema_decay:
-        # A real copy: aliased buffers in a donated state crash multi-device runs (ECOSYSTEM.md T2).
+        # A real copy: aliased buffers in a donated state crash multi-device runs (docs/libraries.md T2).
         state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
     return state
 

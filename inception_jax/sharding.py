@@ -21,7 +21,7 @@ BATCH_AXES = ("data", "fsdp")
 
 def make_mesh(mesh_cfg: Any, devices: list | None = None) -> Mesh:
     """A ('data', 'fsdp') mesh over every device of every process. Auto axes: classic GSPMD propagation
-    (ECOSYSTEM.md T1: Explicit axes make sharded conv kernels fail inside the conv)."""
+    (docs/libraries.md T1: Explicit axes make sharded conv kernels fail inside the conv)."""
     if devices is None:
         devices = jax.devices()
         wanted = int(mesh_cfg.get("num_devices", -1))

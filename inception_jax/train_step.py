@@ -249,7 +249,7 @@ def batch_norm_statistics(params: nnx.State, rest: nnx.State, batch: dict[str, j
 
 def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], cfg: StepConfig) -> dict:
     """Sums over the real (mask True) examples of a batch: loss, top-1, top-5 and the count. With several crops
-    per image (batch["image"]: B x crops x H x W x 3) the softmax is averaged over the crops (ARCHITECTURE.md
+    per image (batch["image"]: B x crops x H x W x 3) the softmax is averaged over the crops (docs/architecture.md
     §6.4). Also returns the eval-mode diagnostics of the batch, which the run logs as its fixed probe."""
     images = model_input(batch["image"])
     b, n = images.shape[:2]

@@ -8,7 +8,7 @@ import sys
 
 import jax
 
-jax.config.update("jax_num_cpu_devices", 1)  # one CPU device per process (ECOSYSTEM.md T6)
+jax.config.update("jax_num_cpu_devices", 1)  # one CPU device per process (docs/libraries.md T6)
 
 from ml_collections import ConfigDict  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The converters' name maps and refusals, and the convert command end to end (from a Keras .h5 written here).
 
 Runs without torch: timm state dicts are synthesised as numpy arrays from our own variables through the inverse of
-ARCHITECTURE.md §8.1's per-tensor rules (the real-timm comparison is tests/test_parity_timm.py).
+docs/architecture.md §8.1's per-tensor rules (the real-timm comparison is tests/test_parity_timm.py).
 """
 
 import re
@@ -24,7 +24,7 @@ from inception_jax.importers import (
 from inception_jax.models import model_options
 from inception_jax.models.stacking import to_unrolled
 
-# Spot checks straight from the module maps of ARCHITECTURE.md §8.2 / §8.3.
+# Spot checks straight from the module maps of docs/architecture.md §8.2 / §8.3.
 SPEC_ROWS = {
     "inception_v4": [
         ("convbn", "features.0", "stem/conv1a"), ("convbn", "features.3.conv", "stem/mixed3a/b1_0"),
@@ -185,7 +185,7 @@ def test_convert_command_from_a_keras_h5(tmp_path):
                          "--scan_blocks=false")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"read 898 tensors from keras {weights}: used 898 exactly once" in result.stdout
-    assert "parameters: 55,813,192 (matches ARCHITECTURE.md §7.1: 55,813,192)" in result.stdout
+    assert "parameters: 55,813,192 (matches docs/architecture.md §7.1: 55,813,192)" in result.stdout
     assert f"wrote {out}" in result.stdout
 
     opts, variables = model_io.load_variables(out)

@@ -1,4 +1,4 @@
-"""The dying verdict (shared/reference/DYING.md) on synthetic histories, and on a network made dead by hand."""
+"""The dying verdict (docs/dying.md) on synthetic histories, and on a network made dead by hand."""
 
 import math
 
@@ -51,7 +51,7 @@ def test_damaged_and_healthy():
 
 
 def test_a_huge_negative_bias_in_the_last_up_projection_kills_the_net_within_k_steps():
-    """DYING.md detector test 4: ReLU(x + s * (UP(m) - 1e3)) is exactly zero everywhere, the loss is ln C."""
+    """docs/dying.md detector test 4: ReLU(x + s * (UP(m) - 1e3)) is exactly zero everywhere, the loss is ln C."""
     model = create_model("inception_resnet_v1", width_multiplier=0.0625, block_counts=(1, 1, 1), num_classes=10,
                          scan_blocks=False, dropout_rate=0.0)
     model.blocks_c_0.up.bias[...] = jnp.full_like(model.blocks_c_0.up.bias[...], -1e3)

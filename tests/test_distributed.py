@@ -33,7 +33,7 @@ def test_two_processes_train_like_one(one_device_run, shapes_tiny_dir, tmp_path)
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()  # SIGKILL: jax.distributed swallows SIGTERM (ECOSYSTEM.md T7)
+                p.kill()  # SIGKILL: jax.distributed swallows SIGTERM (docs/libraries.md T7)
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     assert "process 0/2 devices 2 status finished" in outs[0] and "process 1/2 devices 2 status finished" in outs[1]

@@ -1,4 +1,4 @@
-"""Crop geometry of the 1 / 12 / 144-crop protocols (ARCHITECTURE.md §6.4), checked exactly."""
+"""Crop geometry of the 1 / 12 / 144-crop protocols (docs/architecture.md §6.4), checked exactly."""
 
 from collections import Counter
 

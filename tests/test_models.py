@@ -1,4 +1,4 @@
-"""The model zoo, as a specification: ARCHITECTURE.md's parameter counts and shapes, the ablation knobs, the
+"""The model zoo, as a specification: docs/architecture.md's parameter counts and shapes, the ablation knobs, the
 scanned/unrolled layouts, the diagnostics and every refusal."""
 
 import chex
@@ -24,7 +24,7 @@ from tests.numerics import assert_trees_close_to_scale
 
 TINY = dict(width_multiplier=0.125, block_counts=(2, 2, 2), num_classes=10)
 
-# ARCHITECTURE.md §7.1 (gamma + beta = timm convention = bn_scale=True; beta only = slim = bn_scale=False).
+# docs/architecture.md §7.1 (gamma + beta = timm convention = bn_scale=True; beta only = slim = bn_scale=False).
 PARAM_COUNTS = {
     "inception_v4": (42_679_816, 42_648_232),
     "inception_resnet_v1": (22_756_328, 22_742_808),
@@ -136,7 +136,7 @@ def up_projection_by_hand(block, x):
 def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
     """The repeated blocks run their opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv -> pool
     (blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient match the
-    layers in the order ARCHITECTURE.md writes them."""
+    layers in the order docs/architecture.md writes them."""
     model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
     for block in (model.blocks_a_0, model.blocks_b_0, model.blocks_c_0):
         assert block.fuses_pointwise_openings and len(block._pointwise_openings(block_input(

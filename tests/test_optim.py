@@ -1,4 +1,4 @@
-"""The recipe's optimizer pieces against hand computations of their definitions (ARCHITECTURE.md §6)."""
+"""The recipe's optimizer pieces against hand computations of their definitions (docs/architecture.md §6)."""
 
 import jax
 import jax.numpy as jnp

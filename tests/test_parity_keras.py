@@ -1,4 +1,4 @@
-"""Keras InceptionResNetV2 -> our inception_resnet_v2: output parity on random weights (ARCHITECTURE.md §8.5).
+"""Keras InceptionResNetV2 -> our inception_resnet_v2: output parity on random weights (docs/architecture.md §8.5).
 
 Runs in CI (TensorFlow is a dependency): `keras.applications.InceptionResNetV2(weights=None)` with randomised
 BatchNorm betas and biases and realistic BatchNorm statistics (one training pass), converted, then every stage

@@ -1,4 +1,4 @@
-"""timm inception_v4 / inception_resnet_v2 -> ours: the converter acceptance test of ARCHITECTURE.md §8.5.
+"""timm inception_v4 / inception_resnet_v2 -> ours: the converter acceptance test of docs/architecture.md §8.5.
 
 Needs torch + timm (`make parity` installs the `parity` extra and runs `pytest -m parity`); skipped otherwise.
 Random timm models (`pretrained=False`, nothing downloaded) get randomised BatchNorm betas / gammas and biases and
@@ -134,7 +134,7 @@ def test_convert_command_from_safetensors(tmp_path):
     print(result.stdout)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "read 1306 tensors" in result.stdout and "used 1102 exactly once, dropped 204" in result.stdout
-    assert "parameters: 55,843,464 (matches ARCHITECTURE.md §7.1: 55,843,464)" in result.stdout
+    assert "parameters: 55,843,464 (matches docs/architecture.md §7.1: 55,843,464)" in result.stdout
     assert "parity on 2 random 299x299 images" in result.stdout and ">" not in result.stdout.split("parity on")[1]
 
     loaded = model_io.load_model(out, scan_blocks=True)

@@ -1,4 +1,4 @@
-"""Pretrained-weight converters into our networks (ARCHITECTURE.md §8): timm state dicts and Keras
+"""Pretrained-weight converters into our networks (docs/architecture.md §8): timm state dicts and Keras
 InceptionResNetV2. They return an `ImportedModel` (options + variables in the requested layout); `model_io.save_model`
 turns it into an exported model directory. Heavy frameworks (torch, keras) are imported only when used."""
 

@@ -25,7 +25,7 @@ from inception_jax.model_io import (
 from inception_jax.models import InceptionNet, ModelOptions, get_architecture
 from inception_jax.models.blocks import Conv, MixedSpec, conv_names
 
-GAMMA_TOLERANCE = 1e-6  # TF-ported weights carry gamma written as exact ones (ARCHITECTURE.md §8.1)
+GAMMA_TOLERANCE = 1e-6  # TF-ported weights carry gamma written as exact ones (docs/architecture.md §8.1)
 MAX_LISTED = 25
 
 

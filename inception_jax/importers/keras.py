@@ -1,4 +1,4 @@
-"""Keras `InceptionResNetV2` (keras.applications) -> our `inception_resnet_v2` (ARCHITECTURE.md §8.4).
+"""Keras `InceptionResNetV2` (keras.applications) -> our `inception_resnet_v2` (docs/architecture.md §8.4).
 
 Keras names the UP convs (`block35_3_conv`), `conv_7b(_bn)` and `predictions`, but every other conv / BatchNorm is
 auto-named (`conv2d_17`, `batch_normalization_17`) with numbers that depend on the session. The numbers still

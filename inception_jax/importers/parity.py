@@ -1,4 +1,4 @@
-"""Output parity between a converted model and its source (ARCHITECTURE.md §8.5): stage outputs of both sides on
+"""Output parity between a converted model and its source (docs/architecture.md §8.5): stage outputs of both sides on
 the same images, the relative error per stage, and the preparation the acceptance test gives a randomly
 initialised reference (randomised biases / gammas, realistic BatchNorm statistics).
 

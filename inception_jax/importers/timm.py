@@ -1,4 +1,4 @@
-"""timm `inception_v4` / `inception_resnet_v2` state dicts -> our variables (ARCHITECTURE.md §8.1-§8.3).
+"""timm `inception_v4` / `inception_resnet_v2` state dicts -> our variables (docs/architecture.md §8.1-§8.3).
 
 Every timm tensor is used exactly once (BatchNorm's `num_batches_tracked` is dropped, and counted); anything else
 left over, missing or misshapen is an `ImportMismatchError` naming the tensors. torch is needed only to read

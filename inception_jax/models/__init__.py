@@ -1,4 +1,4 @@
-"""Inception-v4 and Inception-ResNet networks in Flax NNX (ARCHITECTURE.md is the ground truth)."""
+"""Inception-v4 and Inception-ResNet networks in Flax NNX (docs/architecture.md is the ground truth)."""
 
 from inception_jax.models.architecture import MIN_IMAGE_SIZE, MIN_IMAGE_SIZE_AUX, grid_17, spatial_sizes
 from inception_jax.models.layout import convert_layout, count_params

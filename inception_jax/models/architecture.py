@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from inception_jax.models.blocks import Branch
 
-MIN_IMAGE_SIZE = 75  # ARCHITECTURE.md §1.3: 74 fails at Reduction-B (grid 2 < 3)
+MIN_IMAGE_SIZE = 75  # docs/architecture.md §1.3: 74 fails at Reduction-B (grid 2 < 3)
 MIN_IMAGE_SIZE_AUX = 107  # §1.3: the aux head needs the 17-grid to be >= 5
 
 

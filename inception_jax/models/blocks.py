@@ -1,7 +1,7 @@
 """Inception modules described as data: a module is a tuple of branches, a branch a tuple of layer specs.
 
 The family files (`inception_v4.py`, `inception_resnet_v1.py`, `inception_resnet_v2.py`) write the tables of
-ARCHITECTURE.md as these specs; the classes here turn a spec into Flax NNX modules whose attribute names are the
+docs/architecture.md as these specs; the classes here turn a spec into Flax NNX modules whose attribute names are the
 spec's module names (`b{j}_{k}`), so parameter paths match §0.4 and the importers' name maps.
 """
 
@@ -91,7 +91,7 @@ def sub_filters(filters: Mapping[str, int], prefix: str) -> dict[str, int]:
 
 
 class Mixed(nnx.Module):
-    """Concatenation of branches (ARCHITECTURE.md §1.5: the order is part of the architecture)."""
+    """Concatenation of branches (docs/architecture.md §1.5: the order is part of the architecture)."""
 
     # Whether `_pointwise_openings` runs; on for the repeated blocks (scanned: each residual is a stacked buffer).
     # v4's blocks: step temporaries at 299 px, batch 8, 2261 -> 2157 MiB. The IR blocks (no pooled branch): the

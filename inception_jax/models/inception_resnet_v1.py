@@ -1,4 +1,4 @@
-"""Inception-ResNet-v1, the paper's version (ARCHITECTURE.md §3; paper Figs 10-15, Table 1).
+"""Inception-ResNet-v1, the paper's version (docs/architecture.md §3; paper Figs 10-15, Table 1).
 
 Not released by Google; facenet's variant (§3.9) differs in the head and an extra linear C block.
 Default residual scales A 0.17, B 0.10, C 0.20 (slim/facenet constants; the paper gives 0.1-0.3).

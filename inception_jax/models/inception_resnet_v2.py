@@ -1,4 +1,4 @@
-"""Inception-ResNet-v2 in its two variants (ARCHITECTURE.md §4).
+"""Inception-ResNet-v2 in its two variants (docs/architecture.md §4).
 
 * `inception_resnet_v2_paper` (§4.1): the paper's figures, widths derived from the concatenations (B 1152,
   C 2144; the figure labels 1154 / 2048 are typos, §4.1.1), v4 stem, 5 / 10 / 5 blocks, every block with ReLU.

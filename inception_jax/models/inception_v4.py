@@ -1,4 +1,4 @@
-"""Inception-v4 (ARCHITECTURE.md §2; paper Figs 3-9, slim `inception_v4.py`, timm `inception_v4`).
+"""Inception-v4 (docs/architecture.md §2; paper Figs 3-9, slim `inception_v4.py`, timm `inception_v4`).
 
 Kernel order of factorized convs is slim's (§2.9): `(1, 7)` is kh = 1, kw = 7.
 """

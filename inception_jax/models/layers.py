@@ -22,7 +22,7 @@ from .batchnorm import BatchNorm
 
 Initializer = Callable[..., jax.Array]
 
-# ARCHITECTURE.md §1.8: He / fan-in truncated normal for the CBR convs, Glorot uniform for UP and Dense.
+# docs/architecture.md §1.8: He / fan-in truncated normal for the CBR convs, Glorot uniform for UP and Dense.
 INITIALIZERS: dict[str, Initializer] = {
     "he_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
     "glorot_uniform": nnx.initializers.xavier_uniform(),
@@ -445,7 +445,7 @@ class LayerContext:
 
 
 class ConvBN(nnx.Module):
-    """The spec's CBR unit: convolution without bias -> BatchNorm -> ReLU (ARCHITECTURE.md §1.1)."""
+    """The spec's CBR unit: convolution without bias -> BatchNorm -> ReLU (docs/architecture.md §1.1)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], *, stride: int = 1,
                  padding: str = "SAME", outside_loops: bool = False, ctx: LayerContext, rngs: nnx.Rngs):

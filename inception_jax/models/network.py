@@ -1,7 +1,7 @@
 """The network every family shares: stem -> A blocks -> Reduction-A -> B blocks -> Reduction-B -> C blocks
 [-> final_conv] -> global average pool -> dropout -> Dense, built from an `Architecture` and `ModelOptions`.
 
-`forward` returns, on request and at no cost otherwise, what the dying analysis needs (DYING.md): the pre-pool
+`forward` returns, on request and at no cost otherwise, what the dying analysis needs (docs/dying.md): the pre-pool
 activation and per-block zero fractions and residual / shortcut RMS; and the stage outputs the importers compare.
 """
 
@@ -65,7 +65,7 @@ def layer_context(opts: ModelOptions) -> LayerContext:
 
 
 class InceptionNet(nnx.Module):
-    """Inception-v4 / Inception-ResNet-v1 / -v2 as selected by `arch`; see ARCHITECTURE.md §0.4 for the tree."""
+    """Inception-v4 / Inception-ResNet-v1 / -v2 as selected by `arch`; see docs/architecture.md §0.4 for the tree."""
 
     def __init__(self, arch: Architecture, opts: ModelOptions, *, rngs: nnx.Rngs):
         self.options = opts
@@ -189,7 +189,7 @@ class InceptionNet(nnx.Module):
         minimum = self.options.min_image_size if (train and self.aux is not None) else 75
         if min(shape[1], shape[2]) < minimum:
             raise ValueError(f"{self.options.name}: input {shape[1]}x{shape[2]} is below the minimum size "
-                             f"{minimum}x{minimum} (ARCHITECTURE.md §1.3"
+                             f"{minimum}x{minimum} (docs/architecture.md §1.3"
                              f"{'; the aux head needs 107' if minimum > 75 else ''})")
         if train and self.aux is not None and (aux_kernel_size(shape[1]), aux_kernel_size(shape[2])) != (
                 self.aux.kernel,) * 2:

@@ -1,4 +1,4 @@
-"""The ablation knobs (ARCHITECTURE.md §1.10 plus), validated and resolved against one architecture.
+"""The ablation knobs (docs/architecture.md §1.10 plus), validated and resolved against one architecture.
 
 Every refusal happens here, before a parameter is created or anything compiles, and names the bad value and
 what would be valid.
@@ -213,12 +213,12 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
     aux_head = _bool(arch, "aux_head", v["aux_head"])
     if aux_head and not arch.has_aux_head:
         raise ValueError(f"{_where(arch, 'aux_head')}=True: only inception_v4 and inception_resnet_v2 define an "
-                         "auxiliary head (ARCHITECTURE.md §2.8, §4.2.8)")
+                         "auxiliary head (docs/architecture.md §2.8, §4.2.8)")
     image_size = _positive_int(arch, "image_size", v["image_size"])
     minimum = MIN_IMAGE_SIZE_AUX if aux_head else MIN_IMAGE_SIZE
     if image_size < minimum:
         raise ValueError(f"{_where(arch, 'image_size')}={image_size} is below the minimum input size {minimum}"
-                         f"{' with the aux head' if aux_head else ''} (ARCHITECTURE.md §1.3)")
+                         f"{' with the aux head' if aux_head else ''} (docs/architecture.md §1.3)")
     scan_blocks = _bool(arch, "scan_blocks", v["scan_blocks"])
     remat_blocks = _bool(arch, "remat_blocks", v["remat_blocks"])
     if remat_blocks and not scan_blocks:

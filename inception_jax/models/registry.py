@@ -34,7 +34,7 @@ def model_options(name: str, *, num_classes: int = 1000, **knobs: Any) -> ModelO
 
 
 def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **knobs: Any) -> InceptionNet:
-    """Build model `name` (one of MODEL_NAMES) with the ablation knobs of ARCHITECTURE.md §1.10 and more.
+    """Build model `name` (one of MODEL_NAMES) with the ablation knobs of docs/architecture.md §1.10 and more.
 
     Knobs (all optional): use_residual, residual_scale (float, (a, b, c) or {'a':, 'b':, 'c':}),
     residual_scale_mode ('constant' | 'learnable' | 'learnable_channel'), plain_scale, final_block_linear,
