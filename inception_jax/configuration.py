@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -302,14 +303,20 @@ def _convert(key: str, raw: str, kind: type) -> Any:
         raise ConfigError(f"config argument {key}={raw!r} must be a {kind.__name__}") from None
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
+def config_module(path: str) -> Any:
+    """The config file at `path` as a module (config files are loaded by path, not imported as a package; one
+    config building on another loads it this way too)."""
     import importlib.util
 
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
-    if module_spec is None or module_spec.loader is None:
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
+    if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
+    path, _, arg = spec.partition(":")
+    return config_module(path).get_config(arg or None)

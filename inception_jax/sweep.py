@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import importlib.util
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError
+from inception_jax.configuration import ConfigError, config_module
 from inception_jax.metrics import write_json_atomic
 from inception_jax.run_setup import check_workdir_writable
 from inception_jax.sweep_checks import check_rows
@@ -41,9 +40,7 @@ def default_workdir(config_arg: str) -> str:
 def config_rows(config_arg: str) -> list[SweepRow] | None:
     """The rows a config file's optional `get_sweep(arg)` defines (None: the config is a single run)."""
     path, _, arg = config_arg.partition(":")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_module(path)
     if not hasattr(module, "get_sweep"):
         return None
     return [SweepRow(run_id, dict(overrides)) for run_id, overrides in module.get_sweep(arg or None)]
