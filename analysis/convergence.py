@@ -1,9 +1,11 @@
 """Convergence figures in the style of the paper's Figs. 21–26: loss and error against step and wall time.
 
 One figure per comparison (a group at one filter count): the top row against step, the bottom row against wall
-time; columns are train loss, train top-1 error, eval top-1 error and eval top-5 error (the eval columns only
-when the runs logged eval lines); one line per variant
-(plain and each residual scale), the mean over seeds with a min–max band. Errors are in percent, as in the paper.
+time (training and evaluation from the first step: compiling happens before a run's clock starts); columns are
+train loss, train top-1 error, eval top-1 error and eval top-5 error (the eval columns only when the runs logged
+eval lines); one line per variant (plain and each residual scale), the mean over seeds with a min–max band. Errors
+are in percent, as in the paper. Loss is on a log axis, so a diverging run's blow-up (1e7 before its NaN) leaves
+the other curves readable; each diverged run is marked where its curve stops.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis.curves import SMOOTHING_WINDOW, run_series, seed_band
 from analysis.grouping import Group
-from analysis.plotting import add_legend, curve_colours, mark_empty, new_figure, plot_band
+from analysis.plotting import add_legend, curve_colours, mark_divergences, mark_empty, new_figure, plot_band
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,8 @@ PANELS = (
     Panel("eval", "top1", "eval top-1 error", smoothed=False, error_percent=True),
     Panel("eval", "top5", "eval top-5 error", smoothed=False, error_percent=True),
 )
-X_AXES = (("step", "step", "step"), ("time", "wall time", "wall time (s)"))  # (Band axis, title word, label)
+# (Band axis, title word, label)
+X_AXES = (("step", "step", "step"), ("time", "wall time", "wall time from the first step (s)"))
 
 
 def convergence_figure(group: Group, width: int, *, window: int = SMOOTHING_WINDOW) -> Figure:
@@ -61,7 +64,11 @@ def convergence_figure(group: Group, width: int, *, window: int = SMOOTHING_WIND
                 if band.has_data():
                     plot_band(ax, band, x, colours[curve.label], curve.label)
                     drawn += 1
+                if panel.key == "loss":
+                    mark_divergences(ax, curve.runs, x, colours[curve.label])
             if not drawn:
                 mark_empty(ax, f"no {panel.split} {panel.key} logged")
+            elif panel.key == "loss":
+                ax.set_yscale("log")
     add_legend(list(axes.flat))
     return figure

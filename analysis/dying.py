@@ -18,7 +18,16 @@ from matplotlib.patches import Patch
 
 from analysis.curves import SMOOTHING_WINDOW, run_series, seed_band
 from analysis.grouping import Curve, Group
-from analysis.plotting import VERDICT_COLOURS, add_legend, curve_colours, mark_empty, new_figure, plot_band, text_colour
+from analysis.plotting import (
+    VERDICT_COLOURS,
+    add_legend,
+    curve_colours,
+    mark_divergences,
+    mark_empty,
+    new_figure,
+    plot_band,
+    text_colour,
+)
 from analysis.tables import SOURCE_EVAL
 from analysis.verdicts import VERDICTS
 
@@ -51,9 +60,13 @@ def dying_figure(group: Group, *, window: int = SMOOTHING_WINDOW) -> Figure:
                 if band.has_data():
                     plot_band(ax, band, "step", colours[curve.label], curve.label)
                     drawn += 1
+                if key == "loss":
+                    mark_divergences(ax, curve.runs, "step", colours[curve.label])
             if not drawn:
                 mark_empty(ax, f"no {key} logged")
-            elif key == "loss" and classes:
+            elif key == "loss":
+                ax.set_yscale("log")  # a diverging run's blow-up must not flatten the others
+            if drawn and key == "loss" and classes:
                 ax.axhline(math.log(classes), color="gray", linestyle="--", linewidth=1,
                            label=f"ln C = {math.log(classes):.3f}")
                 ax.annotate("ln C", (0.01, math.log(classes)), xycoords=("axes fraction", "data"), fontsize=7,

@@ -21,8 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from analysis.grouping import Curve, Group
-from analysis.runs import Run
+from analysis.grouping import Group, paired_runs, run_seed
 from analysis.tables import SOURCE_EVAL, final_values, run_crossings, threshold_source
 
 
@@ -35,16 +34,6 @@ class Finding:
 
 def _percent(value: float) -> str:
     return f"{100 * value:.0f} %"
-
-
-def _seed(run: Run) -> Any:
-    return run.seed if run.seed is not None else run.label
-
-
-def _paired(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
-    """(residual run, plain run) with the same seed."""
-    plain = {_seed(run): run for run in reference.runs}
-    return [(run, plain[_seed(run)]) for run in curve.runs if _seed(run) in plain]
 
 
 def _metric_name(source: str) -> str:
@@ -71,7 +60,7 @@ def convergence_findings(group: Group, thresholds: Sequence[float]) -> list[Find
             parts, data = [], {}
             for curve in residual:
                 ratios = []
-                for run, twin in _paired(curve, reference):
+                for run, twin in paired_runs(curve, reference):
                     step, plain_step = crossing[run.label][t].step, crossing[twin.label][t].step
                     ratios.append(None if step is None else step / plain_step)
                 faster = sum(r is not None and r < 1 for r in ratios)
@@ -182,7 +171,7 @@ def noise_findings(group: Group) -> list[Finding]:
 
 def seeds_finding(group: Group) -> Finding:
     per_curve = sorted({len(curve.runs) for curve in group.curves})
-    seeds = sorted({str(_seed(run)) for run in group.runs})
+    seeds = sorted({str(run_seed(run)) for run in group.runs})
     few = (f" With {per_curve[0]} seed(s) a cell's 'k/{per_curve[0]}' is weak evidence: rerun with other seeds "
            "(the config's seed_offset) before relying on it." if per_curve and per_curve[0] <= 2 else "")
     return Finding("seeds", f"Seeds per (filter count, variant): {'/'.join(map(str, per_curve))} (seeds "

@@ -103,6 +103,18 @@ class Group:
         return candidates[0] if len(candidates) == 1 else None
 
 
+def run_seed(run: Run) -> Any:
+    """The run's seed (its label when the config has none): what pairs a residual run with its plain twin."""
+    return run.seed if run.seed is not None else run.label
+
+
+def paired_runs(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
+    """(run of `curve`, run of `reference`) with the same seed: same data order, same initial weights where the
+    shapes agree, so a per-seed ratio compares like with like."""
+    twins = {run_seed(run): run for run in reference.runs}
+    return [(run, twins[run_seed(run)]) for run in curve.runs if run_seed(run) in twins]
+
+
 def _label_order(curve: Curve) -> tuple[str, tuple[int, float, str]]:
     return curve.model, variant_order(curve.variant, curve.is_residual)
 

@@ -82,6 +82,23 @@ def plot_band(ax: Axes, band: Band, x: str, colour: str | tuple[float, ...], lab
     return line
 
 
+def mark_divergences(ax: Axes, runs: Sequence, x: str, colour: str | tuple[float, ...], key: str = "loss") -> None:
+    """An x at each diverged run's last finite value of `key`, labelled with its step: the curve stops there (its
+    next loss was not a number), and the panel's log axis keeps the blow-up before it from flattening the others."""
+    for run in runs:
+        if run.verdict_name != "diverged" or not run.train.has(key):
+            continue
+        values = run.train.scalar(key)
+        finite = np.flatnonzero(np.isfinite(values))
+        if finite.size == 0:
+            continue
+        last = finite[-1]
+        xs = run.train.steps if x == "step" else run.train.times
+        ax.plot([xs[last]], [values[last]], marker="x", markersize=8, color=colour, linestyle="none")
+        ax.annotate(f"diverged ({run.label}, step {int(run.train.steps[last]) + 1})", (xs[last], values[last]),
+                    fontsize=6, color=colour, xytext=(3, 3), textcoords="offset points")
+
+
 def mark_empty(ax: Axes, text: str) -> None:
     """Say why a panel has no lines, instead of leaving a blank panel that reads as 'all zero'."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray", fontsize=9)

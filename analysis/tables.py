@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.curves import SMOOTHING_WINDOW, Crossing, first_crossing, run_series
-from analysis.grouping import Curve, Group
+from analysis.grouping import Curve, Group, paired_runs
 from analysis.runs import MetricLog, Run, SkippedRun, as_float
 from analysis.verdicts import UNKNOWN, VERDICTS, combine_verdicts, format_counts
 
@@ -121,6 +121,23 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if math.isfinite(numerator) and denominator > 0 else math.nan
 
 
+def seed_ratios(curve: Curve, reference: Curve, source: str, threshold: float, window: int, last: int) -> str:
+    """Residual steps over plain steps to `threshold`, seed by seed ('0.45, 0.60'); a seed that did not reach it
+    reads 'not reached by step N' when its plain twin did, '–' when neither did, 'plain never' when only plain
+    missed it."""
+    parts = []
+    for run, twin in paired_runs(curve, reference):
+        mine = run_crossings(run, source, (threshold,), window)[threshold].step
+        plain = run_crossings(twin, source, (threshold,), window)[threshold].step
+        if mine is not None and plain is not None:
+            parts.append(f"{mine / plain:.2f}")
+        elif plain is not None:
+            parts.append(f"not reached by step {last}")
+        else:
+            parts.append("plain never" if mine is not None else "–")
+    return ", ".join(parts)
+
+
 def thresholds_table(groups: Sequence[Group], thresholds: Sequence[float],
                      window: int = SMOOTHING_WINDOW) -> Table:
     rows, shown = [], []
@@ -140,20 +157,24 @@ def thresholds_table(groups: Sequence[Group], thresholds: Sequence[float],
                     plain = crossings[reference.label][t] if reference is not None else None
                     ratio_steps = _ratio(mine.steps, plain.steps) if plain else math.nan
                     ratio_seconds = _ratio(mine.seconds, plain.seconds) if plain else math.nan
+                    per_seed = (seed_ratios(curve, reference, source, t, window, last)
+                                if reference is not None else "")
                     row |= {f"steps@{t:g}": mine.steps, f"seconds@{t:g}": mine.seconds,
                             f"reached@{t:g}": mine.reached, f"ratio_steps@{t:g}": ratio_steps,
-                            f"ratio_seconds@{t:g}": ratio_seconds}
+                            f"ratio_seconds@{t:g}": ratio_seconds, f"ratio_steps_per_seed@{t:g}": per_seed}
                     count = f" ({mine.reached}/{mine.runs})" if mine.runs > 1 else ""
                     text[f"steps ≥ {t:g}"] = (f"{mine.steps:g}" if math.isfinite(mine.steps) else f">{last}") + count
                     text[f"seconds ≥ {t:g}"] = _fmt(mine.seconds, "{:.1f}")
                     text[f"res/plain steps ≥ {t:g}"] = _fmt(ratio_steps)
                     text[f"res/plain s ≥ {t:g}"] = _fmt(ratio_seconds)
+                    text[f"res/plain steps per seed ≥ {t:g}"] = per_seed or "–"
                 rows.append(row)
                 shown.append(text)
     note = (f"Accuracy source per comparison: '{SOURCE_EVAL}' (unsmoothed) when every run logged eval top-1, else "
             f"'{SOURCE_TRAIN}' (trailing mean of {window} train log lines, full windows only). Per curve: median "
             f"over seeds, a seed that never reached counting as infinitely late; '>N' = not reached by step N, "
-            f"'(k/n)' = seeds that reached it. Ratio = residual / plain of the same width, when both reached.")
+            f"'(k/n)' = seeds that reached it. Ratio = residual / plain of the same width, when both reached; per "
+            f"seed, each residual run against the plain run of its seed.")
     return Table("thresholds", "Steps and seconds to reach accuracy thresholds", pd.DataFrame(rows),
                  pd.DataFrame(shown), note)
 

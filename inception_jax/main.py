@@ -7,12 +7,14 @@
 import errno
 import os
 import sys
+import time
 
-from inception_jax import host_memory
+from inception_jax import COMMAND_STARTED, host_memory
 
 # First of all, while no library or thread exists: glibc's malloc with transparent huge pages (host_memory.py).
 # Only as a command: a process that imports this module (a test, a notebook) is never replaced.
 if __name__ == "__main__":
+    os.environ.setdefault(COMMAND_STARTED, repr(time.time()))
     host_memory.reexec_with_huge_pages()
 
 # Before TensorFlow or JAX load: TF (used by TFDS and clu) must not grab GPUs, and must stay quiet.

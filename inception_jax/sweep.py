@@ -13,11 +13,14 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
+from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.metrics import write_json_atomic
 from inception_jax.run_setup import check_workdir_writable
@@ -92,6 +95,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
     write_json_atomic(os.path.join(workdir, "sweep.json"), {
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+    trained = 0.0  # seconds of training and evaluation (the runs' own clocks) in this command
     for i, (row, config) in enumerate(selected, start=1):
         run_dir = os.path.join(workdir, "runs", row.run_id)
         if os.path.exists(os.path.join(run_dir, "result.json")):
@@ -103,6 +107,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
             config.sweep.row = row.run_id
             config.sweep.overrides_json = json.dumps(row.overrides, default=list)
         result = train_and_evaluate(config, run_dir)
+        trained += float(result.result.get("wall_time_s") or 0.0)
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
             return EXIT_PREEMPTED
@@ -112,10 +117,14 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         return 0
     results = write_results(workdir, all_rows, thresholds)
     report = write_report(workdir, command, thresholds)
+    print(report.summary.read_text())
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
+    elapsed = time.time() - float(os.environ.get(COMMAND_STARTED, time.time()))
+    if trained and elapsed > 0:
+        print(f"time: {trained:.0f} s of training and evaluation in the {elapsed:.0f} s since the command started "
+              f"({100 * trained / elapsed:.0f} %; the rest: starting up, preparing data, compiling, the report)")
     print(f"results table: {results}")
-    if report:
-        print(f"report: {report}")
+    print(f"report: {report.html}")
     return 0
 
 
@@ -158,11 +167,12 @@ def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[f
     return path
 
 
-def write_report(workdir: str, command: str, thresholds: Sequence[float]) -> str | None:
+def write_report(workdir: str, command: str, thresholds: Sequence[float]) -> Any:
+    """The report of the sweep's run folders (analysis.report.ReportResult)."""
     from analysis.report import generate_report
 
     result = generate_report(os.path.join(workdir, "runs"), os.path.join(workdir, "report"), command=command,
                              thresholds=thresholds)
     for error in result.errors:
         log.warning("report: %s", error)
-    return str(result.html)
+    return result

@@ -47,6 +47,19 @@ def test_convergence_without_eval_has_train_panels_against_step_and_wall_time(gr
     assert lines_by_label(figure.axes[2])["plain"].get_xdata()[-1] == 30.0  # 60 steps of 0.5 s
 
 
+def test_loss_is_on_a_log_axis_and_a_diverged_run_is_marked_where_it_stops(groups):
+    """A run that diverges blows its loss up before the NaN: on a linear axis it would flatten every other curve."""
+    figure = convergence_figure(groups["shapes"], 256)
+    by_title = {ax.get_title(): ax for ax in figure.axes}
+    for title in ("train loss vs step", "train loss vs wall time"):
+        ax = by_title[title]
+        assert ax.get_yscale() == "log"
+        assert [t.get_text() for t in ax.texts] == ["diverged (w256_s1.0_seed2, step 30)"]
+    assert by_title["train top-1 error vs step"].get_yscale() == "linear" and not by_title[
+        "train top-1 error vs step"].texts
+    assert dying_figure(groups["shapes"]).axes[5].get_yscale() == "log"
+
+
 def test_convergence_with_eval_adds_top1_and_top5_error_panels(groups):
     figure = convergence_figure(groups["imagenet"], 512)
     assert len(figure.axes) == 8
