@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,14 +101,16 @@ class Programs:
 
 
 _PROGRAMS: dict[str, Programs] = {}
+_PROGRAMS_LOCK = threading.Lock()  # train.compile_ahead builds several families at once
 
 
 def programs_for(run: Any, shardings: TrainState) -> Programs:
     """The run's programs: this process's earlier ones when the program key matches, else new ones (whose init
     is compiled here, the steps by `Programs.prepare`)."""
     key = program_key(run)
-    if key in _PROGRAMS:
-        return _PROGRAMS[key]
+    with _PROGRAMS_LOCK:
+        if key in _PROGRAMS:
+            return _PROGRAMS[key]
     train_fn, eval_fn = compile_steps(run, shardings)
     statistics = None
     if run.step_cfg.statistics_graphdef is not None:
@@ -115,9 +118,14 @@ def programs_for(run: Any, shardings: TrainState) -> Programs:
                              in_shardings=(shardings.params, shardings.rest, sharding.batch_sharding(run.mesh)),
                              out_shardings=sharding.replicated(run.mesh), compiler_options=compiler_options(run))
     programs = Programs(key, _compiled_init(run, shardings), train_fn, eval_fn, statistics)
-    _PROGRAMS.clear()  # a sweep runs its rows in order: keep one family, not every one the process has seen
-    _PROGRAMS[key] = programs
-    return programs
+    with _PROGRAMS_LOCK:
+        return _PROGRAMS.setdefault(key, programs)
+
+
+def forget_programs() -> None:
+    """Drop every compiled program this process holds (a sweep's are no use to the next one)."""
+    with _PROGRAMS_LOCK:
+        _PROGRAMS.clear()
 
 
 def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any], TrainState]:

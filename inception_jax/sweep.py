@@ -26,7 +26,7 @@ from inception_jax.metrics import write_json_atomic
 from inception_jax.run_setup import check_workdir_writable
 from inception_jax.sweep_checks import check_rows
 from inception_jax.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
-from inception_jax.train import train_and_evaluate
+from inception_jax.train import compile_ahead, train_and_evaluate
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again
@@ -96,17 +96,17 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
     trained = 0.0  # seconds of training and evaluation (the runs' own clocks) in this command
+    pending = [(row, config) for row, config in selected
+               if not os.path.exists(os.path.join(workdir, "runs", row.run_id, "result.json"))]
+    if len(pending) > 1:
+        compile_ahead([_with_row(config, row, name) for row, config in pending])
     for i, (row, config) in enumerate(selected, start=1):
         run_dir = os.path.join(workdir, "runs", row.run_id)
         if os.path.exists(os.path.join(run_dir, "result.json")):
             log.info("[%d/%d] %s: finished earlier, skipped", i, len(selected), row.run_id)
             continue
         log.info("[%d/%d] %s: %s", i, len(selected), row.run_id, json.dumps(row.overrides, default=str))
-        with config.unlocked():
-            config.sweep.name = name
-            config.sweep.row = row.run_id
-            config.sweep.overrides_json = json.dumps(row.overrides, default=list)
-        result = train_and_evaluate(config, run_dir)
+        result = train_and_evaluate(_with_row(config, row, name), run_dir)
         trained += float(result.result.get("wall_time_s") or 0.0)
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
@@ -126,6 +126,15 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
     print(f"results table: {results}")
     print(f"report: {report.html}")
     return 0
+
+
+def _with_row(config: ml_collections.ConfigDict, row: SweepRow, name: str) -> ml_collections.ConfigDict:
+    """The row's config with its sweep bookkeeping (recorded in config.json, read by no program)."""
+    with config.unlocked():
+        config.sweep.name = name
+        config.sweep.row = row.run_id
+        config.sweep.overrides_json = json.dumps(row.overrides, default=list)
+    return config
 
 
 def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[float]) -> str:

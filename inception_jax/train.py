@@ -4,6 +4,7 @@ lives in its own module (run_setup, train_step, checkpointing, metrics, diagnost
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import fcntl
 import json
@@ -13,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstr
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
-from inception_jax.programs import Programs, compile_steps, programs_for
+from inception_jax.programs import Programs, compile_steps, program_key, programs_for
 from inception_jax.run_setup import Run, config_record, prepare_run, restore_or_init, state_layout
 from inception_jax.train_step import is_log_step
 
@@ -140,6 +141,27 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def compile_ahead(configs: Sequence[ml_collections.ConfigDict]) -> None:
+    """Compile the distinct programs of the runs about to train, several at once: XLA compiles one program on
+    about one core, and a sweep needs one program family per network shape. The runs then find their programs
+    ready (Programs.prepare compiles nothing)."""
+    firsts: dict[str, Run] = {}
+    for config in configs:
+        run = prepare_run(config, os.devnull)  # the workdir is only named, never written here
+        firsts.setdefault(program_key(run), run)
+
+    def compile_family(run: Run) -> None:
+        abstract, shardings = state_layout(run)
+        programs_for(run, shardings).prepare(abstract_with_shardings(abstract, shardings),
+                                            sharding.global_batch(run.train_stream.batch(0), run.mesh),
+                                            next(_eval_batches(run)))
+
+    begin = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(firsts), os.cpu_count() or 1))) as pool:
+        list(pool.map(compile_family, firsts.values()))
+    log.info("compiled %d program families ahead of their runs in %.1f s", len(firsts), time.perf_counter() - begin)
+
+
 def release_compiler_memory(what: str) -> None:
     """glibc keeps what XLA's compiler freed (850 MiB after IR-v2's train step); give it back (host_memory.py)."""
     released = host_memory.release_freed_memory()
