@@ -266,7 +266,11 @@ def find_run_dirs(root: Path) -> list[Path]:
     found: list[Path] = []
 
     def visit(directory: Path) -> None:
-        if any((directory / name).is_file() for name in RUN_FILES) or directory.parent.name == "runs":
+        # A folder inside a sweep's runs/ is a run even before it has files (listed as partial), unless it is
+        # itself a sweep (sweeps kept under a folder that happens to be named runs/, e.g. runs/ablation/).
+        is_sweep = (directory / "sweep.json").is_file() or (directory / "runs").is_dir()
+        if any((directory / name).is_file() for name in RUN_FILES) or (directory.parent.name == "runs"
+                                                                        and not is_sweep):
             found.append(directory)
             return
         for child in sorted(p for p in directory.iterdir() if p.is_dir()):

@@ -153,3 +153,11 @@ def test_run_series_reads_block_lists_and_error_percent(sweep):
     error = run_series(runs["inet_plain"], "eval", "top1", error_percent=True)
     assert error.steps.tolist() == [10, 20, 30, 40, 50, 60]
     assert error.values.tolist() == pytest.approx([90.0, 90.0, 90.0, 25.0, 25.0, 25.0])
+
+
+def test_a_sweep_kept_in_a_folder_named_runs_is_read_as_a_sweep(tmp_path):
+    """`--workdir=runs/ablation` puts the sweep itself inside a folder named runs/: its runs are still found."""
+    sweep = write_sweep(tmp_path / "runs" / "ablation", [SyntheticRun("a", 64, "plain"), SyntheticRun("b", 64,
+                                                                                                      "scale=0.1")])
+    assert sorted(run.run_id for run in load_runs(sweep).runs) == ["a", "b"]
+    assert sorted(run.run_id for run in load_runs(tmp_path / "runs").runs) == ["a", "b"]
