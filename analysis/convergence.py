@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis.curves import SMOOTHING_WINDOW, run_series, seed_band
 from analysis.grouping import Group
-from analysis.plotting import add_legend, curve_colours, mark_divergences, mark_empty, new_figure, plot_band
+from analysis.plotting import add_legend, curve_colours, log_scale, mark_divergences, mark_empty, new_figure, plot_band
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,6 @@ def convergence_figure(group: Group, width: int, *, window: int = SMOOTHING_WIND
             if not drawn:
                 mark_empty(ax, f"no {panel.split} {panel.key} logged")
             elif panel.key == "loss":
-                ax.set_yscale("log")
+                log_scale(ax)
     add_legend(list(axes.flat))
     return figure

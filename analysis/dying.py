@@ -22,6 +22,7 @@ from analysis.plotting import (
     VERDICT_COLOURS,
     add_legend,
     curve_colours,
+    log_scale,
     mark_divergences,
     mark_empty,
     new_figure,
@@ -65,7 +66,7 @@ def dying_figure(group: Group, *, window: int = SMOOTHING_WINDOW) -> Figure:
             if not drawn:
                 mark_empty(ax, f"no {key} logged")
             elif key == "loss":
-                ax.set_yscale("log")  # a diverging run's blow-up must not flatten the others
+                log_scale(ax)  # a diverging run's blow-up must not flatten the others
             if drawn and key == "loss" and classes:
                 ax.axhline(math.log(classes), color="gray", linestyle="--", linewidth=1,
                            label=f"ln C = {math.log(classes):.3f}")
@@ -140,7 +141,7 @@ def block_ratio_figure(group: Group) -> Figure | None:
                     plot_band(ax, band, "step", colours[curve.label], curve.label)
                     lowest.append(np.nanmin(band.low))
             if lowest and min(lowest) > 0:
-                ax.set_yscale("log")  # dying blocks climb from ~0.1 to ~100: only a log axis shows both
+                log_scale(ax)  # dying blocks climb from ~0.1 to ~100: only a log axis shows both
             if not lowest:
                 mark_empty(ax, "no block_ratio logged")
     add_legend(list(axes.flat))

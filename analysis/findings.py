@@ -7,8 +7,8 @@ Rules (stated in the report's methods too):
   order). The threshold is the highest report threshold every plain seed reached; a pair's ratio is the residual
   run's steps to it over the plain run's. When plain never reaches the lowest threshold, the finding says so and
   counts the residual seeds that did.
-* Dying: per variant, the count of seeds whose verdict is `died` at each filter count; `not_learning` and
-  `diverged` are counted and stated too, never folded into "died".
+* Dying: per variant, the count of seeds whose verdict is `died` at each filter count; `damaged`,
+  `transient_death`, `not_learning` and `diverged` are counted and stated too, never folded into "died".
 * Noise: at each filter count, variants are ranked by mean final eval top-1; neighbours whose seed ranges
   (min-max) overlap are within seed noise, the others are separated in every seed.
 """
@@ -124,15 +124,16 @@ def dying_findings(group: Group) -> list[Finding]:
     findings.append(Finding("dying", "Deaths (verdict died): " + "; ".join(parts) + ".",
                             {"died": {label: {str(w): list(c) for w, c in counts.items()}
                                       for label, counts in died.items()}}))
-    for verdict, words in (("not_learning", "alive but did not learn beyond chance (not_learning)"),
-                           ("transient_death", "died and recovered (transient_death)"),
-                           ("diverged", "diverged (non-finite loss; never counted as died)")):
+    for verdict, words in (("damaged", "Damaged (not dead, but a final pre-pool zero fraction of 0.9 or more)"),
+                           ("transient_death", "Died and recovered (transient_death)"),
+                           ("not_learning", "Alive but not learning beyond chance (not_learning)"),
+                           ("diverged", "Diverged (a non-finite loss; never counted as died)")):
         counts = {label: _counts_by_width(group, label, verdict) for label in group.labels}
         hit = {label: c for label, c in counts.items() if any(k for k, _ in c.values())}
         if hit:
             parts = [f"{label}: {', '.join(f'{k}/{n} at {w}' for w, (k, n) in sorted(c.items()) if k)}"
                      for label, c in hit.items()]
-            findings.append(Finding("dying", f"Runs that {words}: " + "; ".join(parts) + ".",
+            findings.append(Finding("dying", f"{words}: " + "; ".join(parts) + ".",
                                     {verdict: {label: {str(w): list(v) for w, v in c.items()}
                                                for label, c in hit.items()}}))
     return findings

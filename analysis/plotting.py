@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -80,6 +80,14 @@ def plot_band(ax: Axes, band: Band, x: str, colour: str | tuple[float, ...], lab
     if band.seeds > 1:
         ax.fill_between(xs, band.low, band.high, color=colour, alpha=0.2, linewidth=0)
     return line
+
+
+def log_scale(ax: Axes) -> None:
+    """A log y axis labelled with plain numbers (2, 3, 5, 1e+07), not '3x10^0': losses span a decade or two, or
+    eight when a run diverges."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
 
 
 def mark_divergences(ax: Axes, runs: Sequence, x: str, colour: str | tuple[float, ...], key: str = "loss") -> None:
