@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from inception_jax import cpu_codegen, host_memory
+from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu import host_memory
 
 
 def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
@@ -22,7 +23,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
     `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
     the first 200), which skips the global norms of the logged metrics (train_step.py). `codegen` is the config's
-    `xla_cpu_codegen` (cpu_codegen.py), as the training loop compiles with it. Single-device steps run inline on
+    `xla_cpu_codegen` (cpu/codegen.py), as the training loop compiles with it. Single-device steps run inline on
     CPU, as in the main job (host_memory.run_cpu_steps_inline), when this is the process's first use of JAX.
     """
     host_memory.run_cpu_steps_inline()  # as the main job runs its steps (runtime.setup); before JAX's backends exist

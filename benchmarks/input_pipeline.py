@@ -23,9 +23,9 @@ import sys
 import tempfile
 import time
 
-from inception_jax import host_memory
+from inception_jax.cpu import host_memory
 
-if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/host_memory.py)
+if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/cpu/host_memory.py)
     host_memory.reexec_with_huge_pages()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

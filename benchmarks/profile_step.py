@@ -21,9 +21,10 @@ import re
 import tempfile
 import time
 
-from inception_jax import cpu_codegen, host_memory
+from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu import host_memory
 
-if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/host_memory.py)
+if __name__ == "__main__":  # the allocator the main job runs with (inception_jax/cpu/host_memory.py)
     host_memory.reexec_with_huge_pages()
 
 from bench_step import build_train_step
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
-                        help="XLA:CPU code generation (inception_jax/cpu_codegen.py)")
+                        help="XLA:CPU code generation (inception_jax/cpu/codegen.py)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax

@@ -7,7 +7,7 @@
 
 Each side runs alone in its own process, one after the other (ours, then timm), so thread pools, allocators
 and memory never interfere. Both processes get the same host allocator: by default glibc's malloc with
-transparent huge pages, which our main job sets for itself (inception_jax/host_memory.py); `--allocator=default`
+transparent huge pages, which our main job sets for itself (inception_jax/cpu/host_memory.py); `--allocator=default`
 runs both on glibc's defaults instead. A training step = forward, softmax cross-entropy, backward and an RMSProp
 update (TF settings: decay 0.9, momentum 0.9, eps 1.0; torch's RMSprop adds eps outside the square root, which
 costs the same). Ours is the library's jitted train step with clipping, weight decay, EMA and diagnostics
@@ -30,7 +30,8 @@ import os
 import statistics
 import time
 
-from inception_jax import cpu_codegen, host_memory
+from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu import host_memory
 
 SIZES = {"299": (299, 8), "cpu": (75, 32)}  # image size, batch (cpu = configs/ablation_scale.py's input and batch)
 TIMM_NAMES = {"inception_resnet_v2": "inception_resnet_v2", "inception_v4": "inception_v4"}
@@ -179,9 +180,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="(ours, timm) process pairs per comparison")
     parser.add_argument("--allocator", default="huge_pages", choices=("huge_pages", "default"),
-                        help="host allocator of both sides' processes (inception_jax/host_memory.py)")
+                        help="host allocator of both sides' processes (inception_jax/cpu/host_memory.py)")
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
-                        help="our step's XLA:CPU code generation (inception_jax/cpu_codegen.py)")
+                        help="our step's XLA:CPU code generation (inception_jax/cpu/codegen.py)")
     parser.add_argument("--cpu_dispatch", default="inline", choices=host_memory.DISPATCH_MODES,
                         help="how our side runs its steps on CPU (host_memory.run_cpu_steps_inline)")
     args = parser.parse_args()

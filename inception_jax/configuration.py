@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from inception_jax.cpu_codegen import CODEGENS
+from inception_jax.cpu.codegen import CODEGENS
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
@@ -122,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
-    c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu_codegen.py)
+    c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu/codegen.py)
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
     c.report = ml_collections.ConfigDict()

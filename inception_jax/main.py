@@ -9,9 +9,10 @@ import os
 import sys
 import time
 
-from inception_jax import COMMAND_STARTED, host_memory
+from inception_jax import COMMAND_STARTED
+from inception_jax.cpu import host_memory
 
-# First of all, while no library or thread exists: glibc's malloc with transparent huge pages (host_memory.py).
+# First of all, while no library or thread exists: glibc's malloc with transparent huge pages (cpu/host_memory.py).
 # Only as a command: a process that imports this module (a test, a notebook) is never replaced.
 if __name__ == "__main__":
     os.environ.setdefault(COMMAND_STARTED, repr(time.time()))

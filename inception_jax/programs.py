@@ -22,8 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from inception_jax import cpu_codegen, sharding
+from inception_jax import sharding
 from inception_jax.configuration import flatten
+from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.models import grid_17, program_options
 from inception_jax.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
 

@@ -22,9 +22,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from inception_jax import cpu_codegen, input_pipeline, sharding
+from inception_jax import input_pipeline, sharding
 from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
+from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.datasets.sources import open_split, resolve_data_dir
 from inception_jax.input_pipeline import DataConfig
 from inception_jax.models import ModelOptions, build_model, model_options, program_options

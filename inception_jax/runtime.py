@@ -1,4 +1,4 @@
-"""Process-level setup before a run: how XLA:CPU runs single-device steps (host_memory.py), TensorFlow kept off
+"""Process-level setup before a run: how XLA:CPU runs single-device steps (cpu/host_memory.py), TensorFlow kept off
 accelerators, jax.distributed, the compilation cache."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from inception_jax import host_memory
+from inception_jax.cpu import host_memory
 
 log = logging.getLogger(__name__)
 _DONE = False

@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import host_memory, sharding, verdicts
+from inception_jax import sharding, verdicts
 from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, resume_conflicts
+from inception_jax.cpu import host_memory
 from inception_jax.input_pipeline import create_eval_stream
 from inception_jax.metrics import RunWriter, write_json_atomic
 from inception_jax.programs import Programs, compile_steps, program_key, programs_for
@@ -163,7 +164,7 @@ def compile_ahead(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 
 def release_compiler_memory(what: str) -> None:
-    """glibc keeps what XLA's compiler freed (850 MiB after IR-v2's train step); give it back (host_memory.py)."""
+    """glibc keeps what XLA's compiler freed (850 MiB after IR-v2's train step); give it back (cpu/host_memory.py)."""
     released = host_memory.release_freed_memory()
     if released >= 64 << 20:
         log.info("after the %s: %d MiB of freed host memory returned to the system", what, released >> 20)
@@ -189,7 +190,7 @@ class TrainLog:
     host values (LeafStep.metrics).
 
     Throughput is measured between the log steps' return times, not between the writes: a write can come right
-    after the previous one (an eval or a save flushes at once), and when steps run inline (host_memory.py) the
+    after the previous one (an eval or a save flushes at once), and when steps run inline (cpu/host_memory.py) the
     step had finished long before its deferred write. Dispatched asynchronously, a step returns about when the
     one before it finished (the previous write waited for it), so the intervals are the same steps' times.
     """

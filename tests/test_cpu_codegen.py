@@ -1,4 +1,4 @@
-"""XLA:CPU code generation (cpu_codegen.py): which options the train and eval steps compile with, that this
+"""XLA:CPU code generation (cpu/codegen.py): which options the train and eval steps compile with, that this
 jaxlib accepts every one of them and does what they say (convolutions off YNNPACK), that NaN and inf stay visible,
 and that a train step compiled with them computes what XLA's default code computes, up to float32 rounding."""
 
@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import cpu_codegen
 from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import ConfigError, base_config, validate_static
+from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.programs import compile_steps
 from inception_jax.run_setup import prepare_run, restore_or_init
 from inception_jax.sharding import global_batch
@@ -42,7 +42,7 @@ def _library_fusions(compiled_text: str) -> dict[str, int]:
 
 
 def test_tuned_takes_the_convolutions_off_ynnpack_and_leaves_dots_and_reductions_on_it():
-    """What "tuned" is for (cpu_codegen.py): XLA's own convolution kernels, YNNPACK's dots and reductions. A
+    """What "tuned" is for (cpu/codegen.py): XLA's own convolution kernels, YNNPACK's dots and reductions. A
     jaxlib that renamed the option's values fails on compiling; one that ignored it fails on the counts."""
     def conv_bn_dense(x, w, v):
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -12,14 +12,14 @@ import sys
 import jax
 import pytest
 
-from inception_jax import host_memory
+from inception_jax.cpu import host_memory
 from tests.training_helpers import ROOT
 
 # A child that goes through the entry-point call, then mallocs 64 MiB with the C library (not numpy, which
 # asks for huge pages by itself), touches it and reports what the kernel backs it with.
 CHILD = """
 import ctypes, json, os, sys
-from inception_jax import host_memory
+from inception_jax.cpu import host_memory
 host_memory.reexec_with_huge_pages()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -116,7 +116,7 @@ def test_memory_the_program_freed_goes_back_to_the_system():
 # (a collective across the mesh), which must not wait on itself when single-device steps run inline.
 DISPATCH_CHILD = """
 import json, os
-from inception_jax import host_memory
+from inception_jax.cpu import host_memory
 line = host_memory.run_cpu_steps_inline()
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import cpu_codegen
+from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.importers import ImportMismatchError, import_keras, parity
 
 keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
