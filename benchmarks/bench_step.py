@@ -17,20 +17,23 @@ from inception_jax.cpu import host_memory
 
 def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 1000, dtype: str = "float32",
                      learning_rate: float = 0.045, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                     diagnostics: bool = False, logs: bool = False, codegen: str = "tuned", **model_knobs: Any):
+                     diagnostics: bool = False, logs: bool = False, codegen: str = "tuned", kernels: str = "auto",
+                     **model_knobs: Any):
     """(compiled step, state, batch, compile seconds) for the recipe's RMSProp (TF settings) on model `name`.
 
     EMA, label smoothing and the aux loss are off, so the step does what a plain framework's training step does.
     `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
     the first 200), which skips the global norms of the logged metrics (train_step.py). `codegen` is the config's
-    `xla_cpu_codegen` (cpu/codegen.py), as the training loop compiles with it. Single-device steps run inline on
-    CPU, as in the main job (host_memory.run_cpu_steps_inline), when this is the process's first use of JAX.
+    `xla_cpu_codegen` (cpu/codegen.py) and `kernels` its `kernels` ("auto": the CPU backend's on CPU, stock JAX
+    elsewhere; cpu/kernels.py), as the training loop compiles with them. Single-device steps run inline on CPU, as
+    in the main job (host_memory.run_cpu_steps_inline), when this is the process's first use of JAX.
     """
     host_memory.run_cpu_steps_inline()  # as the main job runs its steps (runtime.setup); before JAX's backends exist
     import jax
     import optax
     from flax import nnx
 
+    from inception_jax.cpu.kernels import kernels_for
     from inception_jax.models import build_model, grid_17, model_options
     from inception_jax.optim import make_optimizer
     from inception_jax.train_step import StepConfig, init_state, train_step
@@ -45,7 +48,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
                      aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False,
                      log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1),
-                     xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(codegen, jax.devices()[0].platform))
+                     kernels=kernels_for(kernels, jax.devices()[0].platform, codegen))
     state = jax.jit(lambda: init_state(opts, tx, 0))()
     rng = np.random.default_rng(0)
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),

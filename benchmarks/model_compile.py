@@ -6,7 +6,8 @@
 Prints, per model: parameter count, compile time of jit(value_and_grad(loss)) and its steady-state time (median
 of --repeats after a warm-up), for both block layouts, and the ratios scanned / unrolled. The persistent
 compilation cache is disabled so that compile times are real. Targets (issue #2): the scanned IR-v2 compiles in
-<= 20 s and <= 1/5 of the unrolled compile; the scanned step runs within 10 % of the unrolled one.
+<= 20 s and <= 1/5 of the unrolled compile; the scanned step runs within 10 % of the unrolled one. The programs
+are traced with the kernels a run on this platform gets (`--kernels`, inception_jax/cpu/kernels.py).
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from inception_jax.cpu.kernels import KERNEL_CHOICES, kernels_for
 from inception_jax.models import MODEL_NAMES, count_params, create_model, model_options
 
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-def grad_fn(model):
+def grad_fn(model, kernels):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, rest, x, y):
-        m = nnx.merge(graphdef, params, rest, copy=True)
-        logits = m.forward(x, train=True, dropout_key=jax.random.key(0)).logits
+        with kernels.tracing():
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            logits = m.forward(x, train=True, dropout_key=jax.random.key(0)).logits
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     return jax.jit(jax.value_and_grad(loss)), params, rest
@@ -46,7 +49,7 @@ def grad_fn(model):
 
 def measure(name: str, scan: bool, args) -> dict:
     model = create_model(name, scan_blocks=scan, num_classes=1000, **args.knobs)
-    fn, params, rest = grad_fn(model)
+    fn, params, rest = grad_fn(model, kernels_for(args.kernels, jax.devices()[0].platform))
     x = jax.random.uniform(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3), minval=-1, maxval=1)
     y = jnp.zeros((args.batch,), jnp.int32)
     begin = time.perf_counter()
@@ -68,10 +71,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--width_multiplier", type=float, default=1.0)
+    parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES)
     args = parser.parse_args()
     args.knobs = {"width_multiplier": args.width_multiplier}
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "
-          f"{args.image_size} px, batch {args.batch}, forward+backward, median of {args.repeats}")
+          f"{args.image_size} px, batch {args.batch}, forward+backward, median of {args.repeats}, "
+          f"kernels {args.kernels}")
     header = (f"{'model':28s} {'params':>11s} {'compile scan':>12s} {'compile unroll':>14s} {'ratio':>6s} "
               f"{'step scan':>10s} {'step unroll':>11s} {'ratio':>6s}")
     print(header)

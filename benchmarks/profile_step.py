@@ -5,10 +5,10 @@
 
 Runs the library's train step (the recipe's RMSProp; clipping, weight decay, EMA and diagnostics off, as
 benchmarks/speed_vs_timm.py times it) under `jax.profiler.trace`, reads the trace's XPlane (TensorFlow ships its
-protobuf) and sums the executed ops' wall time per kind: forward convolutions, convolution gradients (ours are
-custom-VJP matmuls for stride-1 SAME convs, see models/layers.py), fusions (BatchNorm, ReLU, concatenation,
-optimizer), copies and transposes, and the rest. Prints each kind's share of the step and the slowest ops, so a
-speed change starts from a measurement. Asserts nothing.
+protobuf) and sums the executed ops' wall time per kind: forward convolutions, convolution gradients (under the
+CPU kernels mostly custom-VJP matmuls, see inception_jax/cpu/convolution.py), fusions (BatchNorm, ReLU,
+concatenation, optimizer), copies and transposes, and the rest. Prints each kind's share of the step and the
+slowest ops, so a speed change starts from a measurement. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -98,12 +98,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="XLA:CPU code generation (inception_jax/cpu/codegen.py)")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "stock", "cpu"),
+                        help="the models' kernels: the CPU backend's or stock JAX (inception_jax/cpu/kernels.py)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     step, state, data, _ = build_train_step(args.model, size=args.size, batch=args.batch,
-                                           codegen=args.codegen)
+                                           codegen=args.codegen, kernels=args.kernels)
     hlo = step.as_text()
     bodies = fusion_bodies(hlo)
     state, metrics = step(state, data)  # warm-up
@@ -125,7 +127,8 @@ def main() -> None:
         by_kind[kind] += seconds / args.steps
         by_op[name] += seconds / args.steps
     total = sum(by_kind.values())
-    print(f"{args.model}, {args.size} px, batch {args.batch}, codegen {args.codegen}: {wall * 1e3:.0f} ms per step "
+    print(f"{args.model}, {args.size} px, batch {args.batch}, codegen {args.codegen}, kernels {args.kernels}: "
+          f"{wall * 1e3:.0f} ms per step "
           f"(wall, traced); ops sum to {total * 1e3:.0f} ms per step over all threads")
     for kind, seconds in by_kind.most_common():
         print(f"  {seconds / total:6.1%}  {seconds * 1e3:8.1f} ms  {kind}")

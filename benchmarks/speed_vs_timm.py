@@ -59,7 +59,7 @@ class Ours:
         from bench_step import build_train_step
 
         self.step_fn, self.state, self.batch, self.compile_seconds = build_train_step(
-            name, size=size, batch=batch, dtype=args.dtype, codegen=args.codegen)
+            name, size=size, batch=batch, dtype=args.dtype, codegen=args.codegen, kernels=args.kernels)
         self.temp_mib = self.step_fn.memory_analysis().temp_size_in_bytes >> 20
         self._jax = jax
 
@@ -183,6 +183,9 @@ def main() -> None:
                         help="host allocator of both sides' processes (inception_jax/cpu/host_memory.py)")
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="our step's XLA:CPU code generation (inception_jax/cpu/codegen.py)")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "stock", "cpu"),
+                        help="our models' kernels: auto = the CPU backend's on CPU, stock JAX on GPU "
+                             "(inception_jax/cpu/kernels.py)")
     parser.add_argument("--cpu_dispatch", default="inline", choices=host_memory.DISPATCH_MODES,
                         help="how our side runs its steps on CPU (host_memory.run_cpu_steps_inline)")
     args = parser.parse_args()
@@ -196,7 +199,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {os.cpu_count()} CPUs; each side in "
           f"its own process; allocator: {args.allocator} (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}); "
-          f"our codegen: {args.codegen}; our CPU dispatch: {args.cpu_dispatch}")
+          f"our codegen: {args.codegen}; our kernels: {args.kernels}; our CPU dispatch: {args.cpu_dispatch}")
     for size_key in args.sizes.split(","):
         for name in args.models.split(","):
             compare(name, size_key, args)

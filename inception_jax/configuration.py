@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from inception_jax.cpu.codegen import CODEGENS
+from inception_jax.cpu.kernels import KERNEL_CHOICES
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
@@ -30,7 +31,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "
                   "train.log_dense_steps", "train.eval_every_steps", "train.probe_every_steps",
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "data.data_dir", "data.num_threads",
                   "data.prefetch_batches", "data.cache_mb", "mesh.", "distributed.", "compilation_cache_dir",
-                  "xla_cpu_codegen", "compile_only", "eval_only", "train.precise_bn_batches",
+                  "xla_cpu_codegen", "kernels", "compile_only", "eval_only", "train.precise_bn_batches",
                   "init_from", "init_from_ema", "sweep.", "report.")
 
 
@@ -123,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = config_dict.placeholder(int)
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu/codegen.py)
+    # How the models' ops are computed: "auto" = the CPU backend's forms on CPU, stock JAX on GPU / TPU;
+    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/kernels.py).
+    c.kernels = "auto"
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
     c.report = ml_collections.ConfigDict()
@@ -182,6 +186,7 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
     check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     check_choice("xla_cpu_codegen", config.xla_cpu_codegen, CODEGENS)
+    check_choice("kernels", config.kernels, KERNEL_CHOICES)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
     for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):

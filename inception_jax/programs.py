@@ -25,17 +25,18 @@ import numpy as np
 from inception_jax import sharding
 from inception_jax.configuration import flatten
 from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu.kernels import describe as describe_kernels
 from inception_jax.models import grid_17, program_options
 from inception_jax.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
 
 log = logging.getLogger(__name__)
 
 # Config keys no program reads: values passed to the programs or written into the state (the seed; plain or
-# residual and the scales, see models.program_options), and what only the loop, the data reader or the
-# bookkeeping reads. Every other key is part of a program's identity, so a key forgotten here costs a compile,
-# never a wrong program.
+# residual and the scales, see models.program_options), what only the loop, the data reader or the bookkeeping
+# reads, and `kernels`, which enters as the kernels it resolves to. Every other key is part of a program's
+# identity, so a key forgotten here costs a compile, never a wrong program.
 NOT_PROGRAM_KEYS = (
-    "seed", "model.use_residual", "model.residual_scale", "model.plain_scale",
+    "seed", "model.use_residual", "model.residual_scale", "model.plain_scale", "kernels",
     "train.eval_every_steps", "train.probe_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.stop_when_dead_windows", "data.data_dir", "data.num_threads", "data.prefetch_batches", "data.cache_mb",
     "init_from", "init_from_ema", "compilation_cache_dir", "compile_only", "eval_only", "sweep.", "report.",
@@ -45,12 +46,12 @@ NOT_PROGRAM_KEYS = (
 
 def program_key(run: Any) -> str:
     """What identifies a run's programs: its config without NOT_PROGRAM_KEYS, the network's program options, the
-    schedule's length and the devices."""
+    kernels the programs are traced with, the schedule's length and the devices."""
     config = {key: value for key, value in flatten(run.config.to_dict()).items()
               if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_PROGRAM_KEYS)}
-    facts = {"config": config, "network": repr(program_options(run.opts)), "num_steps": run.num_steps,
-             "steps_per_epoch": run.steps_per_epoch, "devices": [int(i) for i in run.mesh.device_ids.flat],
-             "mesh": list(run.mesh.axis_names)}
+    facts = {"config": config, "network": repr(program_options(run.opts)), "kernels": repr(run.step_cfg.kernels),
+             "num_steps": run.num_steps, "steps_per_epoch": run.steps_per_epoch,
+             "devices": [int(i) for i in run.mesh.device_ids.flat], "mesh": list(run.mesh.axis_names)}
     return json.dumps(facts, sort_keys=True, default=repr)
 
 
@@ -118,6 +119,7 @@ def programs_for(run: Any, shardings: TrainState) -> Programs:
         statistics = jax.jit(functools.partial(batch_norm_statistics, cfg=run.step_cfg),
                              in_shardings=(shardings.params, shardings.rest, sharding.batch_sharding(run.mesh)),
                              out_shardings=sharding.replicated(run.mesh), compiler_options=compiler_options(run))
+    log.info("%s", describe_kernels(run.step_cfg.kernels, run.mesh.devices.flat[0].platform))
     programs = Programs(key, _compiled_init(run, shardings), train_fn, eval_fn, statistics)
     with _PROGRAMS_LOCK:
         return _PROGRAMS.setdefault(key, programs)
@@ -130,13 +132,11 @@ def forget_programs() -> None:
 
 
 def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any], TrainState]:
-    """init_state of the program's network, compiled once. It runs once per run, so XLA:CPU compiles it without
-    LLVM's optimisations: 4.5 s instead of 36 s for the main job's network (its ~250 random initialisers), the
-    same numbers."""
+    """init_state of the program's network, compiled once (on CPU without LLVM's optimisations:
+    cpu_codegen.init_compiler_options)."""
     opts = program_options(run.opts)
     tx = run.step_cfg.tx
     no_ema = shardings.replace(ema_params=None)
-    platform = run.mesh.devices.flat[0].platform
-    options = {"xla_backend_optimization_level": 0} if platform == "cpu" else None
+    options = cpu_codegen.init_compiler_options(run.mesh.devices.flat[0].platform)
     init = jax.jit(lambda seed: init_state(opts, tx, seed), out_shardings=no_ema)
     return init.lower(jax.ShapeDtypeStruct((), np.int32)).compile(compiler_options=options)

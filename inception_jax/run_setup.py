@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from inception_jax import input_pipeline, sharding
 from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
-from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu.kernels import kernels_for
 from inception_jax.datasets.sources import open_split, resolve_data_dir
 from inception_jax.input_pipeline import DataConfig
 from inception_jax.models import ModelOptions, build_model, model_options, program_options
@@ -216,8 +216,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
         learnable_scales=opts.residual_scale_mode != "constant", log_schedule=log_schedule(t, num_steps),
-        xla_kernel_gradients=cpu_codegen.xla_convolution_kernels(config.xla_cpu_codegen,
-                                                                 mesh.devices.flat[0].platform),
+        kernels=kernels_for(config.kernels, mesh.devices.flat[0].platform, config.xla_cpu_codegen),
         statistics_graphdef=model_facts(statistics_opts).graphdef if t.precise_bn_batches else None)
     return Run(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=checked.info,
                train_stream=stream, steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps,

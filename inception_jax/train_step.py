@@ -20,7 +20,7 @@ from flax import nnx
 
 from inception_jax.diagnostics import activation_stats
 from inception_jax.models import ModelOptions, build_model
-from inception_jax.models.layers import xla_kernel_gradients
+from inception_jax.models.ops import STOCK, Kernels
 from inception_jax.optim import global_norm, update_ema
 from inception_jax.preprocessing import UINT8_TO_MODEL_RANGE
 
@@ -51,9 +51,10 @@ class StepConfig:
     # norms (a full read of gradients, updates and parameters: 7 % of IR-v2's step at 75 px) are computed on
     # those steps only. The default logs every step.
     log_schedule: tuple[int, int, int] = (0, 1, 0)
-    # The step compiles for XLA:CPU's own convolution kernels (cpu_codegen.xla_convolution_kernels): the
-    # convolutions outside the scanned blocks then take XLA's kernel gradient (models/layers.py, conv2d).
-    xla_kernel_gradients: bool = False
+    # How the models' replaceable operations are computed (models/ops.py): stock JAX, or a platform backend's
+    # forms (inception_jax/cpu: cpu.kernels.kernels_for picks them for CPU programs). Every program of the run is
+    # traced with them.
+    kernels: Kernels = STOCK
     # The network with BatchNorm momentum 0 and no dropout, whose train-mode forward leaves each BatchNorm's
     # statistics of one batch in its running statistics (batch_norm_statistics); None when unused.
     statistics_graphdef: Any = None
@@ -111,7 +112,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: jax.Array, 
             total = total + cfg.aux_loss_weight * jnp.mean(aux)
         return total, (loss, out, split_model(model)[2])
 
-    with xla_kernel_gradients(cfg.xla_kernel_gradients):  # read while the forward and backward are traced
+    with cfg.kernels.tracing():  # read while the forward and backward are traced
         (_, (loss, out, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -237,7 +238,8 @@ def batch_norm_statistics(params: nnx.State, rest: nnx.State, batch: dict[str, j
     few training batches (train.precise_bn_batches) and evaluates with them: running averages taken while the
     weights moved lag behind them, so eval-mode accuracy can sit at chance while the network has learned."""
     model = nnx.merge(cfg.statistics_graphdef, params, rest, copy=True)
-    out = model.forward(model_input(batch["image"]), train=True)
+    with cfg.kernels.tracing():
+        out = model.forward(model_input(batch["image"]), train=True)
     labels = batch["label"]
     sums = {
         "loss_sum": jnp.sum(cross_entropy(out.logits, labels, cfg.num_classes, 0.0)),
@@ -254,7 +256,8 @@ def eval_step(params: nnx.State, rest: nnx.State, batch: dict[str, jax.Array], c
     images = model_input(batch["image"])
     b, n = images.shape[:2]
     model = nnx.merge(cfg.graphdef, params, rest, copy=True)
-    out = model.forward(images.reshape((b * n, *images.shape[2:])), diagnostics=cfg.diagnostics)
+    with cfg.kernels.tracing():
+        out = model.forward(images.reshape((b * n, *images.shape[2:])), diagnostics=cfg.diagnostics)
     probs = jnp.mean(jax.nn.softmax(out.logits).reshape(b, n, -1), axis=1)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     label_prob = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]

@@ -1,5 +1,6 @@
-"""BatchNorm + ReLU in training: the fused version (models/batchnorm.py, hand-written backward) computes what the
-textbook formulas compute, for the whole batch and for ghost groups, with and without a learned scale."""
+"""BatchNorm + ReLU in training: the models' stock form (models/batchnorm.py, autodiff) and the CPU backend's fused
+one (inception_jax/cpu/batchnorm.py, hand-written backward) compute what the textbook formulas compute, for the
+whole batch and for ghost groups, with and without a learned scale."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.models.batchnorm import BatchNorm, batch_norm_relu
+from inception_jax.cpu.batchnorm import batch_norm_relu
+from inception_jax.cpu.kernels import CpuKernels
+from inception_jax.models import batchnorm
+from inception_jax.models.batchnorm import BatchNorm
 from tests.numerics import relative_error
+
+FORMS = {"stock": batchnorm.batch_norm_relu.stock, "cpu": batch_norm_relu}
 
 EPS = 1e-3
 
@@ -33,13 +39,14 @@ def textbook(x, scale, bias, groups, dy, dmean, dvar):
     return (np.maximum(pre, 0).reshape(-1, *x.shape[2:]), mean, var), (dx.reshape(-1, *x.shape[2:]), dscale, dbias)
 
 
+@pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("shape,groups,use_scale", [
     ((8, 5, 5, 16), 1, True),    # sync-BN over the whole batch
     ((8, 5, 5, 16), 4, True),    # ghost BN: four groups of two examples
     ((6, 3, 3, 8), 3, False),    # no learned scale (the released networks' BatchNorm)
     ((4, 1, 1, 32), 1, True),    # a 1x1 grid, as the last blocks see at small images
 ])
-def test_forward_and_gradients_equal_the_textbook_formulas(shape, groups, use_scale):
+def test_forward_and_gradients_equal_the_textbook_formulas(shape, groups, use_scale, form):
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, shape).astype(np.float32)  # an offset mean, as conv outputs have
     scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32) if use_scale else None
@@ -49,10 +56,10 @@ def test_forward_and_gradients_equal_the_textbook_formulas(shape, groups, use_sc
     dmean, dvar = (rng.normal(size=stat_shape).astype(np.float32) for _ in range(2))
 
     def objective(x, scale, bias):
-        y, mean, var = batch_norm_relu(x, scale, bias, groups, EPS)
+        y, mean, var = FORMS[form](x, scale, bias, groups, EPS)
         return jnp.sum(y * dy) + jnp.sum(mean * dmean) + jnp.sum(var * dvar)
 
-    (y, mean, var) = batch_norm_relu(jnp.asarray(x), scale, jnp.asarray(bias), groups, EPS)
+    (y, mean, var) = FORMS[form](jnp.asarray(x), scale, jnp.asarray(bias), groups, EPS)
     grads = jax.grad(objective, argnums=(0, 1, 2))(jnp.asarray(x), scale, jnp.asarray(bias))
     (ref_y, ref_mean, ref_var), ref_grads = textbook(x, scale, bias, groups, dy, dmean, dvar)
     for ours, ref in [(y, ref_y), (mean, ref_mean), (var, ref_var)]:
@@ -76,10 +83,12 @@ def _module(use_scale=True, group_size=None, dtype=jnp.float32):
 
 @pytest.mark.parametrize("group_size", [None, 2])
 def test_fused_training_path_is_bit_identical_to_batchnorm_then_relu(group_size):
-    """Outputs and running statistics do not move by one bit; gradients agree with autodiff of the unfused path."""
+    """Under the CPU kernels, outputs and running statistics do not move by one bit from the stock module's
+    BatchNorm then ReLU; gradients agree with its autodiff."""
     x = jnp.asarray(np.random.default_rng(1).normal(0.5, 1.0, (8, 4, 4, 16)), jnp.float32)
     fused, unfused = _module(group_size=group_size), _module(group_size=group_size)
-    y_fused = fused(x, train=True, relu=True)
+    with CpuKernels().tracing():
+        y_fused = fused(x, train=True, relu=True)
     y_unfused = jax.nn.relu(unfused(x, train=True))
     assert jnp.array_equal(y_fused, y_unfused)
     assert jnp.array_equal(fused.mean[...], unfused.mean[...]) and jnp.array_equal(fused.var[...], unfused.var[...])
@@ -89,7 +98,9 @@ def test_fused_training_path_is_bit_identical_to_batchnorm_then_relu(group_size)
         y = bn(x, train=True, relu=True) if relu_inside else jax.nn.relu(bn(x, train=True))
         return jnp.sum(jnp.sin(y))
 
-    assert relative_error(jax.grad(loss)(x, True), jax.grad(loss)(x, False)) < 1e-5
+    with CpuKernels().tracing():
+        fused_grad = jax.grad(loss)(x, True)
+    assert relative_error(fused_grad, jax.grad(loss)(x, False)) < 1e-5
 
 
 def test_bfloat16_activations_keep_their_dtype_and_gradients_stay_close_to_float64():
@@ -146,7 +157,8 @@ def test_the_fused_step_runs_under_jit_on_split_module_state():
     @jax.jit
     def step(state, x):
         module = nnx.merge(graphdef, state)
-        y = module(x, train=True, relu=True)
+        with CpuKernels().tracing():
+            y = module(x, train=True, relu=True)
         return nnx.state(module), y
 
     x = jnp.asarray(np.random.default_rng(4).normal(2.0, 1.0, (4, 3, 3, 16)), jnp.float32)

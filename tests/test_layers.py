@@ -1,25 +1,23 @@
-"""The model's convolution computes exactly XLA's convolution and its gradients, for every stride, padding and
-kernel shape the networks use (its backward is hand-written for speed, models/layers.py)."""
+"""The CPU backend's layers compute exactly what the models' stock layers compute: its convolution XLA's convolution
+and both gradients, for every stride, padding and kernel shape the networks use (the backward is hand-written for
+XLA:CPU, inception_jax/cpu/convolution.py); its poolings the stock poolings and XLA's gradients of them; its fused
+1x1 heads the separate convolutions; its deferred ReLU mask the ReLU's gradient."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.models.layers import (
-    UNROLLED_WINDOW_MAX_BYTES,
-    avg_pool_3x3_same,
-    canonical_kernel_gradient,
-    conv_general_dilated,
-    conv_general_dilated_outside_loops,
-    kernel_gradient,
-    mask_gradient,
-    max_pool_3x3_s2,
-    pointwise_heads,
-    reachable_taps,
-    relu_unmasked,
-    xla_kernel_gradients,
-)
+from inception_jax.cpu.blocks import mask_gradient, pointwise_heads, relu_unmasked
+from inception_jax.cpu.convolution import conv_general_dilated, inside_loops, reachable_taps, xla_kernel_gradients
+from inception_jax.cpu.kernel_gradients import UNROLLED_WINDOW_MAX_BYTES, canonical_kernel_gradient, kernel_gradient
+from inception_jax.cpu.pooling import avg_pool_3x3_same, max_pool_3x3_s2
+from inception_jax.models import layers
+
+conv_outside_loops = functools.partial(conv_general_dilated, outside_loops=True)
+conv_inside_loops = functools.partial(conv_general_dilated, outside_loops=False)
 
 CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduction and 1x1 convolutions
     ((2, 15, 15, 3), (3, 3, 3, 8), 2, "VALID"),
@@ -34,7 +32,7 @@ CASES = [  # (input NHWC, kernel HWIO, stride, padding): stem, factorised, reduc
     ((2, 8, 8, 4), (2, 2, 4, 4), 1, "SAME"),  # an even kernel: padding not symmetric
     ((2, 9, 9, 16), (1, 1, 16, 24), 1, ((0, 0), (0, 0))),  # explicit padding pairs: still a matmul
     ((2, 9, 9, 8), (3, 3, 8, 8), 2, ((1, 0), (2, 1))),  # explicit, asymmetric, strided
-    # small grids, where SAME padding leaves taps that meet no pixel (they are cut off, models/layers.py)
+    # small grids, where SAME padding leaves taps that meet no pixel (they are cut off, cpu/convolution.py)
     ((2, 1, 1, 16), (1, 3, 16, 12), 1, "SAME"),  # the C blocks' 1x3 / 3x1 convs on a 1x1 grid: a matmul
     ((2, 1, 1, 16), (3, 1, 16, 12), 1, "SAME"),
     ((2, 3, 3, 16), (1, 7, 16, 12), 1, "SAME"),  # a 1x7 conv on a 3-wide grid: 5 of 7 taps remain
@@ -56,7 +54,7 @@ def _reference(x, k, stride, padding):
 
 
 def _ours(x, k, stride, padding):
-    return conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
+    return conv_inside_loops(x, k, (stride, stride), padding, dimension_numbers=DN)
 
 
 @pytest.mark.parametrize("x_shape,k_shape,stride,padding", CASES)
@@ -83,10 +81,10 @@ def _conv_count(fn, *args) -> int:
 @pytest.mark.parametrize("x_shape,k_shape,stride,padding", [c for c in CASES if c[1][:2] != (1, 1)])
 def test_a_tuned_step_takes_xlas_kernel_gradient_outside_loops_and_the_canonical_one_inside(x_shape, k_shape, stride,
                                                                                              padding):
-    """Under `xla_kernel_gradients` (a train step compiled for XLA:CPU's own convolution kernels), a unit built
-    outside loops takes XLA's kernel gradient and a unit that may run in the scan over blocks, if stride 1,
-    `canonical_kernel_gradient`: each one convolution instead of per-tap matmuls. A strided unit in a loop, and
-    any unit without the flag, keeps the per-tap matmuls. All get XLA's gradients."""
+    """Under `xla_kernel_gradients` (a train step compiled for XLA:CPU's own convolution kernels), a convolution
+    outside loops takes XLA's kernel gradient and one that may run in the scan over blocks, if stride 1,
+    `canonical_kernel_gradient`: each one convolution instead of per-tap matmuls. A strided one in a loop, and
+    any one without the flag, keeps the per-tap matmuls. All get XLA's gradients."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
@@ -96,13 +94,13 @@ def test_a_tuned_step_takes_xlas_kernel_gradient_outside_loops_and_the_canonical
         return jax.grad(lambda x_, k_: jnp.sum(conv(x_, k_, (stride, stride), padding, dimension_numbers=DN)
                                                * weights), (0, 1))
 
-    per_tap = _conv_count(grads(conv_general_dilated_outside_loops), x, k)
-    assert _conv_count(grads(conv_general_dilated), x, k) == per_tap
+    per_tap = _conv_count(grads(conv_outside_loops), x, k)
+    assert _conv_count(grads(conv_inside_loops), x, k) == per_tap
     one_conv = 1 if per_tap else 0  # cut down to a matmul (1x3 on a 1x1 grid): nothing to swap
     with xla_kernel_gradients(True):
-        assert _conv_count(grads(conv_general_dilated_outside_loops), x, k) == per_tap + one_conv
-        assert _conv_count(grads(conv_general_dilated), x, k) == per_tap + (one_conv if stride == 1 else 0)
-        got = [grads(conv)(x, k) for conv in (conv_general_dilated_outside_loops, conv_general_dilated)]
+        assert _conv_count(grads(conv_outside_loops), x, k) == per_tap + one_conv
+        assert _conv_count(grads(conv_inside_loops), x, k) == per_tap + (one_conv if stride == 1 else 0)
+        got = [grads(conv)(x, k) for conv in (conv_outside_loops, conv_inside_loops)]
     want = grads(jax.lax.conv_general_dilated)(x, k)
     for ours in got:
         for g, w in zip(ours, want, strict=True):
@@ -211,6 +209,24 @@ def test_a_large_kernel_gradient_holds_one_tap_window_at_a_time():
     assert looped < 1.5 * window_bytes and unrolled > 6 * window_bytes, (looped, unrolled, window_bytes)
 
 
+def test_a_convolution_is_outside_loops_unless_traced_inside_a_repeated_block():
+    """The hook nnx.Conv calls takes `outside_loops` from the trace: inside `inside_loops` (set while a repeated
+    block's branches are traced) a tuned program's stride-1 kernel gradient is the canonical one, elsewhere XLA's."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 8, 12)), jnp.float32)
+
+    def jaxpr(conv):
+        return str(jax.make_jaxpr(jax.grad(lambda k_: jnp.sum(conv(x, k_, (1, 1), "SAME", dimension_numbers=DN))))(k))
+
+    with xla_kernel_gradients(True):
+        outside, inside = jaxpr(conv_outside_loops), jaxpr(conv_inside_loops)
+        assert outside != inside
+        assert jaxpr(conv_general_dilated) == outside
+        with inside_loops(True):
+            assert jaxpr(conv_general_dilated) == inside
+
+
 def test_grouped_or_dilated_convolutions_fall_back_to_xla():
     x = jnp.ones((1, 5, 5, 4))
     k = jnp.ones((3, 3, 2, 4))
@@ -220,8 +236,7 @@ def test_grouped_or_dilated_convolutions_fall_back_to_xla():
                                                                feature_group_count=2))
 
 
-def xla_max_pool(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+xla_max_pool = layers.max_pool_3x3_s2.stock  # the models' own: XLA's reduce_window and select-and-scatter
 
 
 @pytest.mark.parametrize("side", [7, 8, 9, 16, 35])
@@ -260,7 +275,8 @@ def test_reachable_taps_keep_exactly_the_taps_that_meet_a_pixel_and_the_output_s
 
 @pytest.mark.parametrize("shape", [(2, 1, 1, 3), (2, 2, 5, 4), (2, 7, 7, 8), (1, 17, 17, 16)])
 def test_average_pool_and_its_gradient_equal_tf_semantics_reduce_window(shape):
-    """AvgPool(3, 1, SAME) as TF computes it (padding excluded from the divisor), and XLA's gradient of that."""
+    """AvgPool(3, 1, SAME) as TF computes it (padding excluded from the divisor), and XLA's gradient of that: the
+    CPU backend's box sums and the models' stock pool alike."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     weights = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -270,9 +286,10 @@ def test_average_pool_and_its_gradient_equal_tf_semantics_reduce_window(shape):
         count = jax.lax.reduce_window(jnp.ones_like(x_), 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
         return total / count
 
-    np.testing.assert_allclose(avg_pool_3x3_same(x), reference(x), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(jax.grad(lambda x_: jnp.sum(avg_pool_3x3_same(x_) * weights))(x),
-                               jax.grad(lambda x_: jnp.sum(reference(x_) * weights))(x), rtol=1e-6, atol=1e-6)
+    for pool in (avg_pool_3x3_same, layers.avg_pool_3x3_same.stock):
+        np.testing.assert_allclose(pool(x), reference(x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(jax.grad(lambda x_, pool=pool: jnp.sum(pool(x_) * weights))(x),
+                                   jax.grad(lambda x_: jnp.sum(reference(x_) * weights))(x), rtol=1e-6, atol=1e-6)
 
 
 def test_fused_pointwise_heads_compute_each_1x1_convolution_and_its_gradients():

@@ -1,5 +1,8 @@
 """The model zoo, as a specification: docs/architecture.md's parameter counts and shapes, the ablation knobs, the
-scanned/unrolled layouts, the diagnostics and every refusal."""
+scanned/unrolled layouts, the diagnostics, every refusal, and the same network computed by the CPU backend's
+kernels."""
+
+import contextvars
 
 import chex
 import jax
@@ -9,6 +12,9 @@ import optax
 import pytest
 from flax import nnx
 
+from inception_jax.cpu import convolution
+from inception_jax.cpu.blocks import fused_openings
+from inception_jax.cpu.kernels import CpuKernels
 from inception_jax.models import (
     MODEL_NAMES,
     convert_layout,
@@ -19,8 +25,9 @@ from inception_jax.models import (
     spatial_sizes,
 )
 from inception_jax.models.blocks import ResidualBlock
+from inception_jax.models.ops import STOCK
 from inception_jax.models.stacking import to_scanned, to_unrolled
-from tests.numerics import assert_trees_close_to_scale
+from tests.numerics import assert_trees_close_to_scale, relative_error
 
 TINY = dict(width_multiplier=0.125, block_counts=(2, 2, 2), num_classes=10)
 
@@ -134,42 +141,70 @@ def up_projection_by_hand(block, x):
 
 @pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"])
 def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
-    """The repeated blocks run their opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv -> pool
-    (blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient match the
-    layers in the order docs/architecture.md writes them."""
+    """The CPU backend runs the repeated blocks' opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv
+    -> pool (cpu/blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient
+    match the stock blocks, the layers in the order docs/architecture.md writes them."""
     model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
     for block in (model.blocks_a_0, model.blocks_b_0, model.blocks_c_0):
-        assert block.fuses_pointwise_openings and len(block._pointwise_openings(block_input(
-            block.b0_0.conv.in_features), train=False)) >= 2
         in_channels = block.b0_0.conv.in_features
         x = block_input(in_channels, seed=in_channels)
+        assert len(fused_openings(block, x, train=False)) >= 2
         graphdef, params, rest = nnx.split(block, nnx.Param, ...)
 
-        def loss(p, x_, fused, graphdef=graphdef, rest=rest):
-            b = nnx.merge(graphdef, p, rest)
-            b.fuses_pointwise_openings = fused
-            y, _ = b(x_, train=False)
+        def loss(p, x_, kernels, graphdef=graphdef, rest=rest):
+            with kernels.tracing():
+                y, _ = nnx.merge(graphdef, p, rest)(x_, train=False)
             return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
 
-        (_, y_fused), g_fused = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, True)
-        (_, y_written), g_written = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, False)
+        (_, y_fused), g_fused = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, CpuKernels())
+        (_, y_written), g_written = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, STOCK)
         np.testing.assert_allclose(y_fused, y_written, rtol=1e-5, atol=1e-5)
         for got, want in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_written), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
 @pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v2"])
-def test_only_convolutions_outside_the_repeated_blocks_may_take_xlas_kernel_gradient(name):
-    """XLA:CPU runs a convolution's own kernel gradient ~200x slower inside a while loop (layers.conv2d), so the
-    repeated blocks, which the scan over blocks loops over, never ask for it; the stem, the reductions and the
-    aux head do."""
-    model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False)
-    hooks = {"blocks": set(), "elsewhere": set()}
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, nnx.Conv):
-            where = "blocks" if any(str(p).startswith("blocks_") for p in path) else "elsewhere"
-            hooks[where].add(module.conv_general_dilated)
-    assert hooks == {"blocks": {layers.conv_general_dilated}, "elsewhere": {layers.conv_general_dilated_outside_loops}}
+def test_only_convolutions_outside_the_repeated_blocks_may_take_xlas_kernel_gradient(monkeypatch, name):
+    """XLA:CPU runs a convolution's own kernel gradient ~200x slower inside a while loop (cpu/convolution.py), so
+    under the CPU kernels the repeated blocks, which the scan over blocks loops over, never ask for it (here
+    unrolled, so every unit is seen); the stem, the reductions and the aux head do. Every nnx.Conv has the one stock
+    hook."""
+    model = create_model(name, width_multiplier=0.125, block_counts=(1, 1, 1), scan_blocks=False, aux_head=True,
+                         image_size=107)
+    hooks = {module.conv_general_dilated for _, module in nnx.iter_graph(model) if isinstance(module, nnx.Conv)}
+    assert hooks == {layers.conv_general_dilated}
+    unit = contextvars.ContextVar("unit", default=None)
+    seen: dict[int, set[bool]] = {}
+    call_unit, conv2d = layers.ConvBN.__call__, convolution.conv2d
+
+    def calling_unit(self, x, *, train):
+        token = unit.set(id(self))
+        try:
+            return call_unit(self, x, train=train)
+        finally:
+            unit.reset(token)
+
+    def recording_conv2d(x, kernel, strides, padding, *, outside_loops):
+        seen.setdefault(unit.get(), set()).add(outside_loops)
+        return conv2d(x, kernel, strides, padding, outside_loops=outside_loops)
+
+    monkeypatch.setattr(layers.ConvBN, "__call__", calling_unit)
+    monkeypatch.setattr(convolution, "conv2d", recording_conv2d)
+    where: dict[int | None, str] = {None: "blocks"}  # not in a CBR unit: a residual block's up-projection
+    graphdef, state = nnx.split(model)
+
+    def forward(state, x):
+        traced = nnx.merge(graphdef, state)
+        where.update({id(m): "blocks" if str(path[0]).startswith("blocks_") else "elsewhere"
+                      for path, m in nnx.iter_graph(traced) if isinstance(m, layers.ConvBN)})
+        with CpuKernels().tracing():
+            return traced.forward(x, train=True, dropout_key=jax.random.key(0)).logits
+
+    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((2, 107, 107, 3), jnp.float32))
+    flags = {"blocks": set(), "elsewhere": set()}
+    for unit_id, outside in seen.items():
+        flags[where[unit_id]] |= outside
+    assert flags == {"blocks": {False}, "elsewhere": {True}}
 
 
 @pytest.mark.parametrize("scale", [0.1, 0.3, 1.0])
@@ -254,8 +289,9 @@ def test_scanned_and_unrolled_layouts_agree(name):
 @pytest.mark.parametrize("name,knobs", [("inception_resnet_v2", {}), ("inception_resnet_v1", {"use_residual": False}),
                                          ("inception_resnet_v2", {"remat_blocks": True})])
 def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_mask_per_block(name, knobs):
-    """The scan applies each block's final ReLU mask in the next block's backward, from that block's input
-    (layers.relu_unmasked): gradients equal the unrolled network's, and the program stacks no bool array."""
+    """Under the CPU kernels the scan applies each block's final ReLU mask in the next block's backward, from that
+    block's input (cpu/blocks.py, relu_unmasked): gradients equal the unrolled network's, and the program stacks no
+    bool array."""
     x = jax.random.uniform(jax.random.key(0), (2, 75, 75, 3), minval=-1, maxval=1)
     scanned = create_model(name, **{**TINY, "block_counts": (3, 3, 3)}, dropout_rate=0.0, **knobs)
 
@@ -263,7 +299,8 @@ def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_ma
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):
-            return jnp.mean(nnx.merge(graphdef, p, rest, copy=True)(x, train=True) ** 2)
+            with CpuKernels().tracing():
+                return jnp.mean(nnx.merge(graphdef, p, rest, copy=True)(x, train=True) ** 2)
 
         return jax.jit(jax.grad(loss)), params
 
@@ -274,6 +311,37 @@ def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_ma
     # the two layouts fuse the sums differently.
     assert_trees_close_to_scale(to_unrolled(nnx.to_pure_dict(fn(params))),
                                 nnx.to_pure_dict(unrolled_fn(unrolled_params)), 2e-5)
+
+
+# v4: its stem, Fork heads and pooled branches; the released IR-v2: a pooled stem module, residual blocks (scanned
+# with the deferred ReLU mask, and the linear last one) and final_conv. Between them, every unit of the four.
+@pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v2"])
+def test_stock_and_cpu_kernels_compute_the_same_network(name):
+    """The network traced with the CPU backend's kernels (tuned for XLA:CPU, with XLA's kernel gradients outside
+    loops) computes what the stock network computes: eval-mode logits to float32 rounding; in training the logits,
+    the batch statistics it leaves and every gradient, which BatchNorm over the 8 values per channel of the 1x1
+    grid at the end amplifies rounding in (the forms' own gradients: test_layers.py, test_batchnorm.py,
+    test_projection.py)."""
+    x = jax.random.uniform(jax.random.key(0), (8, 75, 75, 3), minval=-1, maxval=1)
+    model = create_model(name, **{**TINY, "block_counts": (1, 2, 2)}, dropout_rate=0.0, bn_momentum=0.5)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def run(kernels):
+        def forward(p, train):
+            with kernels.tracing():
+                m = nnx.merge(graphdef, p, rest, copy=True)
+                logits = m(x, train=train)
+            return jnp.mean(jnp.sin(logits)), (logits, nnx.state(m, nnx.BatchStat))
+
+        train = jax.value_and_grad(forward, has_aux=True)
+        return jax.jit(lambda p: (forward(p, False)[1][0], train(p, True)))(params)
+
+    (eval_logits, ((_, (logits, stats)), grads)) = run(STOCK)
+    (cpu_eval_logits, ((_, (cpu_logits, cpu_stats)), cpu_grads)) = run(CpuKernels(xla_kernel_gradients=True))
+    assert relative_error(cpu_eval_logits, eval_logits) < 1e-5
+    assert relative_error(cpu_logits, logits) < 1e-4
+    assert_trees_close_to_scale(nnx.to_pure_dict(cpu_stats), nnx.to_pure_dict(stats), 1e-4)
+    assert_trees_close_to_scale(nnx.to_pure_dict(cpu_grads), nnx.to_pure_dict(grads), 1e-3, tree_fraction=1e-4)
 
 
 def test_layout_conversion_round_trips():

@@ -2,9 +2,9 @@
 
 Runs in CI (TensorFlow is a dependency): `keras.applications.InceptionResNetV2(weights=None)` with randomised
 BatchNorm betas and biases and realistic BatchNorm statistics (one training pass), converted, then every stage
-output and the logits compared at 299 x 299, 75 x 75 and 299 x 331 (batch 2), float32, compiled as the training
-loop compiles on CPU (`xla_cpu_codegen="tuned"`: convolutions on XLA's own kernels); at 75 x 75 also unrolled with
-XLA's untouched defaults (convolutions on YNNPACK). Tolerance
+output and the logits compared at 299 x 299, 75 x 75 and 299 x 331 (batch 2), float32, traced and compiled as the
+training loop does on CPU (the CPU backend's kernels, `xla_cpu_codegen="tuned"`: convolutions on XLA's own
+kernels); at 75 x 75 also unrolled, stock, with XLA's untouched defaults (convolutions on YNNPACK). Tolerance
 max|a - b| <= 1e-4 * max(1, max|b|). Everything happens in one test: a shared fixture would be rebuilt by every
 xdist worker. About 60 s on 2 cores.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from inception_jax.cpu import codegen as cpu_codegen
+from inception_jax.cpu.kernels import kernels_for
 from inception_jax.importers import ImportMismatchError, import_keras, parity
 
 keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
@@ -45,15 +46,15 @@ def test_keras_inception_resnet_v2_matches_ours_at_every_stage():
     tuned = cpu_codegen.compiler_options("tuned", "cpu", xla_flags="")
     for height, width in SIZES:
         images = rng.uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
-        assert_parity(parity.forward_stages(ours, images, compiler_options=tuned),
+        assert_parity(parity.forward_stages(ours, images, compiler_options=tuned, kernels=kernels_for("cpu", "cpu")),
                       parity.keras_forward_stages(reference, images, flexible=flexible),
-                      f"Keras vs ours (scanned, tuned XLA:CPU codegen), {height}x{width}")
+                      f"Keras vs ours (scanned, CPU kernels, tuned XLA:CPU codegen), {height}x{width}")
 
     unrolled = import_keras(reference, scan_blocks=False).model()
     images = rng.uniform(-1, 1, (2, 75, 75, 3)).astype(np.float32)
     keras_stages = parity.keras_forward_stages(reference, images, flexible=flexible)
     assert_parity(parity.forward_stages(unrolled, images), keras_stages,
-                  "Keras vs ours (unrolled, XLA's default codegen), 75x75")
+                  "Keras vs ours (unrolled, stock, XLA's default codegen), 75x75")
 
     with pytest.raises(ImportMismatchError, match="no 'predictions' Dense layer"):
         import_keras(flexible)  # include_top=False: nothing to fill our head with

@@ -56,17 +56,19 @@ def test_the_plain_block_has_no_shortcut():
 
 def test_a_programs_identity_leaves_out_exactly_the_values(shapes_tiny_dir, tmp_path):
     """Rows differing in seed, plain/residual, scale or loop-only settings share a program key; anything the
-    programs read (the learning rate, the width, the scale mode) makes another."""
+    programs read (the learning rate, the width, the scale mode, the kernels they are traced with) makes another."""
     def key(**overrides):
         return program_key(prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, **overrides}),
                                        str(tmp_path)))
 
     base = key()
     for same in ({"seed": 4}, {"model.use_residual": False}, {"model.residual_scale": 0.3},
-                 {"train.eval_every_steps": 3}, {"train.checkpoint_every_steps": 2}):
+                 {"train.eval_every_steps": 3}, {"train.checkpoint_every_steps": 2},
+                 {"kernels": "cpu"}):  # what "auto" is on CPU
         assert key(**same) == base, same
     for other in ({"train.learning_rate": 0.1}, {"model.width_multiplier": 0.125},
-                  {"model.residual_scale_mode": "learnable"}, {"train.batch_size": 16}):
+                  {"model.residual_scale_mode": "learnable"}, {"train.batch_size": 16}, {"kernels": "stock"},
+                  {"xla_cpu_codegen": "xla_default"}):
         assert key(**other) != base, other
 
 

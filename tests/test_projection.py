@@ -1,5 +1,6 @@
-"""The residual blocks' scaled up-projection (models/projection.py): the folded form computes scale * (x @ W + b) and
-its gradients in all four inputs, and a residual block computes the same output whichever form it takes."""
+"""The residual blocks' scaled up-projection in the CPU backend (inception_jax/cpu/projection.py): the folded form
+computes scale * (x @ W + b) and its gradients in all four inputs, and a residual block computes the same output
+whichever form it takes, and the same as the models' stock scale * UP(x)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.models import projection
-from inception_jax.models.projection import folds_scale, scaled_projection
+from inception_jax.cpu import projection
+from inception_jax.cpu.kernels import CpuKernels
+from inception_jax.cpu.projection import folds_scale, scaled_projection
 from tests.numerics import relative_error
 
 
@@ -51,7 +53,8 @@ def test_the_scale_is_folded_only_where_the_kernel_is_small_next_to_the_activati
 @pytest.mark.parametrize("scale_mode", ["constant", "learnable_channel"])
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
 def test_a_residual_block_computes_the_same_in_either_form(monkeypatch, residual, scale_mode):
-    """An A block's output and gradients with the scale folded equal those with the output scaled (float rounding)."""
+    """An A block's output and gradients with the scale folded equal those with the output scaled, under the CPU
+    kernels, and those of the stock block (float rounding)."""
     from inception_jax.models import build_model, model_options
 
     opts = model_options("inception_resnet_v2", num_classes=10, width_multiplier=0.125, use_residual=residual,
@@ -66,11 +69,14 @@ def test_a_residual_block_computes_the_same_in_either_form(monkeypatch, residual
 
     results = []
     for fold in (True, False):
-        monkeypatch.setattr("inception_jax.models.blocks.folds_scale", lambda *_, fold=fold: fold)
-        results.append(jax.value_and_grad(loss, has_aux=True)(params))
-    ((_, y_folded), g_folded), ((_, y_scaled), g_scaled) = results
-    assert relative_error(y_folded, y_scaled) < 1e-5
-    leaves = jax.tree.leaves(g_scaled)
-    assert len(leaves) == len(jax.tree.leaves(g_folded)) >= 14  # 6 units x (kernel, BN bias), UP kernel and bias
-    for ours, ref in zip(jax.tree.leaves(g_folded), leaves, strict=True):
-        assert relative_error(ours, ref) < 1e-4
+        monkeypatch.setattr("inception_jax.cpu.projection.folds_scale", lambda *_, fold=fold: fold)
+        with CpuKernels().tracing():
+            results.append(jax.value_and_grad(loss, has_aux=True)(params))
+    results.append(jax.value_and_grad(loss, has_aux=True)(params))  # stock
+    ((_, y_folded), g_folded), *others = results
+    for (_, y), grads in others:
+        assert relative_error(y_folded, y) < 1e-5
+        leaves = jax.tree.leaves(grads)
+        assert len(leaves) == len(jax.tree.leaves(g_folded)) >= 14  # 6 units x (kernel, BN bias), UP kernel and bias
+        for ours, ref in zip(jax.tree.leaves(g_folded), leaves, strict=True):
+            assert relative_error(ours, ref) < 1e-4

@@ -77,10 +77,17 @@ def compiler_options(codegen: str, platform: str, xla_flags: str | None = None, 
 
 def xla_convolution_kernels(codegen: str, platform: str, xla_flags: str | None = None) -> bool:
     """Whether programs compiled with `codegen` run their convolutions on XLA's own kernels, not YNNPACK's: the
-    train step then gives the convolutions outside loops XLA's kernel gradient (models/layers.py, conv2d), which
+    train step then gives the convolutions outside loops XLA's kernel gradient (convolution.conv2d), which
     is faster there on these kernels and slower on YNNPACK's. (Whatever `matmul_rows` does to the dots.)"""
     options = compiler_options(codegen, platform, xla_flags) or {}
     return YNN_FUSION_TYPE in options and "CONVOLUTION" not in str(options[YNN_FUSION_TYPE])
+
+
+def init_compiler_options(platform: str) -> dict[str, int] | None:
+    """The options of a run's init program: it runs once per run, so XLA:CPU compiles it without LLVM's
+    optimisations, 4.5 s instead of 36 s for the main job's network (its ~250 random initialisers), the same
+    numbers. None off CPU."""
+    return {"xla_backend_optimization_level": 0} if platform == "cpu" else None
 
 
 def describe(codegen: str, platform: str, *, matmul_rows: int = 0) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from inception_jax.models import InceptionNet
+from inception_jax.models.ops import STOCK, Kernels
 
 TOLERANCE = 1e-4  # §8.5: max|a - b| <= 1e-4 * max(1, max|b|), float32
 
@@ -76,15 +77,17 @@ def format_errors(errors: list[StageError], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def forward_stages(model: InceptionNet, images: np.ndarray,
-                   compiler_options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Our stage outputs and logits on NHWC images, eval mode, float32 matmuls at full precision; compiled with
-    XLA's defaults unless `compiler_options` (cpu_codegen.compiler_options) says otherwise."""
+def forward_stages(model: InceptionNet, images: np.ndarray, compiler_options: dict[str, Any] | None = None,
+                   kernels: Kernels = STOCK) -> dict[str, np.ndarray]:
+    """Our stage outputs and logits on NHWC images, eval mode, float32 matmuls at full precision; traced with the
+    stock kernels and compiled with XLA's defaults unless `kernels` (cpu.kernels.kernels_for) and
+    `compiler_options` (cpu.codegen.compiler_options) say otherwise."""
     graphdef, state = nnx.split(model)
 
     @functools.partial(jax.jit, compiler_options=compiler_options)
     def run(state, x):
-        out = nnx.merge(graphdef, state).forward(x, train=False, stages=True)
+        with kernels.tracing():
+            out = nnx.merge(graphdef, state).forward(x, train=False, stages=True)
         return {**out.stages, "logits": out.logits}
 
     with jax.default_matmul_precision("highest"):

@@ -21,10 +21,8 @@ from inception_jax.models.layers import (
     avg_pool_valid,
     conv_general_dilated,
     max_pool_3x3_s2,
-    pointwise_heads,
-    relu_unmasked,
 )
-from inception_jax.models.projection import folds_scale, scaled_projection
+from inception_jax.models.ops import replaceable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,94 +91,55 @@ def sub_filters(filters: Mapping[str, int], prefix: str) -> dict[str, int]:
 class Mixed(nnx.Module):
     """Concatenation of branches (docs/architecture.md §1.5: the order is part of the architecture)."""
 
-    # Whether `_pointwise_openings` runs; on for the repeated blocks (scanned: each residual is a stacked buffer).
-    # v4's blocks: step temporaries at 299 px, batch 8, 2261 -> 2157 MiB. The IR blocks (no pooled branch): the
-    # same memory, the step 0.986x and 0.982x the time (IR-v2, 299 px, two in-process A/Bs). IR-v2's stem
-    # module mixed5b lost memory (2247 -> 2256 MiB), so the stem's and the reductions' modules run as written.
-    fuses_pointwise_openings = False
-    # The repeated blocks run inside the scan over blocks (scan_blocks); every other module never runs in a loop,
-    # so its convolutions may take XLA's own kernel gradient (layers.conv2d, `outside_loops`).
-    repeated_block = False
-
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  ctx: LayerContext, rngs: nnx.Rngs):
         self.branches = branches
-        outside_loops = not self.repeated_block
         total = 0
         for branch in branches:
             c = in_channels
             for layer in branch:
                 if isinstance(layer, Conv):
-                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs, outside_loops=outside_loops))
+                    setattr(self, layer.name, self._unit(c, layer, filters, ctx, rngs))
                     c = filters[layer.name]
                 elif isinstance(layer, Fork):
                     for head in layer.heads:
-                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs, outside_loops=outside_loops))
+                        setattr(self, head.name, self._unit(c, head, filters, ctx, rngs))
                     c = sum(filters[h.name] for h in layer.heads)
             total += c
         self.mixed_channels = total
 
     @staticmethod
-    def _unit(c_in: int, layer: Conv, filters: Mapping[str, int], ctx: LayerContext, rngs: nnx.Rngs,
-              outside_loops: bool) -> ConvBN:
-        return ConvBN(c_in, filters[layer.name], layer.kernel, stride=layer.stride, padding=layer.padding,
-                      outside_loops=outside_loops, ctx=ctx, rngs=rngs)
+    def _unit(c_in: int, layer: Conv, filters: Mapping[str, int], ctx: LayerContext, rngs: nnx.Rngs) -> ConvBN:
+        return ConvBN(c_in, filters[layer.name], layer.kernel, stride=layer.stride, padding=layer.padding, ctx=ctx,
+                      rngs=rngs)
 
     def mixed(self, x: jax.Array, *, train: bool) -> jax.Array:
-        opened = self._pointwise_openings(x, train=train)
-        outs = []
-        for i, branch in enumerate(self.branches):
-            h, first = opened.get(i, (x, 0))
-            for layer in branch[first:]:
-                if isinstance(layer, Conv):
-                    h = getattr(self, layer.name)(h, train=train)
-                elif isinstance(layer, MaxPool):
-                    h = max_pool_3x3_s2(h)
-                elif isinstance(layer, AvgPool):
-                    h = avg_pool_3x3_same(h)
-                else:
-                    h = jnp.concatenate([getattr(self, hd.name)(h, train=train) for hd in layer.heads], axis=-1)
-            outs.append(h)
+        """concat(branches): every branch on the module's input, concatenated in order."""
+        outs = run_branches(self, x, train=train)
         return jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
 
-    def _pointwise_openings(self, x: jax.Array, *, train: bool) -> dict[int, tuple[jax.Array, int]]:
-        """The branches that open with a 1x1 conv on the module input, run as one matmul (`pointwise_heads`)
-        when there are two or more: {branch index: (its output after those layers, how many layers that was)}.
-
-        A branch opening AvgPool -> 1x1 conv is among them with the two swapped: both are linear, the pool per
-        channel and the conv per pixel (its divisor depends on the pixel only), so they commute and the pool
-        runs on the conv's fewer output channels (v4 block B: 128 instead of 1024) while the module input is
-        the only thing the backward keeps. Equal up to float rounding; the parity tests hold it to the
-        references.
-        """
-        if not self.fuses_pointwise_openings:
-            return {}
-        openings = {i: n for i, branch in enumerate(self.branches) if (n := pointwise_opening(branch))}
-        if len(openings) < 2:
-            return {}
-        units = [getattr(self, self.branches[i][n - 1].name) for i, n in openings.items()]
-        promoted = [unit.promoted(x) for unit in units]
-        ys = pointwise_heads(promoted[0][0], tuple(kernel for _, kernel in promoted))
-        opened = {}
-        for (i, n), unit, y in zip(openings.items(), units, ys, strict=True):
-            opened[i] = (unit.normalize(avg_pool_3x3_same(y) if n == 2 else y, train=train), n)
-        return opened
+    def run_branch(self, layers: Branch, x: jax.Array, *, train: bool) -> jax.Array:
+        """The layers of one branch (or what is left of one), in order."""
+        h = x
+        for layer in layers:
+            if isinstance(layer, Conv):
+                h = getattr(self, layer.name)(h, train=train)
+            elif isinstance(layer, MaxPool):
+                h = max_pool_3x3_s2(h)
+            elif isinstance(layer, AvgPool):
+                h = avg_pool_3x3_same(h)
+            else:
+                h = jnp.concatenate([getattr(self, hd.name)(h, train=train) for hd in layer.heads], axis=-1)
+        return h
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.mixed(x, train=train)
 
 
-def pointwise_opening(branch: Branch) -> int:
-    """How many leading layers of `branch` are a 1x1 stride-1 conv on the module input: 1 for the conv, 2 for
-    AvgPool then the conv, 0 when the branch opens otherwise."""
-    first = 1 if branch and isinstance(branch[0], AvgPool) else 0
-    if len(branch) > first and isinstance(layer := branch[first], Conv) and _is_pointwise(layer):
-        return first + 1
-    return 0
-
-
-def _is_pointwise(layer: Conv) -> bool:
-    return layer.kernel == (1, 1) and layer.stride == 1
+@replaceable
+def run_branches(module: Mixed, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """Each branch of a multi-branch module on the module's input x."""
+    return [module.run_branch(branch, x, train=train) for branch in module.branches]
 
 
 def zero_fraction(x: jax.Array) -> jax.Array:
@@ -193,9 +152,6 @@ def rms(x: jax.Array) -> jax.Array:
 
 class InceptionBlock(Mixed):
     """A repeated Inception-v4 block (no shortcut): its output is the concatenation itself."""
-
-    fuses_pointwise_openings = True
-    repeated_block = True
 
     def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
         y = self.mixed(x, train=train)
@@ -227,9 +183,6 @@ class ResidualBlock(Mixed):
     family).
     """
 
-    fuses_pointwise_openings = True
-    repeated_block = True
-
     def __init__(self, in_channels: int, branches: tuple[Branch, ...], filters: Mapping[str, int], *,
                  shortcut: float, scale: float, scale_mode: str, activation: bool, ctx: LayerContext,
                  rngs: nnx.Rngs):
@@ -248,29 +201,29 @@ class ResidualBlock(Mixed):
     def scale_value(self) -> jax.Array:
         return self.residual_scale[...]
 
-    def scaled_up(self, h: jax.Array) -> jax.Array:
-        """scale * UP(h). Where UP's kernel is small next to the activations, the scale is folded into the kernel
-        and bias (`projection.py`); elsewhere the output is scaled, which autodiff then repeats on the output
-        gradient."""
-        scale = self.scale_value()
-        h, kernel, bias = self.up.promote_dtype((h, self.up.kernel[...], self.up.bias[...]), dtype=self.up.dtype)
-        if folds_scale(kernel.shape, h.shape):
-            return scaled_projection(h, kernel, bias, scale.astype(h.dtype))
-        r = self.up(h)
-        return r * scale.astype(r.dtype)
-
-    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False, deferred_mask: bool = False):
-        """(output, diagnostics or None). `deferred_mask`: the final ReLU leaves its backward mask to a
-        `mask_gradient` on the output, which the scan over blocks applies (layers.relu_unmasked)."""
-        branch = self.scaled_up(self.mixed(x, train=train))
+    def __call__(self, x: jax.Array, *, train: bool, diagnostics: bool = False):
+        """(output, diagnostics or None)."""
+        branch = scaled_up_projection(self.up, self.mixed(x, train=train), self.scale_value())
         y = self.shortcut[...].astype(x.dtype) * x + branch
-        if self.activation:
-            y = relu_unmasked(y) if deferred_mask else jax.nn.relu(y)
+        y = block_relu(y) if self.activation else y
         if not diagnostics:
             return y, None
         # `scale` is the mean of a per-channel scale; constant blocks report their constant.
         scale = jnp.mean(self.scale_value().astype(jnp.float32))
         return y, {"zero_frac": zero_fraction(y), "branch_rms": rms(branch), "shortcut_rms": rms(x), "scale": scale}
+
+
+@replaceable
+def scaled_up_projection(up: nnx.Conv, h: jax.Array, scale: jax.Array) -> jax.Array:
+    """scale * UP(h): the residual branch of a block, its concatenation projected back to the block's width."""
+    r = up(h)
+    return r * scale.astype(r.dtype)
+
+
+@replaceable
+def block_relu(y: jax.Array) -> jax.Array:
+    """The ReLU that ends a residual block (`act`; the released IR-v2's last block has none)."""
+    return jax.nn.relu(y)
 
 
 class Stem(nnx.Module):
@@ -281,7 +234,7 @@ class Stem(nnx.Module):
         c = 3
         for layer in layers:
             if isinstance(layer, Conv):
-                setattr(self, layer.name, Mixed._unit(c, layer, filters, ctx, rngs, outside_loops=True))
+                setattr(self, layer.name, Mixed._unit(c, layer, filters, ctx, rngs))
                 c = filters[layer.name]
             elif isinstance(layer, MixedSpec):
                 module = Mixed(c, layer.branches, sub_filters(filters, layer.name), ctx=ctx, rngs=rngs)
@@ -305,8 +258,8 @@ class AuxHead(nnx.Module):
     def __init__(self, in_channels: int, conv1: int, conv2: int, kernel: int, num_classes: int, *,
                  ctx: LayerContext, rngs: nnx.Rngs):
         self.kernel = kernel
-        self.conv1 = ConvBN(in_channels, conv1, (1, 1), outside_loops=True, ctx=ctx, rngs=rngs)
-        self.conv2 = ConvBN(conv1, conv2, (kernel, kernel), padding="VALID", outside_loops=True, ctx=ctx, rngs=rngs)
+        self.conv1 = ConvBN(in_channels, conv1, (1, 1), ctx=ctx, rngs=rngs)
+        self.conv2 = ConvBN(conv1, conv2, (kernel, kernel), padding="VALID", ctx=ctx, rngs=rngs)
         self.fc = nnx.Linear(conv2, num_classes, kernel_init=ctx.dense_init, dtype=ctx.dtype,
                              param_dtype=ctx.param_dtype, rngs=rngs)
 

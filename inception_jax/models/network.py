@@ -16,15 +16,9 @@ from flax import nnx
 
 from inception_jax.models.architecture import Architecture, aux_kernel_size
 from inception_jax.models.blocks import AuxHead, ConvBN, Head, InceptionBlock, Mixed, ResidualBlock, Stem, sub_filters
-from inception_jax.models.layers import (
-    INITIALIZERS,
-    LayerContext,
-    dropout,
-    mask_gradient,
-    scaled_initializer,
-)
+from inception_jax.models.layers import INITIALIZERS, LayerContext, dropout, scaled_initializer
 from inception_jax.models.options import DTYPES, ModelOptions
-from inception_jax.models.stacking import scan_stacked, stack_modules
+from inception_jax.models.stacking import scan_blocks, stack_modules
 
 STAGES = ("a", "b", "c")
 
@@ -83,7 +77,7 @@ class InceptionNet(nnx.Module):
         self.reduction_b = Mixed(c, arch.reduction_b, sub_filters(filters, "reduction_b"), ctx=ctx, rngs=rngs)
         c = self.reduction_b.mixed_channels
         c = self._build_stage("c", arch.block_c, c, filters, ctx, rngs)
-        self.final_conv = (ConvBN(c, filters["final_conv"], (1, 1), outside_loops=True, ctx=ctx, rngs=rngs)
+        self.final_conv = (ConvBN(c, filters["final_conv"], (1, 1), ctx=ctx, rngs=rngs)
                            if arch.final_conv else None)
         self.num_features = filters["final_conv"] if arch.final_conv else c
         self.head = Head(self.num_features, opts.num_classes, ctx=ctx, rngs=rngs)
@@ -146,8 +140,9 @@ class InceptionNet(nnx.Module):
         n_identical = self.stacked_counts()[f"blocks_{stage}"]
         per_block: list[dict[str, jax.Array]] = []
         if self.options.scan_blocks and n_identical:
-            x, stats = self._scan_stage(getattr(self, f"blocks_{stage}"), x, n_identical, train=train,
-                                        diagnostics=diagnostics)
+            x, stats = scan_blocks(getattr(self, f"blocks_{stage}"),
+                                   x, lambda block, h: block(h, train=train, diagnostics=diagnostics),
+                                   remat=self.options.remat_blocks and train)
             per_block.append(stats)
         else:
             for i in range(n_identical):
@@ -159,24 +154,6 @@ class InceptionNet(nnx.Module):
         if not diagnostics or not per_block:
             return x, None
         return x, jax.tree.map(lambda *v: jnp.concatenate(v), *per_block)
-
-    def _scan_stage(self, stacked: nnx.Module, x: jax.Array, n: int, *, train: bool, diagnostics: bool):
-        """The stacked blocks of a stage, scanned. Residual blocks end in a ReLU whose backward mask is applied
-        by the next block, from its input (layers.relu_unmasked): the scan keeps that input for the block's
-        convolutions anyway, where autodiff of the ReLU would keep a mask per block besides (IR-v2 at 299 px,
-        batch 8: 87 MiB of the train step's temporaries, and its time 0.99x; neutral at 75 px)."""
-        remat = self.options.remat_blocks and train
-        if not (isinstance(stacked, ResidualBlock) and stacked.activation):
-            return scan_stacked(stacked, x, lambda blk, h: blk(h, train=train, diagnostics=diagnostics), remat=remat)
-
-        def block(blk: ResidualBlock, h: jax.Array, floor: jax.Array):
-            return blk(mask_gradient(h, floor), train=train, diagnostics=diagnostics, deferred_mask=True)
-
-        # The first block's floor is -inf (nothing to mask: this stage applied no ReLU to its input); the last
-        # block's mask is applied to the stage's output.
-        floors = jnp.zeros((n,), jnp.float32).at[0].set(-jnp.inf)
-        y, stats = scan_stacked(stacked, x, block, xs=floors, remat=remat)
-        return mask_gradient(y, jnp.zeros((), jnp.float32)), stats
 
     def check_input(self, x: Any, *, train: bool = False) -> None:
         """Refuse an input the network cannot take, before anything is traced further."""

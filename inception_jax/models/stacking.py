@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from inception_jax.models.ops import replaceable
+
 STACKED_KEY = re.compile(r"blocks_[abc]")
 
 
@@ -48,6 +50,14 @@ def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[..., tuple[
     carry, (new_state, outs) = jax.lax.scan(body, carry, (state, xs))
     nnx.update(stacked, new_state)
     return carry, outs
+
+
+@replaceable
+def scan_blocks(stacked: nnx.Module, x: jax.Array, apply: Callable[[nnx.Module, jax.Array], tuple[jax.Array, Any]],
+                *, remat: bool) -> tuple[jax.Array, Any]:
+    """A stage's stacked blocks applied in turn, `apply(block, h) -> (h, per-block outputs)`: (the stage's output,
+    the per-block outputs stacked)."""
+    return scan_stacked(stacked, x, apply, remat=remat)
 
 
 def to_unrolled(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The residual blocks' scaled up-projection, scale * (x @ W + b), with the scale folded into W and b.
+"""The CPU backend's scaled up-projection of the residual blocks, scale * (x @ W + b), with the scale folded into
+W and b where that pays. `scaled_up_projection` replaces models/blocks.py's.
 
 Written as autodiff sees it (the 1x1 conv, then `* scale`), the backward multiplies the ReLU-masked output
 gradient by the scale, a pass over a block-sized tensor that XLA:CPU even ran twice per block (once in the
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from inception_jax.models.layers import pixel_contraction
+from inception_jax.cpu.convolution import inside_loops
+from inception_jax.cpu.kernel_gradients import pixel_contraction
+from inception_jax.models.blocks import scaled_up_projection as stock_scaled_up_projection
 
 # Folding pays where the kernel is this many times smaller than the activations, or more: it costs passes over the
 # kernel (scaled in the forward and again in the backward) to save them over the output gradient. IR-v2 at 299 px,
@@ -40,7 +44,7 @@ def scaled_projection(x: jax.Array, kernel: jax.Array, bias: jax.Array, scale: j
 
 def _forward(x, kernel, bias, scale):
     # The inputs are saved as they came in: inside the scan over stacked blocks a derived array (the scaled
-    # kernel) would be a residual of its own, copied into a stacked buffer every block (layers._conv2d).
+    # kernel) would be a residual of its own, copied into a stacked buffer every block (convolution._conv2d).
     return scaled_projection(x, kernel, bias, scale), (x, kernel, bias, scale)
 
 
@@ -59,3 +63,13 @@ def _backward(residuals, dy):
 
 
 scaled_projection.defvjp(_forward, _backward)
+
+
+def scaled_up_projection(up: nnx.Conv, h: jax.Array, scale: jax.Array) -> jax.Array:
+    """scale * UP(h). Where UP's kernel is small next to the activations, the scale is folded into the kernel and
+    bias (`scaled_projection`); elsewhere the output is scaled, which autodiff then repeats on the output gradient."""
+    x, kernel, bias = up.promote_dtype((h, up.kernel[...], up.bias[...]), dtype=up.dtype)
+    if folds_scale(kernel.shape, x.shape):
+        return scaled_projection(x, kernel, bias, scale.astype(x.dtype))
+    with inside_loops(True):  # a residual block's, which the scan over blocks loops over (a matmul either way)
+        return stock_scaled_up_projection.stock(up, h, scale)
