@@ -134,7 +134,7 @@ def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: S
     parts.append("<h2>How the numbers are made</h2><ul>" + "".join(f"<li>{escape(m)}</li>" for m in methods)
                  + "</ul>")
     definitions = sorted({str(r.verdict["definition"]) for r in runs if r.verdict and r.verdict.get("definition")})
-    parts.append("<h2>Verdict definitions (inception_jax/verdicts.py, the rules training applied)</h2>"
+    parts.append("<h2>Verdict definitions (inception_jax/training/verdicts.py, the rules training applied)</h2>"
                  f'<pre class="verbatim">{escape(ZERO_FRACTION_DEFINITION)}\n\n{escape(DEFINITION_TEXT)}</pre>')
     if definitions:
         parts.append("<p class='note'>As recorded in the runs' verdict.json:</p>"

@@ -1,6 +1,6 @@
 """The dying verdicts: their names, how seeds are combined into one verdict, and their definitions.
 
-The verdicts are computed by training (inception_jax/verdicts.py) and read from verdict.json; this module never
+The verdicts are computed by training (inception_jax/training/verdicts.py) and read from verdict.json; this module never
 recomputes them, it only orders, combines and documents them, with training's own definitions.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from inception_jax import verdicts as rules
+from inception_jax.training import verdicts as rules
 
-# The rules are training's (inception_jax/verdicts.py: pure Python), quoted here so the report states exactly what
-# each verdict name means. Least to most severe: severity only breaks ties when seeds disagree; "diverged" is a
-# numerical failure, never a kind of death, and sorts last so a tie with it is never hidden behind a milder one.
+# The rules are training's (inception_jax/training/verdicts.py: pure Python), quoted here so the report states
+# exactly what each verdict name means. Least to most severe: severity only breaks ties when seeds disagree;
+# "diverged" is a numerical failure, never a kind of death, and sorts last so a tie with it is never hidden behind
+# a milder one.
 VERDICTS = rules.VERDICTS
 UNKNOWN = "unknown"  # no verdict.json and no verdict in result.json
 ZERO_FRACTION_DEFINITION = ("z = prepool_zero_frac: the fraction of exact zeros in the pre-pool activation (the "

@@ -35,8 +35,8 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
 
     from inception_jax.cpu.kernels import kernels_for
     from inception_jax.models import build_model, grid_17, model_options
-    from inception_jax.optim import make_optimizer
-    from inception_jax.train_step import StepConfig, init_state, train_step
+    from inception_jax.training.optim import make_optimizer
+    from inception_jax.training.train_step import StepConfig, init_state, train_step
 
     t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
                               weight_decay=weight_decay, grad_clip_norm=grad_clip_norm)
@@ -54,8 +54,8 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
                            "label": rng.integers(0, num_classes, batch).astype(np.int32)})
     begin = time.perf_counter()
-    rows = cpu_codegen.block_matmul_rows(batch, grid_17(size))  # as the training loop compiles (train.py)
-    options = cpu_codegen.compiler_options(codegen, jax.devices()[0].platform, matmul_rows=rows)
+    options = cpu_codegen.step_compiler_options(codegen, jax.devices()[0].platform, per_device_batch=batch,
+                                                grid=grid_17(size))  # as the training loop compiles
     step = jax.jit(lambda state, batch: train_step(state, batch, 0, cfg), donate_argnums=0,
                    compiler_options=options).lower(state, data).compile()
     seconds = time.perf_counter() - begin

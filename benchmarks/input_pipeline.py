@@ -34,7 +34,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 FULL = dict(name="inception_resnet_v2", num_classes=10)
 
 
-# Every image decoded: the rates are what a run's first read of each image costs (inception_jax/image_cache.py
+# Every image decoded: the rates are what a run's first read of each image costs (inception_jax/data/image_cache.py
 # serves later reads; benchmarks/train_loop.py measures the loop both ways).
 UNCACHED = {"cache_mb": 0}
 
@@ -51,7 +51,7 @@ def main_job_size() -> tuple[dict, dict, int]:
 
 
 def prepare(data_dir: str, name: str) -> tuple[float, float]:
-    code = ("from inception_jax.input_pipeline import DataConfig, dataset_info; "
+    code = ("from inception_jax.data.input_pipeline import DataConfig, dataset_info; "
             f"print(dataset_info(DataConfig(name={name!r}, data_dir={data_dir!r})).split_sizes)")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
@@ -61,7 +61,7 @@ def prepare(data_dir: str, name: str) -> tuple[float, float]:
 
 
 def pipeline_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
-    from inception_jax import input_pipeline as ip
+    from inception_jax.data import input_pipeline as ip
 
     cfg = ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **cfg_kwargs})
     it = ip.create_train_stream(cfg, global_batch_size=batch, seed=0).iterator(0)
@@ -73,7 +73,7 @@ def pipeline_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> 
 
 
 def serial_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
-    from inception_jax import input_pipeline as ip
+    from inception_jax.data import input_pipeline as ip
 
     stream = ip.create_train_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, **cfg_kwargs}),
                                     global_batch_size=batch, seed=0)
@@ -85,7 +85,7 @@ def serial_rate(data_dir: str, batch: int, num_batches: int, **cfg_kwargs) -> fl
 
 
 def eval_rate(data_dir: str, crops: str, batch: int, num_batches: int, **cfg_kwargs) -> float:
-    from inception_jax import input_pipeline as ip
+    from inception_jax.data import input_pipeline as ip
 
     stream = ip.create_eval_stream(ip.DataConfig(**{**UNCACHED, "data_dir": data_dir, "eval_crops": crops,
                                                     **cfg_kwargs}),
@@ -139,8 +139,8 @@ def fed_model_rate(data_dir: str, spec: dict, data: dict, batch: int, steps: int
     """Small model consuming the pipeline's batches (as training does) vs the same model on one resident batch."""
     import jax
 
-    from inception_jax import input_pipeline as ip
-    from inception_jax.train_step import model_input
+    from inception_jax.data import input_pipeline as ip
+    from inception_jax.training.train_step import model_input
 
     step, (params, rest, x, y, key) = make_step(spec, data["image_size"], batch)
     jax.block_until_ready(step(params, rest, x, y, key))

@@ -10,7 +10,7 @@ resident memory (anonymous and file-backed, Linux /proc) next to what glibc's ma
 the peak resident memory above the start, kernel (system) and user CPU time per step, page faults per step, and
 whether malloc still had a block mapped outside its heaps after the last step (XLA:CPU's temporaries are one
 block allocated on a worker thread; above 64 MiB, glibc's limit for a thread's heap, it is mapped afresh and
-zero-filled by the kernel on every step: README, "Host memory"). What the resident memory holds beyond the state
+zero-filled by the kernel on every step: docs/performance.md §3.8). What the resident memory holds beyond the state
 and the temporaries is the runtime (libraries, compiled programs) and freed memory malloc cannot hand back
 (free chunks between live ones: partial pages).
 """

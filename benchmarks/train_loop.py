@@ -9,7 +9,7 @@ For each size it reports images/s of
   3. the train step with the dying diagnostics (what every log step computes),
   4. the training loop itself: the step fed by the real input pipeline with device prefetch, metrics fetched
      and written every log step as `train_and_evaluate` does; once with every image decoded (a run's first
-     read of it), once with the decoded images cached (inception_jax/image_cache.py: a sweep's later runs, later
+     read of it), once with the decoded images cached (inception_jax/data/image_cache.py: a sweep's later runs, later
      epochs),
 and how long an async checkpoint save blocks the loop. Targets (issue #4): the loop within 10 % of the bare
 forward+backward, diagnostics within 5 % of a plain step, a save blocking for 1 s or less.
@@ -38,15 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from inception_jax import image_cache
-from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import load_config
-from inception_jax.metrics import RunWriter
-from inception_jax.programs import compile_steps
-from inception_jax.run_setup import prepare_run, restore_or_init
-from inception_jax.sharding import global_batch
-from inception_jax.train import Clock, TrainLog, device_prefetch
-from inception_jax.train_step import cross_entropy, is_log_step, model_input
+from inception_jax.data import image_cache
+from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.metrics import RunWriter
+from inception_jax.training.programs import compile_steps
+from inception_jax.training.run_setup import prepare_run, restore_or_init
+from inception_jax.training.sharding import global_batch
+from inception_jax.training.train import Clock, TrainLog, device_prefetch
+from inception_jax.training.train_step import cross_entropy, is_log_step, model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

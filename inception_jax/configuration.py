@@ -17,7 +17,7 @@ from ml_collections import config_dict
 
 from inception_jax.cpu.codegen import CODEGENS
 from inception_jax.cpu.kernels import KERNEL_CHOICES
-from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES
+from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1  # >1 shards large parameters and optimizer state
     c.mesh.fsdp_min_size = 2**18  # leaves smaller than this stay replicated
 
-    c.init_from = ""  # a run workdir, its checkpoints/ dir, or an exported model dir (inception_jax.model_io)
+    c.init_from = ""  # a run workdir, its checkpoints/ dir, or an exported model dir (pretrained/model_io.py)
     c.init_from_ema = True
     c.distributed = ml_collections.ConfigDict()
     c.distributed.enabled = False  # jax.distributed.initialize(); auto-detects SLURM / TPU / cloud when no address
@@ -325,3 +325,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
     path, _, arg = spec.partition(":")
     return config_module(path).get_config(arg or None)
+
+
+def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:
+    classes = config.model.num_classes or num_classes
+    try:
+        return model_options(config.model.name, num_classes=classes, **model_knobs(config.model))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from e

@@ -41,10 +41,11 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 def main(argv) -> int:
     del argv
-    from inception_jax import runtime, sweep
-    from inception_jax.checkpointing import CheckpointError
     from inception_jax.configuration import ConfigError
-    from inception_jax.input_pipeline import DataError
+    from inception_jax.cpu import runtime
+    from inception_jax.data.input_pipeline import DataError
+    from inception_jax.sweeps import sweep
+    from inception_jax.training.checkpointing import CheckpointError
 
     runtime.setup(_CONFIG.value)
     logging.info("%s", host_memory.describe())

@@ -22,8 +22,8 @@ def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     Under pytest-xdist the dir sits in the session root the workers share, and the builder's file lock makes them
     prepare it once; without xdist it is this session's own temp dir.
     """
-    import inception_jax.datasets  # noqa: F401  (registers the builder)
-    from inception_jax.datasets.sources import get_builder
+    import inception_jax.data.sources  # noqa: F401  (registers the builder)
+    from inception_jax.data.sources import get_builder
 
     root = tmp_path_factory.getbasetemp()
     data_dir = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "shapes_textures_tiny"
@@ -35,7 +35,7 @@ def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def one_device_run(shapes_tiny_dir, tmp_path_factory) -> str:
     """The reference run: the tiny config on one device, 6 steps, uninterrupted."""
-    from inception_jax.train import train_and_evaluate
+    from inception_jax.training.train import train_and_evaluate
     from tests.training_helpers import tiny_config
 
     workdir = str(tmp_path_factory.mktemp("one_device"))

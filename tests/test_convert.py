@@ -12,17 +12,19 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import model_io
-from inception_jax.convert import convert
-from inception_jax.importers import (
+from inception_jax.models import model_options
+from inception_jax.models.stacking import to_unrolled
+from inception_jax.pretrained import model_io
+from inception_jax.pretrained.convert import convert
+from inception_jax.pretrained.importers import (
     ImportMismatchError,
     import_keras,
     import_timm,
     keras_file_classes,
     timm_unit_map,
 )
-from inception_jax.models import model_options
-from inception_jax.models.stacking import to_unrolled
+
+CONVERT = (sys.executable, "-m", "inception_jax.pretrained.convert")  # the command, as a user runs it
 
 # Spot checks straight from the module maps of docs/architecture.md §8.2 / §8.3.
 SPEC_ROWS = {
@@ -156,7 +158,7 @@ def test_timm_gamma_model_and_head_rules(v4_state):
 
 
 def run_convert(*flags):
-    return subprocess.run([sys.executable, "-m", "inception_jax.convert", *flags], capture_output=True, text=True,
+    return subprocess.run([*CONVERT, *flags], capture_output=True, text=True,
                           timeout=900)
 
 

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import inception_jax.datasets  # noqa: F401  (registers the builder)
-from inception_jax.datasets import EMBEDDED_DATASETS
-from inception_jax.datasets.shapes_textures import CLASS_NAMES, render
-from inception_jax.datasets.shapes_textures.shapes_textures_dataset_builder import Builder
-from inception_jax.datasets.sources import DataError, dataset_info, get_builder, open_split
+from inception_jax.data.shapes_textures import CLASS_NAMES, render
+from inception_jax.data.shapes_textures.shapes_textures_dataset_builder import Builder
+from inception_jax.data.sources import EMBEDDED_DATASETS, DataError, dataset_info, get_builder, open_split
 
 TINY = "shapes_textures/tiny"
 
@@ -52,8 +50,8 @@ def test_tiny_split_sizes_balance_and_features(shapes_tiny_dir):
 
 _PREPARE_IN_FRESH_PROCESS = """
 import hashlib, json, sys
-from inception_jax.datasets.shapes_textures import shapes_textures_dataset_builder as module
-from inception_jax.datasets.sources import open_split
+from inception_jax.data.shapes_textures import shapes_textures_dataset_builder as module
+from inception_jax.data.sources import open_split
 source = open_split("shapes_textures/tiny", sys.argv[1], "validation")
 hashes = [hashlib.sha1(source[i]["image"]).hexdigest() for i in range(len(source))]
 print(json.dumps({"workers": module._worker_pool_size(), "hashes": hashes}))
@@ -61,7 +59,7 @@ print(json.dumps({"workers": module._worker_pool_size(), "hashes": hashes}))
 
 
 def _rendered_validation_hashes() -> Counter:
-    from inception_jax.datasets.shapes_textures.shapes_textures_dataset_builder import _render_chunk
+    from inception_jax.data.shapes_textures.shapes_textures_dataset_builder import _render_chunk
 
     cfg = Builder.builder_configs["tiny"]
     chunk = _render_chunk((cfg.seed, 1, 0, cfg.validation_examples, cfg.image_size, cfg.jpeg_quality,
@@ -71,7 +69,7 @@ def _rendered_validation_hashes() -> Counter:
 
 def test_generation_in_process_gives_the_rendered_images(tmp_path, monkeypatch):
     """The version pins the content: the stored JPEGs are exactly the rendered images of (seed, split, index)."""
-    from inception_jax.datasets.shapes_textures import shapes_textures_dataset_builder as module
+    from inception_jax.data.shapes_textures import shapes_textures_dataset_builder as module
 
     monkeypatch.setattr(module, "_worker_pool_size", lambda: 0)
     source = open_split(TINY, str(tmp_path), "validation")

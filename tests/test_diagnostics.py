@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.diagnostics import activation_stats
 from inception_jax.models import create_model
-from inception_jax.verdicts import chance_top1, dead_windows_at_end, judge, with_evaluation
+from inception_jax.training.diagnostics import activation_stats
+from inception_jax.training.verdicts import chance_top1, dead_windows_at_end, judge, with_evaluation
 
 LN10 = math.log(10)
 

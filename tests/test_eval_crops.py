@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from inception_jax.eval_crops import NUM_CROPS, VIEWS, central_crop_box, crop_boxes, protocol_scales
+from inception_jax.data.eval_crops import NUM_CROPS, VIEWS, central_crop_box, crop_boxes, protocol_scales
 
 
 def _inside(box, height, width, eps=1e-9):

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from inception_jax import image_cache
-from inception_jax import input_pipeline as ip
-from inception_jax.input_pipeline import DataConfig
+from inception_jax.data import image_cache
+from inception_jax.data import input_pipeline as ip
+from inception_jax.data.input_pipeline import DataConfig
 
 TINY = "shapes_textures/tiny"
 

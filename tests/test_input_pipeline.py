@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from inception_jax import input_pipeline as ip
-from inception_jax import preprocessing as pp
-from inception_jax.input_pipeline import DataConfig, DataError
-from inception_jax.train_step import model_input
+from inception_jax.data import input_pipeline as ip
+from inception_jax.data import preprocessing as pp
+from inception_jax.data.input_pipeline import DataConfig, DataError
+from inception_jax.training.train_step import model_input
 
 TINY = "shapes_textures/tiny"  # 480 train / 120 validation images (tests/conftest.py prepares it once)
 
@@ -294,7 +294,7 @@ def test_data_path_runs_without_network(shapes_tiny_dir, tmp_path):
         pytest.skip(f"unshare -n is not permitted here (needs root or user namespaces): {probe.stderr.decode()}")
     script = textwrap.dedent(f"""
         import socket
-        from inception_jax import input_pipeline as ip
+        from inception_jax.data import input_pipeline as ip
         try:
             socket.create_connection(("8.8.8.8", 53), timeout=2)
             raise SystemExit("network reachable: the test is not isolated")

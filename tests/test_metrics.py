@@ -5,7 +5,7 @@ from clu.metric_writers import SummaryWriter
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from inception_jax.metrics import RunWriter
+from inception_jax.training.metrics import RunWriter
 
 
 def tensorboard_scalars(logdir: str) -> dict:

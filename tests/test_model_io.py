@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import model_io
-from inception_jax.importers.parity import forward_stages
 from inception_jax.models import KNOB_DEFAULTS, model_options
+from inception_jax.pretrained import model_io
+from inception_jax.pretrained.importers.parity import forward_stages
 
 TINY_IRV2 = dict(width_multiplier=0.1, block_counts=(2, 2, 2), num_classes=7)
 

@@ -7,9 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from inception_jax import optim
 from inception_jax.configuration import base_config
-from inception_jax.optim import ema_decay_at, kernel_mask, learning_rate_schedule, make_optimizer
+from inception_jax.training import optim
+from inception_jax.training.optim import ema_decay_at, kernel_mask, learning_rate_schedule, make_optimizer
 
 
 def recipe(**overrides):

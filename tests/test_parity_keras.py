@@ -15,7 +15,7 @@ import pytest
 
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.cpu.kernels import kernels_for
-from inception_jax.importers import ImportMismatchError, import_keras, parity
+from inception_jax.pretrained.importers import ImportMismatchError, import_keras, parity
 
 keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
 

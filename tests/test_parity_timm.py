@@ -22,8 +22,8 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import model_io
-from inception_jax.importers import ImportMismatchError, import_timm, load_timm_state_dict, parity
+from inception_jax.pretrained import model_io
+from inception_jax.pretrained.importers import ImportMismatchError, import_timm, load_timm_state_dict, parity
 
 SKIP_REASON = "timm parity needs torch and timm: `make parity` (pip install -e '.[parity]')"
 torch = pytest.importorskip("torch", reason=SKIP_REASON)
@@ -128,7 +128,7 @@ def test_convert_command_from_safetensors(tmp_path):
     safetensors_torch.save_file(ref.state_dict(), str(weights))
     out = tmp_path / "exported"
     result = subprocess.run(
-        [sys.executable, "-m", "inception_jax.convert", "--source=timm", f"--input={weights}",
+        [sys.executable, "-m", "inception_jax.pretrained.convert", "--source=timm", f"--input={weights}",
          "--model=inception_resnet_v2", f"--output={out}", "--bn_scale", "--scan_blocks=false", "--check_parity"],
         capture_output=True, text=True, timeout=900)
     print(result.stdout)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inception_jax import model_io
 from inception_jax.models import model_options
-from inception_jax.predict import class_names, imagenet2012_class_names, load_images, predict
+from inception_jax.pretrained import model_io
+from inception_jax.pretrained.predict import class_names, imagenet2012_class_names, load_images, predict
+
+PREDICT = (sys.executable, "-m", "inception_jax.pretrained.predict")  # the command, as a user runs it
 
 LINE = re.compile(r"^  ([1-5])\. +(\d+\.\d\d)%  (.+)$")
 
@@ -64,7 +66,7 @@ def test_imagenet_names_come_from_tfds_in_label_order():
 def test_predict_command_prints_top5_names_and_probabilities(exported, image_files):
     good, broken = image_files
     missing = str(exported.parent / "missing.jpg")
-    result = subprocess.run([sys.executable, "-m", "inception_jax.predict", f"--checkpoint={exported}", *good, broken,
+    result = subprocess.run([*PREDICT, f"--checkpoint={exported}", *good, broken,
                              missing], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1  # some inputs were unreadable
     assert f"predict: {broken}: not an image PIL can decode" in result.stderr
@@ -98,13 +100,13 @@ def test_predict_function_checks_top_k_and_uses_the_model_size(exported, image_f
 
 def test_predict_command_prints_stored_labels(tmp_path, image_files):
     model_io.save_model(tmp_path / "three", random_model(seed=1, num_classes=3), labels=["cat", "dog", "bird"])
-    result = subprocess.run([sys.executable, "-m", "inception_jax.predict", f"--checkpoint={tmp_path / 'three'}",
+    result = subprocess.run([*PREDICT, f"--checkpoint={tmp_path / 'three'}",
                              "--top_k=3", "--image_size=107", image_files[0][0]],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     labels = [LINE.match(line).group(3) for line in result.stdout.splitlines()[1:]]
     assert sorted(labels) == ["bird", "cat", "dog"]
 
-    bad = subprocess.run([sys.executable, "-m", "inception_jax.predict", f"--checkpoint={tmp_path / 'nowhere'}",
+    bad = subprocess.run([*PREDICT, f"--checkpoint={tmp_path / 'nowhere'}",
                           image_files[0][0]], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and "is not a directory" in bad.stderr and "Traceback" not in bad.stderr

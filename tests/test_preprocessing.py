@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inception_jax import preprocessing as pp
-from inception_jax.eval_crops import crop_boxes
+from inception_jax.data import preprocessing as pp
+from inception_jax.data.eval_crops import crop_boxes
 
 
 def _jpeg(array: np.ndarray, quality: int = 95) -> bytes:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.models import build_model, model_options, program_options
-from inception_jax.programs import program_key, programs_for
-from inception_jax.run_setup import prepare_run, restore_or_init
-from inception_jax.sharding import global_batch
-from inception_jax.train import precise_statistics
-from inception_jax.train_step import model_input
+from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.programs import program_key, programs_for
+from inception_jax.training.run_setup import prepare_run, restore_or_init
+from inception_jax.training.sharding import global_batch
+from inception_jax.training.train import precise_statistics
+from inception_jax.training.train_step import model_input
 from tests.training_helpers import tiny_config
 
 TINY = dict(num_classes=10, width_multiplier=0.1, block_counts=(2, 1, 2), dropout_rate=0.0)

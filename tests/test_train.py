@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax import model_io
-from inception_jax.checkpointing import CheckpointError, RunCheckpoints, checkpoint_bytes
 from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
-from inception_jax.programs import compile_steps
-from inception_jax.run_setup import prepare_run, restore_or_init, state_layout
-from inception_jax.train import train_and_evaluate
+from inception_jax.pretrained import model_io
+from inception_jax.training.checkpointing import CheckpointError, RunCheckpoints, checkpoint_bytes
+from inception_jax.training.programs import compile_steps
+from inception_jax.training.run_setup import prepare_run, restore_or_init, state_layout
+from inception_jax.training.train import train_and_evaluate
 from tests.training_helpers import (
     ROOT,
     assert_losses_agree_up_to_rounding,
@@ -178,7 +178,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_kept_aside(one_device_run, s
     _truncate_largest_data_file(os.path.join(workdir, "checkpoints", "6"))
     run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)
     checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), every_steps=3, keep=3)
-    with caplog.at_level("WARNING", logger="inception_jax.checkpointing"):
+    with caplog.at_level("WARNING", logger="inception_jax.training.checkpointing"):
         _, _, meta = restore_or_init(run, checkpoints)
     assert meta["step"] == 3 and checkpoints.manager.all_steps() == [3]
     checkpoints.close()
@@ -259,7 +259,7 @@ def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     state, shardings, _ = restore_or_init(run, checkpoints)
     checkpoints.close()
     train_fn, _ = compile_steps(run, shardings)
-    from inception_jax.sharding import global_batch
+    from inception_jax.training.sharding import global_batch
 
     for step in range(3):
         state, _ = train_fn(state, global_batch(run.train_stream.batch(step), run.mesh), run.config.seed)
@@ -270,7 +270,7 @@ def test_metrics_come_back_as_one_vector_and_unpack_to_the_same_values():
     """The loop fetches a step's metrics in one transfer (train_step.pack_metrics), under their names."""
     import jax.numpy as jnp
 
-    from inception_jax.train_step import pack_metrics, unpack_metrics
+    from inception_jax.training.train_step import pack_metrics, unpack_metrics
 
     metrics = {"loss": jnp.float32(2.5), "lr": jnp.float32(0.045), "zero_frac": jnp.arange(3, dtype=jnp.float32),
                "per_block": {"rms": jnp.ones((2, 2), jnp.bfloat16) / 3}}
@@ -304,8 +304,8 @@ def test_global_norms_are_computed_on_log_steps_only_and_are_exact_there(shapes_
     state, shardings, _ = restore_or_init(run, checkpoints)
     checkpoints.close()
     train_fn, _ = compile_steps(run, shardings)
-    from inception_jax.sharding import global_batch
-    from inception_jax.train_step import is_log_step
+    from inception_jax.training.sharding import global_batch
+    from inception_jax.training.train_step import is_log_step
 
     assert [s for s in range(1, 6) if is_log_step(s, run.step_cfg.log_schedule)] == [2, 4, 5]
     for step in (1, 2):
@@ -331,7 +331,7 @@ def test_logged_throughput_spans_the_steps_between_log_steps_not_the_writes():
     deferred write), and must not read as a near-zero interval."""
     from types import SimpleNamespace
 
-    from inception_jax.train import Clock, TrainLog
+    from inception_jax.training.train import Clock, TrainLog
 
     class Writer:
         def write(self, step, split, values, **extra):

@@ -6,9 +6,9 @@ import os
 import jax
 import numpy as np
 
-from inception_jax.checkpointing import RunCheckpoints
 from inception_jax.configuration import load_config
-from inception_jax.metrics import read_metrics
+from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,12 +7,12 @@ This jaxlib hands every dot, convolution and large reduction to YNNPACK (`xla_cp
 defaults to INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); its convolutions were the slow part of our steps on
 this project's AVX-512 VMs. Alone, forward and backward through our `conv2d`: the stem's 3x3 convs at 299 px
 0.56x / 0.75x / 0.79x the time, a 3x3 256 -> 256 conv at 35 x 35 0.96x, a scan of twenty 7x1 convs 0.85x. The
-whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (README,
-"Benchmarks"). Reductions stay on YNNPACK: without them XLA computes BatchNorm's statistics as slow reduce-window
+whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (docs/performance.md
+§3.7). Reductions stay on YNNPACK: without them XLA computes BatchNorm's statistics as slow reduce-window
 trees (1.12x the step time). Dots stay on YNNPACK unless the repeated blocks' matmuls are large (`matmul_rows`, the
 pixels times examples per device of the B blocks' 1x1 convolutions, at least XLA_DOTS_MIN_ROWS): there XLA's own
 dots are faster. The step at 299 px, batch 8 (2,312 rows) with XLA's dots: 0.982x / 0.984x (IR-v2, two A/Bs in one
-process) and 0.986x (v4); at 75 px, batch 32 (288 rows): 1.069x (README, "What changed", evening of 2026-12-06).
+process) and 0.986x (v4); at 75 px, batch 32 (288 rows): 1.069x (docs/performance.md §3.7).
 
 There is no fast-math choice: XLA:CPU's `xla_cpu_enable_fast_math` (even honouring NaN, inf, division and the
 math functions) made the gradients of a small IR-v2 3-13 % off XLA's defaults once a residual block multiplied its
@@ -73,6 +73,13 @@ def compiler_options(codegen: str, platform: str, xla_flags: str | None = None, 
         options[YNN_FUSION_TYPE] = LARGE_MATMUL_YNN_FUSION_TYPE
     user = flags_set_in(os.environ.get("XLA_FLAGS") if xla_flags is None else xla_flags)
     return {name: value for name, value in options.items() if name not in user} or None
+
+
+def step_compiler_options(codegen: str, platform: str, *, per_device_batch: int,
+                          grid: int) -> dict[str, bool | int | str] | None:
+    """The options of a train or eval step of `per_device_batch` examples whose B blocks run on a `grid`-square
+    map: what the training loop and the benchmarks compile with, so they measure the same program."""
+    return compiler_options(codegen, platform, matmul_rows=block_matmul_rows(per_device_batch, grid))
 
 
 def xla_convolution_kernels(codegen: str, platform: str, xla_flags: str | None = None) -> bool:

@@ -4,7 +4,7 @@ XLA:CPU gets each step's temporary buffers (hundreds of MiB at the CPU-ablation 
 that large are mmap'd on allocation and unmapped on free, so every step touches fresh memory: at 75 px, batch 32,
 IR-v2 took 187,000 page faults per step, 0.3 s of kernel time in a 0.6 s step. glibc's `glibc.malloc.hugetlb=1`
 tunable has malloc ask for transparent huge pages (madvise), which cuts the faults 100-fold and the TLB misses
-with them: the same train step ran in 0.76x the time (README, "Host memory"). The pages were still handed back
+with them: the same train step ran in 0.76x the time (docs/performance.md §3.8). The pages were still handed back
 after every step (unmapped, or trimmed off the top of the heap) and zero-filled by the kernel again on the next:
 3.5-5.5 ms of kernel time per 25 ms step at the CPU-ablation size. `mmap_max=0` keeps large blocks in the heap
 and a 16 GiB trim threshold keeps the heap from shrinking under them, so each step reuses the pages of the last
@@ -113,7 +113,7 @@ def release_freed_memory() -> int:
     """Hand the memory malloc holds but no longer uses back to the kernel (glibc's malloc_trim); the bytes freed.
 
     XLA's compiler frees most of what it allocates, but glibc keeps it in the heap: after compiling IR-v2's train
-    step the process held 850 MiB it had freed (README, "Host memory"). Call it after compiling, not per step.
+    step the process held 850 MiB it had freed (docs/performance.md §3.8). Call it after compiling, not per step.
     """
     if glibc_version() is None:
         return 0
@@ -147,7 +147,7 @@ def run_cpu_steps_inline() -> str:
     faults and 0.13-0.16 cores of kernel time per step). Inline, they come from the caller's main-arena heap,
     which the huge-page allocator keeps (above): 50-130 faults, 0.02-0.03 cores. Step time, inline /
     async, processes alternated, 2026-12-06: IR-v2 0.93x / 0.96x / 0.94x at 75 px, 1.00x / 1.01x at 299 px; v4
-    0.99x / 0.91x / 1.02x at 75 px, 0.94x / 0.97x at 299 px (README, "Host memory"). The main job's loop lost
+    0.99x / 0.91x / 1.02x at 75 px, 0.94x / 0.97x at 299 px (docs/performance.md §3.8). The main job's loop lost
     nothing by waiting for each step (its input pipeline prefetches in its own threads): benchmarks/train_loop.py,
     inline against async, 1.01x / 0.99x the images/s (images decoded / cached), its train step 1.05x.
 

@@ -11,6 +11,11 @@ MIN_IMAGE_SIZE = 75  # docs/architecture.md §1.3: 74 fails at Reduction-B (grid
 MIN_IMAGE_SIZE_AUX = 107  # §1.3: the aux head needs the 17-grid to be >= 5
 
 
+def min_image_size(aux_head: bool) -> int:
+    """The smallest input side a network takes: the one rule every check of an image size uses."""
+    return MIN_IMAGE_SIZE_AUX if aux_head else MIN_IMAGE_SIZE
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """One network of the paper as data. Filter counts are a flat dotted table (`block_b.b1_1`, `stem.mixed4a.b0_0`,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax.models.architecture import Architecture, aux_kernel_size
+from inception_jax.models.architecture import MIN_IMAGE_SIZE, Architecture, aux_kernel_size, min_image_size
 from inception_jax.models.blocks import AuxHead, ConvBN, Head, InceptionBlock, Mixed, ResidualBlock, Stem, sub_filters
 from inception_jax.models.layers import INITIALIZERS, LayerContext, dropout, scaled_initializer
 from inception_jax.models.options import DTYPES, ModelOptions
@@ -163,11 +163,11 @@ class InceptionNet(nnx.Module):
         if shape[-1] != 3:
             raise ValueError(f"{self.options.name}: input has {shape[-1]} channels (shape {tuple(shape)}); the "
                              "networks take RGB images with 3 channels, NHWC")
-        minimum = self.options.min_image_size if (train and self.aux is not None) else 75
+        minimum = min_image_size(train and self.aux is not None)  # the aux head runs in training only
         if min(shape[1], shape[2]) < minimum:
             raise ValueError(f"{self.options.name}: input {shape[1]}x{shape[2]} is below the minimum size "
                              f"{minimum}x{minimum} (docs/architecture.md §1.3"
-                             f"{'; the aux head needs 107' if minimum > 75 else ''})")
+                             f"{'; the aux head needs ' + str(minimum) if minimum > MIN_IMAGE_SIZE else ''})")
         if train and self.aux is not None and (aux_kernel_size(shape[1]), aux_kernel_size(shape[2])) != (
                 self.aux.kernel,) * 2:
             raise ValueError(f"{self.options.name}: the aux head was built for image_size="

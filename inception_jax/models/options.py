@@ -14,7 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from inception_jax.models.architecture import MIN_IMAGE_SIZE, MIN_IMAGE_SIZE_AUX, Architecture
+from inception_jax.models.architecture import Architecture, min_image_size
 from inception_jax.models.blocks import SCALE_MODES
 from inception_jax.models.layers import INITIALIZERS
 
@@ -85,7 +85,7 @@ class ModelOptions:
 
     @property
     def min_image_size(self) -> int:
-        return MIN_IMAGE_SIZE_AUX if self.aux_head else MIN_IMAGE_SIZE
+        return min_image_size(self.aux_head)
 
 
 def _closest(name: str, valid: Sequence[str]) -> str:
@@ -215,7 +215,7 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
         raise ValueError(f"{_where(arch, 'aux_head')}=True: only inception_v4 and inception_resnet_v2 define an "
                          "auxiliary head (docs/architecture.md §2.8, §4.2.8)")
     image_size = _positive_int(arch, "image_size", v["image_size"])
-    minimum = MIN_IMAGE_SIZE_AUX if aux_head else MIN_IMAGE_SIZE
+    minimum = min_image_size(aux_head)
     if image_size < minimum:
         raise ValueError(f"{_where(arch, 'image_size')}={image_size} is below the minimum input size {minimum}"
                          f"{' with the aux head' if aux_head else ''} (docs/architecture.md §1.3)")

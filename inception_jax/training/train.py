@@ -23,15 +23,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import sharding, verdicts
-from inception_jax.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.cpu import host_memory
-from inception_jax.input_pipeline import create_eval_stream
-from inception_jax.metrics import RunWriter, write_json_atomic
-from inception_jax.programs import Programs, compile_steps, program_key, programs_for
-from inception_jax.run_setup import Run, config_record, prepare_run, restore_or_init, state_layout
-from inception_jax.train_step import is_log_step
+from inception_jax.data.input_pipeline import create_eval_stream
+from inception_jax.training import sharding, verdicts
+from inception_jax.training.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
+from inception_jax.training.metrics import RunWriter, write_json_atomic
+from inception_jax.training.programs import Programs, compile_steps, program_key, programs_for
+from inception_jax.training.run_setup import Run, config_record, prepare_run, restore_or_init, state_layout
+from inception_jax.training.train_step import is_log_step
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from inception_jax.importers.common import (
+from inception_jax.models import ModelOptions, model_options
+from inception_jax.models.blocks import Conv
+from inception_jax.pretrained.importers.common import (
     ImportedModel,
     ImportMismatchError,
     SourceTensors,
@@ -24,8 +26,6 @@ from inception_jax.importers.common import (
     head_classes,
     spec_modules,
 )
-from inception_jax.models import ModelOptions, model_options
-from inception_jax.models.blocks import Conv
 
 TIMM_MODELS = ("inception_v4", "inception_resnet_v2")
 FEATURES = 1536  # pooled width of both networks

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 import ml_collections
 
 from inception_jax.configuration import ConfigError, resume_conflicts
-from inception_jax.input_pipeline import DataError
-from inception_jax.run_setup import CheckedRun, check_run, config_record
-from inception_jax.sweep_rows import SweepRow, describe_row
+from inception_jax.data.input_pipeline import DataError
+from inception_jax.sweeps.sweep_rows import SweepRow, describe_row
+from inception_jax.training.run_setup import CheckedRun, check_run, config_record
 
 log = logging.getLogger(__name__)
 REPLACED_DIR = "replaced"  # <workdir>/replaced/<run_id>-<UTC time>/: run folders --rerun_changed moved aside

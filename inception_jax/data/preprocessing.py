@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from inception_jax.eval_crops import Crop, crop_boxes
+from inception_jax.data.eval_crops import Crop, crop_boxes
 
 AUGMENTATIONS: tuple[str, ...] = ("inception", "flip", "none")
 _BRIGHTNESS_DELTA = 32.0 / 255.0  # slim distort_color

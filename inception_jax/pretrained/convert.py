@@ -1,9 +1,9 @@
 r"""Convert pretrained timm or Keras weights into an exported model directory (model_io format).
 
-    python -m inception_jax.convert --source=timm --input=inception_v4.safetensors --model=inception_v4 \
+    python -m inception_jax.pretrained.convert --source=timm --input=inception_v4.safetensors --model=inception_v4 \
         --output=/tmp/inception_v4 [--scan_blocks=false] [--bn_scale] [--drop_background] [--check_parity]
-    python -m inception_jax.convert --source=keras --input=inception_resnet_v2.h5 --model=inception_resnet_v2 \
-        --output=/tmp/irv2
+    python -m inception_jax.pretrained.convert --source=keras --input=inception_resnet_v2.h5 \
+        --model=inception_resnet_v2 --output=/tmp/irv2
 
 Prints the tensors read / used / dropped and the parameter count next to docs/architecture.md §7.1. Any name or shape
 mismatch stops the conversion with the offending names. --check_parity runs the source network and the converted
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from inception_jax import model_io
-from inception_jax.importers import (
+from inception_jax.pretrained import model_io
+from inception_jax.pretrained.importers import (
     ImportedModel,
     ImportMismatchError,
     import_keras,

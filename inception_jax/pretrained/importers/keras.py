@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from inception_jax.importers.common import (
+from inception_jax.models import model_options
+from inception_jax.pretrained.importers.common import (
     ImportedModel,
     ImportMismatchError,
     SourceTensors,
@@ -27,7 +28,6 @@ from inception_jax.importers.common import (
     head_classes,
     spec_modules,
 )
-from inception_jax.models import model_options
 
 KERAS_MODEL = "inception_resnet_v2"
 FEATURES = 1536

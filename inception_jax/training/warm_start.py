@@ -11,13 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import model_io
-from inception_jax.configuration import ConfigError
+from inception_jax.configuration import ConfigError, resolve_model_options
 from inception_jax.models import ModelOptions
 from inception_jax.models.blocks import CONSTANT_NAMES
+from inception_jax.pretrained import model_io
+from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.optim import learning_rate_schedule, make_optimizer
+from inception_jax.training.train_step import TrainState, init_state
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = (("head", "fc"), ("aux", "fc"))
@@ -41,8 +45,6 @@ def load_source(path: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, di
     kind, path = resolve_source(path)
     if kind == "exported":
         return model_io.load_variables(path)
-    from inception_jax.run_setup import restore_run_weights  # the run's own state layout lives there
-
     return restore_run_weights(path, use_ema=use_ema)
 
 
@@ -101,3 +103,40 @@ def apply_init_from(state: Any, shardings: Any, opts: ModelOptions, init_from: s
                             shardings.replace(opt_state=None, ema_params=None))
     log.info("init_from: loaded %s", json.dumps({"source": init_from, "model": source_opts.name}))
     return placed
+
+
+def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, dict]]:
+    """The weights of another run's latest checkpoint as {"params", "batch_stats"} host pure dicts."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        source_cfg = ml_collections.ConfigDict(json.load(f))
+    source = prepare_source_layout(source_cfg)
+    checkpoints = RunCheckpoints(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise ConfigError(f"init_from={run_dir!r}: the run has no complete checkpoint in {run_dir}/checkpoints")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract, opts = source
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    state, _ = checkpoints.restore(target)
+    checkpoints.close()
+    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+    variables = {"params": nnx.to_pure_dict(params), "batch_stats": _batch_stats(state.rest)}
+    return opts, jax.tree.map(jax.device_get, variables)
+
+
+def _batch_stats(rest: nnx.State) -> dict:
+    """The BatchNorm statistics of a `rest` state as a pure dict (constant scales dropped)."""
+    return nnx.to_pure_dict(nnx.filter_state(rest, nnx.BatchStat))
+
+
+def prepare_source_layout(source_cfg: ml_collections.ConfigDict) -> tuple[TrainState, ModelOptions]:
+    """Abstract state of a stored run, rebuilt from its config.json (its optimizer decides opt_state's shape)."""
+    derived = source_cfg.get("derived", {})
+    opts = resolve_model_options(source_cfg, int(derived.get("num_classes") or source_cfg.model.num_classes))
+    steps_per_epoch = int(derived.get("steps_per_epoch", 1))
+    schedule = learning_rate_schedule(source_cfg.train, steps_per_epoch=steps_per_epoch,
+                                      num_steps=int(derived.get("num_steps", 1)))
+    tx = make_optimizer(source_cfg.train, schedule)
+    abstract = jax.eval_shape(lambda: init_state(opts, tx, 0))
+    if source_cfg.train.ema_decay:
+        abstract = abstract.replace(ema_params=abstract.params)
+    return abstract, opts

@@ -18,11 +18,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from inception_jax.diagnostics import activation_stats
+from inception_jax.data.preprocessing import UINT8_TO_MODEL_RANGE
 from inception_jax.models import ModelOptions, build_model
 from inception_jax.models.ops import STOCK, Kernels
-from inception_jax.optim import global_norm, update_ema
-from inception_jax.preprocessing import UINT8_TO_MODEL_RANGE
+from inception_jax.training.diagnostics import activation_stats
+from inception_jax.training.optim import global_norm, update_ema
 
 
 @flax.struct.dataclass

@@ -22,16 +22,18 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from inception_jax import input_pipeline, sharding
-from inception_jax.checkpointing import RunCheckpoints, abstract_with_shardings
-from inception_jax.configuration import ConfigError, model_knobs, num_train_steps, validate_static
+from inception_jax.configuration import ConfigError, num_train_steps, resolve_model_options, validate_static
 from inception_jax.cpu.kernels import kernels_for
-from inception_jax.datasets.sources import open_split, resolve_data_dir
-from inception_jax.input_pipeline import DataConfig
-from inception_jax.models import ModelOptions, build_model, model_options, program_options
-from inception_jax.optim import learning_rate_schedule, make_optimizer
-from inception_jax.programs import programs_for
-from inception_jax.train_step import StepConfig, TrainState, init_state, split_model
+from inception_jax.data import input_pipeline
+from inception_jax.data.input_pipeline import DataConfig
+from inception_jax.data.sources import open_split, resolve_data_dir
+from inception_jax.models import ModelOptions, build_model, program_options
+from inception_jax.training import sharding
+from inception_jax.training.checkpointing import RunCheckpoints, abstract_with_shardings
+from inception_jax.training.optim import learning_rate_schedule, make_optimizer
+from inception_jax.training.programs import programs_for
+from inception_jax.training.train_step import StepConfig, TrainState, split_model
+from inception_jax.training.warm_start import apply_init_from, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +112,6 @@ def model_facts(opts: ModelOptions) -> ModelFacts:
     return ModelFacts(graphdef, params, rest, count, widths, model.stacked_counts())
 
 
-def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:
-    classes = config.model.num_classes or num_classes
-    try:
-        return model_options(config.model.name, num_classes=classes, **model_knobs(config.model))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.model: {e}") from e
-
-
 @dataclasses.dataclass(frozen=True)
 class CheckedRun:
     """What `check_run` resolved: everything a run is checked against, nothing built yet."""
@@ -158,7 +152,6 @@ def check_run(config: ml_collections.ConfigDict, datasets: dict | None = None) -
         raise ConfigError(f"train.eval_every_steps={t.eval_every_steps} is larger than the run ({num_steps} steps); "
                           f"use at most {num_steps}, or None to evaluate only at the end")
     if config.init_from:
-        from inception_jax.warm_start import resolve_source
 
         resolve_source(config.init_from)
     return CheckedRun(data=data, info=info, opts=opts, mesh=mesh, steps_per_epoch=steps_per_epoch,
@@ -270,7 +263,6 @@ def fresh_state(run: Run, shardings: TrainState) -> TrainState:
     init = programs_for(run, shardings).init
     state = with_block_values(init(np.int32(run.config.seed)), run)
     if run.config.init_from:
-        from inception_jax.warm_start import apply_init_from
 
         state = apply_init_from(state, shardings, run.opts, run.config.init_from, use_ema=run.config.init_from_ema)
         opt_state = jax.jit(run.step_cfg.tx.init, out_shardings=shardings.opt_state)(state.params)
@@ -288,42 +280,6 @@ def with_block_values(state: TrainState, run: Run) -> TrainState:
     _, params, rest = split_model(model)
     return state.replace(params=params, rest=rest)
 
-
-def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, dict]]:
-    """The weights of another run's latest checkpoint as {"params", "batch_stats"} host pure dicts."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        source_cfg = ml_collections.ConfigDict(json.load(f))
-    source = prepare_source_layout(source_cfg)
-    checkpoints = RunCheckpoints(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1, read_only=True)
-    if checkpoints.latest_step() is None:
-        raise ConfigError(f"init_from={run_dir!r}: the run has no complete checkpoint in {run_dir}/checkpoints")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract, opts = source
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    state, _ = checkpoints.restore(target)
-    checkpoints.close()
-    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-    variables = {"params": nnx.to_pure_dict(params), "batch_stats": _batch_stats(state.rest)}
-    return opts, jax.tree.map(jax.device_get, variables)
-
-
-def _batch_stats(rest: nnx.State) -> dict:
-    """The BatchNorm statistics of a `rest` state as a pure dict (constant scales dropped)."""
-    return nnx.to_pure_dict(nnx.filter_state(rest, nnx.BatchStat))
-
-
-def prepare_source_layout(source_cfg: ml_collections.ConfigDict) -> tuple[TrainState, ModelOptions]:
-    """Abstract state of a stored run, rebuilt from its config.json (its optimizer decides opt_state's shape)."""
-    derived = source_cfg.get("derived", {})
-    opts = resolve_model_options(source_cfg, int(derived.get("num_classes") or source_cfg.model.num_classes))
-    steps_per_epoch = int(derived.get("steps_per_epoch", 1))
-    schedule = learning_rate_schedule(source_cfg.train, steps_per_epoch=steps_per_epoch,
-                                      num_steps=int(derived.get("num_steps", 1)))
-    tx = make_optimizer(source_cfg.train, schedule)
-    abstract = jax.eval_shape(lambda: init_state(opts, tx, 0))
-    if source_cfg.train.ema_decay:
-        abstract = abstract.replace(ema_params=abstract.params)
-    return abstract, opts
 
 
 def restore_or_init(run: Run, checkpoints: RunCheckpoints) -> tuple[TrainState, TrainState, dict | None]:

@@ -25,9 +25,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from inception_jax import eval_crops, image_cache, preprocessing
-from inception_jax.datasets.sources import DataError, DatasetInfo, get_builder, open_split, resolve_data_dir
-from inception_jax.datasets.sources import dataset_info as _source_info
+from inception_jax.data import eval_crops, image_cache, preprocessing
+from inception_jax.data.sources import DataError, DatasetInfo, get_builder, open_split, resolve_data_dir
+from inception_jax.data.sources import dataset_info as _source_info
 from inception_jax.models.architecture import MIN_IMAGE_SIZE
 
 __all__ = ["DataConfig", "DataError", "DatasetInfo", "EvalStream", "TrainStream", "create_eval_stream",

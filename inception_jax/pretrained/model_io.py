@@ -72,7 +72,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     meta_path = os.path.join(os.fspath(path), META_FILE)
     if not os.path.isdir(os.fspath(path)):
         raise FileNotFoundError(f"exported model {os.fspath(path)!r} is not a directory; expected a folder with "
-                                f"{META_FILE} and {VARIABLES_DIR}/ (written by save_model / inception_jax.convert)")
+                                f"{META_FILE} and {VARIABLES_DIR}/ (written by save_model / pretrained.convert)")
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"{meta_path} not found: {os.fspath(path)!r} is not an exported model directory "
                                 f"(it has {sorted(os.listdir(os.fspath(path)))[:10]})")

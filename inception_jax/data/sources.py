@@ -20,10 +20,13 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from inception_jax.datasets import EMBEDDED_DATASETS
+from inception_jax.data import shapes_textures  # noqa: F401  (registers the builder with tfds by name)
 
 log = logging.getLogger(__name__)
 _SPLIT_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)")
+
+# Datasets this package can generate on demand: the pipeline prepares them itself when a data dir lacks them.
+EMBEDDED_DATASETS: frozenset[str] = frozenset({"shapes_textures"})
 
 
 class DataError(ValueError):

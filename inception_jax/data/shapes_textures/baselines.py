@@ -1,6 +1,6 @@
 """Reference accuracies of `shapes_textures` (the numbers in the builder's docstring): how hard the problem is.
 
-    python -m inception_jax.datasets.shapes_textures.baselines [--data_dir=DIR] [--cnn_epochs=4]
+    python -m inception_jax.data.shapes_textures.baselines [--data_dir=DIR] [--cnn_epochs=4]
 
 1. Linear classifiers on raw pixels (standardised, 32x32x3): ridge least squares on one-hot targets (closed form)
    and softmax regression (full-batch Adam).
@@ -22,8 +22,7 @@ def load_split(data_dir: str | None, split: str, size: int) -> tuple[np.ndarray,
     """All images of a split resized to size x size, as uint8, with their labels."""
     import tensorflow_datasets as tfds
 
-    import inception_jax.datasets  # noqa: F401  (registers the builder)
-    from inception_jax.datasets.sources import open_split
+    from inception_jax.data.sources import open_split
 
     source = open_split("shapes_textures", data_dir, split)
     records = source.__getitems__(list(range(len(source))))

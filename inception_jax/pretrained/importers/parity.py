@@ -2,8 +2,8 @@
 the same images, the relative error per stage, and the preparation the acceptance test gives a randomly
 initialised reference (randomised biases / gammas, realistic BatchNorm statistics).
 
-Used by the parity tests and by `inception_jax.convert --check_parity`. torch / keras are imported only by the
-functions that run them.
+Used by the parity tests and by `inception_jax.pretrained.convert --check_parity`. torch / keras are imported only
+by the functions that run them.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def timm_blockwise_errors(ours: InceptionNet, model: Any, name: str, images: np.
     cannot compound through the depth. `ours` must be in the unrolled layout."""
     import torch
 
-    from inception_jax.importers.timm import timm_module_map
+    from inception_jax.pretrained.importers.timm import timm_module_map
 
     if ours.options.scan_blocks:
         raise ValueError("timm_blockwise_errors needs the unrolled layout: convert_layout(m, scan_blocks=False)")

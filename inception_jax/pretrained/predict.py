@@ -1,6 +1,6 @@
 r"""Top-k class predictions for image files with an exported model directory.
 
-    python -m inception_jax.predict --checkpoint=/tmp/inception_resnet_v2 cat.jpg dog.png [--top_k=5]
+    python -m inception_jax.pretrained.predict --checkpoint=/tmp/inception_resnet_v2 cat.jpg dog.png [--top_k=5]
 
 Preprocessing is the evaluation transform of docs/architecture.md §1.9 (`preprocessing.eval_transform`: central crop
 keeping 87.5 % of each side, bilinear resize to the model size, scaled to [-1, 1]). Class names:
@@ -28,11 +28,11 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from inception_jax import model_io
+from inception_jax.data.preprocessing import ImageDecodeError, eval_transform
 from inception_jax.models import MIN_IMAGE_SIZE, InceptionNet
-from inception_jax.preprocessing import ImageDecodeError, eval_transform
+from inception_jax.pretrained import model_io
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Exported model directory (model_io / inception_jax.convert).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Exported model directory (model_io / pretrained.convert).")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many classes to print per image.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size; default: the model's image_size (299).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")

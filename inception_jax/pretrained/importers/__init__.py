@@ -2,9 +2,9 @@
 InceptionResNetV2. They return an `ImportedModel` (options + variables in the requested layout); `model_io.save_model`
 turns it into an exported model directory. Heavy frameworks (torch, keras) are imported only when used."""
 
-from inception_jax.importers.common import ImportedModel, ImportMismatchError, spec_modules
-from inception_jax.importers.keras import import_keras, keras_file_classes, load_keras_model
-from inception_jax.importers.timm import TIMM_MODELS, import_timm, load_timm_state_dict, timm_unit_map
+from inception_jax.pretrained.importers.common import ImportedModel, ImportMismatchError, spec_modules
+from inception_jax.pretrained.importers.keras import import_keras, keras_file_classes, load_keras_model
+from inception_jax.pretrained.importers.timm import TIMM_MODELS, import_timm, load_timm_state_dict, timm_unit_map
 
 __all__ = [
     "TIMM_MODELS", "ImportMismatchError", "ImportedModel", "import_keras", "import_timm", "keras_file_classes",

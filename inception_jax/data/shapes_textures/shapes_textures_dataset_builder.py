@@ -1,6 +1,6 @@
 """TFDS builder of `shapes_textures`: a 10-class image problem generated locally, with no download.
 
-Registered as "shapes_textures" when `inception_jax.datasets` is imported; read it like any TFDS dataset.
+Registered as "shapes_textures" when `inception_jax.data` is imported; read it like any TFDS dataset.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
-from inception_jax.datasets.shapes_textures import render
+from inception_jax.data.shapes_textures import render
 
 _SPLIT_INDEX = {"train": 0, "validation": 1}  # part of each image's random stream: splits never share an image
 _CHUNK = 128  # images per worker task: large enough to amortise pickling, small enough for a smooth progress bar
@@ -71,7 +71,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     out: area_range=(0.25, 1.0) suits this dataset better than ImageNet's 0.05). Stored as JPEG (quality 92) in
     array_record: 68 MB for the default config.
 
-    Measured on the validation split (`python -m inception_jax.datasets.shapes_textures.baselines`, 2 CPU cores):
+    Measured on the validation split (`python -m inception_jax.data.shapes_textures.baselines`, 2 CPU cores):
       chance                                                       10.0 %
       linear, ridge least squares on standardised 32x32x3 pixels    13.6 %
       linear, softmax regression on the same pixels                 13.7 %

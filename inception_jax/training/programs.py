@@ -22,12 +22,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from inception_jax import sharding
 from inception_jax.configuration import flatten
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.cpu.kernels import describe as describe_kernels
 from inception_jax.models import grid_17, program_options
-from inception_jax.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
+from inception_jax.training import sharding
+from inception_jax.training.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,8 @@ def compile_steps(run: Any, shardings: Any) -> tuple[LeafStep, Any]:
 
 def compiler_options(run: Any) -> dict[str, Any]:
     platform = run.mesh.devices.flat[0].platform
-    rows = cpu_codegen.block_matmul_rows(run.config.train.batch_size // run.mesh.devices.size,
-                                         grid_17(run.data.image_size))
-    return cpu_codegen.compiler_options(run.config.xla_cpu_codegen, platform, matmul_rows=rows)
+    return cpu_codegen.step_compiler_options(run.config.xla_cpu_codegen, platform, grid=grid_17(run.data.image_size),
+                                             per_device_batch=run.config.train.batch_size // run.mesh.devices.size)
 
 
 @dataclasses.dataclass

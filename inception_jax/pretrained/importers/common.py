@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from inception_jax.model_io import (
+from inception_jax.models import InceptionNet, ModelOptions, get_architecture
+from inception_jax.models.blocks import Conv, MixedSpec, conv_names
+from inception_jax.pretrained.model_io import (
     COLLECTIONS,
     Variables,
     abstract_variables,
@@ -22,8 +24,6 @@ from inception_jax.model_io import (
     model_from_variables,
     relayout,
 )
-from inception_jax.models import InceptionNet, ModelOptions, get_architecture
-from inception_jax.models.blocks import Conv, MixedSpec, conv_names
 
 GAMMA_TOLERANCE = 1e-6  # TF-ported weights carry gamma written as exact ones (docs/architecture.md §8.1)
 MAX_LISTED = 25
