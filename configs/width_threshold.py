@@ -31,7 +31,10 @@ def _args(arg):
 def get_config(arg: str | None = None):
     _args(arg)
     c = ABLATION.get_config("preset=cpu")
+    # Pinned here, not inherited: the main job's recipe may change, this sweep's results were made with these.
+    c.train.lr_schedule = "constant"
     c.train.num_steps = 300
+    c.train.probe_every_steps = 25
     c.train.eval_every_steps = 150
     c.train.checkpoint_every_steps = 300
     c.report.thresholds = (0.2, 0.3, 0.4)
