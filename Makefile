@@ -13,7 +13,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 TEST_WORKERS ?= 2
 
-.PHONY: install test lint run parity bench clean
+.PHONY: install test test-all lint run parity bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not parity and not exhaustive" --ignore=tests/test_parity_timm.py tests
+
+test-all: install  # make test plus the exhaustive cases (tests/marks.py)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not parity" --ignore=tests/test_parity_timm.py tests
 
 lint: install

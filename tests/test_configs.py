@@ -17,7 +17,7 @@ from tests.training_helpers import ROOT
 
 SPECS = ["configs/default.py", "configs/default.py:tiny", *(f"configs/ablation_scale.py:preset={p}" for p in
          ("cpu", "cpu_long", "gpu", "imagenet", "tiny")), *(f"configs/paper.py:model={m}" for m in MODEL_NAMES),
-         "configs/paper.py:model=inception_v4,eval_only=true,batch=256"]
+         "configs/paper.py:model=inception_v4,eval_only=true,batch=256", "configs/width_threshold.py"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -27,6 +27,14 @@ def test_config_loads_and_validates(spec):
     model_options(config.model.name, num_classes=1000, **model_knobs(config.model))
     with open(os.path.join(ROOT, spec.split(":")[0])) as f:
         assert "python -m inception_jax.main --config=" + spec.split(":")[0] in f.read()
+
+
+def test_the_width_threshold_sweep_keeps_its_own_recipe():
+    """Its results (README, "The width threshold") were made with constant rates over 300 steps: a change to the main
+    job's recipe, which it otherwise shares, must not change what the documented command reruns."""
+    config = load_config(os.path.join(ROOT, "configs/width_threshold.py"))
+    assert (config.train.lr_schedule, config.train.num_steps, config.train.optimizer) == ("constant", 300, "sgd")
+    assert (config.train.grad_clip_norm, config.train.probe_every_steps, config.train.batch_size) == (0.0, 25, 32)
 
 
 def test_paper_config_scales_the_learning_rate_with_the_batch():

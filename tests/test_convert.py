@@ -4,9 +4,11 @@ Runs without torch: timm state dicts are synthesised as numpy arrays from our ow
 docs/architecture.md §8.1's per-tensor rules (the real-timm comparison is tests/test_parity_timm.py).
 """
 
+import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import jax
 import numpy as np
@@ -23,6 +25,7 @@ from inception_jax.pretrained.importers import (
     keras_file_classes,
     timm_unit_map,
 )
+from tests.training_helpers import ROOT
 
 CONVERT = (sys.executable, "-m", "inception_jax.pretrained.convert")  # the command, as a user runs it
 
@@ -230,3 +233,10 @@ def test_convert_command_refuses_bad_input(tmp_path):
         convert("timm", __file__, "inception_v4", str(tmp_path / "out"))
     with pytest.raises(ValueError, match="unknown Keras file type"):
         keras_file_classes(__file__)
+
+
+def test_safetensors_is_a_base_dependency():
+    """README's import command reads a .safetensors file: a default install must have the reader (no torch needed)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert any(dep.split("==")[0].strip() == "safetensors" for dep in project["dependencies"])

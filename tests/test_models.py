@@ -27,6 +27,7 @@ from inception_jax.models import (
 from inception_jax.models.blocks import ResidualBlock
 from inception_jax.models.ops import STOCK
 from inception_jax.models.stacking import to_scanned, to_unrolled
+from tests.marks import exhaustive
 from tests.numerics import assert_trees_close_to_scale, relative_error
 
 TINY = dict(width_multiplier=0.125, block_counts=(2, 2, 2), num_classes=10)
@@ -139,7 +140,7 @@ def up_projection_by_hand(block, x):
     return jax.lax.conv_general_dilated(m, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
 
-@pytest.mark.parametrize("name", ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"])
+@pytest.mark.parametrize("name", [exhaustive("inception_v4"), exhaustive("inception_resnet_v1"), "inception_resnet_v2"])
 def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
     """The CPU backend runs the repeated blocks' opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv
     -> pool (cpu/blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient
@@ -268,7 +269,7 @@ def eval_and_train_forward(model, x):
     return run(state, x)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [n if n == "inception_resnet_v2" else exhaustive(n) for n in MODEL_NAMES])
 def test_scanned_and_unrolled_layouts_agree(name):
     scanned = create_model(name, **TINY, bn_momentum=0.9)
     unrolled = create_model(name, **TINY, bn_momentum=0.9, scan_blocks=False)
@@ -286,8 +287,9 @@ def test_scanned_and_unrolled_layouts_agree(name):
     chex.assert_trees_all_close(to_unrolled(nnx.to_pure_dict(stats_s)), nnx.to_pure_dict(stats_u), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,knobs", [("inception_resnet_v2", {}), ("inception_resnet_v1", {"use_residual": False}),
-                                         ("inception_resnet_v2", {"remat_blocks": True})])
+@pytest.mark.parametrize("name,knobs", [("inception_resnet_v2", {}),
+                                        exhaustive("inception_resnet_v1", {"use_residual": False}),
+                                        exhaustive("inception_resnet_v2", {"remat_blocks": True})])
 def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_mask_per_block(name, knobs):
     """Under the CPU kernels the scan applies each block's final ReLU mask in the next block's backward, from that
     block's input (cpu/blocks.py, relu_unmasked): gradients equal the unrolled network's, and the program stacks no

@@ -18,14 +18,18 @@ from inception_jax.training.run_setup import prepare_run, restore_or_init
 from inception_jax.training.sharding import global_batch
 from inception_jax.training.train import precise_statistics
 from inception_jax.training.train_step import model_input
+from tests.marks import exhaustive
 from tests.training_helpers import tiny_config
 
 TINY = dict(num_classes=10, width_multiplier=0.1, block_counts=(2, 1, 2), dropout_rate=0.0)
 IMAGES = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval=1)
 
 
-@pytest.mark.parametrize("name", ["inception_resnet_v2_paper", "inception_resnet_v2"])
-@pytest.mark.parametrize("scan_blocks", [True, False], ids=["scanned", "unrolled"])
+@pytest.mark.parametrize("name,scan_blocks", [
+    ("inception_resnet_v2_paper", True), ("inception_resnet_v2_paper", False),  # the main job's network
+    exhaustive("inception_resnet_v2", True), ("inception_resnet_v2", False)], ids=[
+    "scanned-inception_resnet_v2_paper", "unrolled-inception_resnet_v2_paper", "scanned-inception_resnet_v2",
+    "unrolled-inception_resnet_v2"])
 def test_plain_and_scaled_variants_are_values_written_into_one_network(name, scan_blocks):
     """Every variant's program options are the same; the network built from them, with a variant's values
     written in, computes exactly what that variant built directly computes (the same seed draws the same
