@@ -299,3 +299,12 @@ def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tin
     assert (f"sweep row 'bad' ({sheet} line 3): unknown column 'train.learning_rat'; closest valid keys: "
             "['train.learning_rate'") in proc.stderr
     assert not os.path.exists(tmp_path / "w" / "runs")
+
+
+def test_the_report_names_the_command_as_the_user_typed_it():
+    from inception_jax.sweeps.sweep import user_command
+
+    main_py = os.path.join(ROOT, "inception_jax", "main.py")
+    assert user_command([main_py, "--config=configs/ablation_scale.py", "--row=a b"]) == \
+        "python -m inception_jax.main --config=configs/ablation_scale.py '--row=a b'"
+    assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"

@@ -84,8 +84,16 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
     stale = check_rows(list(zip(rows, configs, strict=True)), {r.run_id for r, _ in selected}, workdir,
                        rerun_changed=rerun_changed)
     return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],
-                     command=" ".join(shlex.quote(a) for a in sys.argv),
+                     command=user_command(sys.argv),
                      thresholds=tuple(config.report.thresholds), stale_rows=stale)
+
+
+def user_command(argv: Sequence[str]) -> str:
+    """The command as the user typed it: `python -m inception_jax.main ...`, not the path Python put in argv[0]."""
+    program = argv[0] if argv else ""
+    if program.endswith(os.path.join("inception_jax", "main.py")):
+        program = "python -m inception_jax.main"
+    return " ".join([program, *(shlex.quote(a) for a in argv[1:])])
 
 
 def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], all_rows: Sequence[SweepRow], *,
