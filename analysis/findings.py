@@ -75,22 +75,35 @@ def convergence_findings(group: Group, thresholds: Sequence[float]) -> list[Find
                     f"(plain: steps {', '.join(map(str, plain_steps))}): " + "; ".join(parts) + ".")
             findings.append(Finding("convergence", text, {"width": width, "threshold": t, "source": source,
                                                           "plain_steps": plain_steps, "variants": data}))
-        else:
+        else:  # no threshold every plain seed reached: the lowest, and which seeds got there at all
             t = min(thresholds)
+            plain_steps = [crossing[r.label][t].step for r in reference.runs]
+            plain_got = [s for s in plain_steps if s is not None]
             parts, data = [], {}
             for curve in residual:
                 steps = [crossing[run.label][t].step for run in curve.runs]
                 got = [s for s in steps if s is not None]
+                # Seed by seed: faster when it got there and its plain twin did not, or got there first.
+                faster = 0
+                for run, twin in paired_runs(curve, reference):
+                    step, plain_step = crossing[run.label][t].step, crossing[twin.label][t].step
+                    faster += step is not None and (plain_step is None or step < plain_step)
                 parts.append(f"{curve.label} reached it in {len(got)}/{len(steps)} seeds"
-                             + (f" (steps {', '.join(map(str, got))})" if got else ""))
-                data[curve.label] = {"steps": steps, "reached": len(got), "seeds": len(steps)}
+                             + (f" (steps {', '.join(map(str, got))})" if got else "")
+                             + (f", {faster}/{len(steps)} seeds faster than plain" if plain_got else ""))
+                data[curve.label] = {"steps": steps, "reached": len(got), "seeds": len(steps), "faster": faster}
                 total = totals.setdefault(curve.label, [0, 0])
-                total[0] += len(got)
+                total[0] += faster
                 total[1] += len(steps)
-            text = (f"Filter count {width}: plain did not reach {_percent(t)} {_metric_name(source)} by step {last} "
-                    f"in {len(reference.runs)}/{len(reference.runs)} seeds; " + "; ".join(parts) + ".")
+            n = len(reference.runs)
+            if plain_got:
+                head = (f"plain reached {_percent(t)} {_metric_name(source)} by step {last} in only "
+                        f"{len(plain_got)}/{n} seeds (steps {', '.join(map(str, plain_got))})")
+            else:
+                head = f"plain did not reach {_percent(t)} {_metric_name(source)} by step {last} in {n}/{n} seeds"
+            text = f"Filter count {width}: {head}; " + "; ".join(parts) + "."
             findings.append(Finding("convergence", text, {"width": width, "threshold": t, "source": source,
-                                                          "plain_steps": None, "variants": data}))
+                                                          "plain_steps": plain_steps, "variants": data}))
     if totals:
         summary = "; ".join(f"{label} in {f}/{n}" for label, (f, n) in totals.items())
         findings.insert(0, Finding(

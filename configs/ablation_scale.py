@@ -17,8 +17,8 @@ branches are widened, so the residual stream, every up-projection and the pre-po
 Presets: `cpu` (the default; filter counts 160 and 640; plain, unscaled and scale 0.3; 2 seeds; 600 steps;
 about 10 minutes on 2 cores, measured in README.md "The main job"), `cpu_long` (160, 640 and 1280 filters;
 plain, scale 1.0, 0.3, 0.1 and a learnable scale from 1.0; 3 seeds; 600 steps), `gpu` and `imagenet` (the
-paper's recipe at 299 px), `tiny` (tests). At this learning rate unscaled networks are damaged or die at every CPU-scale width;
-configs/width_threshold.py maps where the threshold sits at lower ones.
+paper's recipe at 299 px), `tiny` (tests). At this learning rate unscaled networks are damaged or die at every
+CPU-scale width; configs/width_threshold.py maps where the threshold sits at lower ones.
 Arguments: preset, seeds (an int; default per preset), seed_offset (the first seed; default 0).
 """
 

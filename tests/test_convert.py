@@ -167,6 +167,7 @@ def run_convert(*flags):
 
 # Keras's legacy HDF5 writer calls np.array on TF tensors the numpy-2 way it deprecates, once per weight.
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+@pytest.mark.exhaustive  # the Keras importer itself is in make test: tests/test_parity_keras.py
 def test_convert_command_from_a_keras_h5(tmp_path):
     keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
     reference = keras.applications.InceptionResNetV2(weights=None)

@@ -58,6 +58,22 @@ def test_the_findings_state_what_the_runs_support_seed_by_seed(sweep):
     assert noise[256].data["separated"] == ["scale=0.1 vs plain"]
 
 
+def test_a_threshold_only_some_plain_seeds_reach_is_compared_seed_by_seed(tmp_path):
+    """Plain seed 0 learns at step 50, seed 1 never: no threshold is every plain seed's, so the lowest is used and
+    the wording says which plain seeds reached it; a residual seed counts as faster only against its own twin."""
+    def run(variant, seed, **kw):
+        return SyntheticRun(f"w64_{variant}_s{seed}", 64, variant, seed=seed, eval_every=10, **kw)
+
+    sweep = write_sweep(tmp_path, [run("plain", 0, learn_step=50), run("plain", 1, learn_step=None),
+                                   run("scale=0.1", 0, learn_step=10), run("scale=0.1", 1, learn_step=None)])
+    (group,) = group_runs(load_runs(sweep).runs)
+    texts = [f.text for f in group_findings(group, (0.3, 0.5))]
+    assert texts[1] == ("Residual vs plain, over every (filter count, seed) pair: the residual net reached the "
+                        "accuracy threshold in fewer steps than plain (or plain never reached it): scale=0.1 in 1/2.")
+    assert texts[2] == ("Filter count 64: plain reached 30 % eval top-1 by step 60 in only 1/2 seeds (steps 50); "
+                        "scale=0.1 reached it in 1/2 seeds (steps 10), 1/2 seeds faster than plain.")
+
+
 def test_the_report_opens_with_the_findings_and_writes_them_as_json_and_markdown(sweep, tmp_path):
     result = generate_report(sweep / "runs", tmp_path, thresholds=(0.3, 0.5))
     page = result.html.read_text()

@@ -103,11 +103,11 @@ def test_a_model_outside_our_train_step_runs_stock():
     model = nnx.eval_shape(lambda: build_model(model_options("inception_resnet_v2", **KNOBS)))  # shapes suffice
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def loss(p, x):
-        return jnp.mean(nnx.merge(graphdef, p, rest, copy=True)(x, train=True) ** 2)
+    def loss(p, r, x):
+        return jnp.mean(nnx.merge(graphdef, p, r, copy=True)(x, train=True) ** 2)
 
     x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)
-    mlir = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cpu"])(params, x).mlir_module()
+    mlir = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cpu"])(params, rest, x).mlir_module()
     assert op_counts(mlir)["dot_general"] == 3 and op_counts(mlir)["select_and_scatter"] > 0
 
 

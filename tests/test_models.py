@@ -289,7 +289,7 @@ def test_scanned_and_unrolled_layouts_agree(name):
 
 @pytest.mark.parametrize("name,knobs", [("inception_resnet_v2", {}),
                                         exhaustive("inception_resnet_v1", {"use_residual": False}),
-                                        exhaustive("inception_resnet_v2", {"remat_blocks": True})])
+                                        ("inception_resnet_v2", {"remat_blocks": True})])
 def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_mask_per_block(name, knobs):
     """Under the CPU kernels the scan applies each block's final ReLU mask in the next block's backward, from that
     block's input (cpu/blocks.py, relu_unmasked): gradients equal the unrolled network's, and the program stacks no
@@ -356,6 +356,7 @@ def test_layout_conversion_round_trips():
     chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(back)), pure)
 
 
+@pytest.mark.exhaustive  # remat is opt-in (model.remat_blocks); its scan is also in the gradient test above
 def test_remat_recomputes_the_blocks_to_the_same_bits_in_less_memory():
     """remat_blocks: the backward recomputes each scanned block from its input. Loss, gradients, diagnostics and
     BatchNorm statistics are bit-identical to keeping the activations; XLA's temporaries shrink."""

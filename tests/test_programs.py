@@ -26,7 +26,7 @@ IMAGES = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval
 
 
 @pytest.mark.parametrize("name,scan_blocks", [
-    ("inception_resnet_v2_paper", True), ("inception_resnet_v2_paper", False),  # the main job's network
+    ("inception_resnet_v2_paper", True), exhaustive("inception_resnet_v2_paper", False),  # the main job's network
     exhaustive("inception_resnet_v2", True), ("inception_resnet_v2", False)], ids=[
     "scanned-inception_resnet_v2_paper", "unrolled-inception_resnet_v2_paper", "scanned-inception_resnet_v2",
     "unrolled-inception_resnet_v2"])

@@ -23,7 +23,10 @@ CONFIG = "configs/ablation_scale.py"
 
 def main_job(*args, workdir, data_dir, check=True):
     """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the plain machine a user has
+    # The plain machine a user has (one device), compiling without LLVM's optimisations as the whole suite does
+    # (tests/conftest.py).
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
            f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
