@@ -15,10 +15,11 @@ paper saw residual nets die once it passed 1000): the branches stay narrow and R
 branches are widened, so the residual stream, every up-projection and the pre-pool layer get wider.
 
 Presets: `cpu` (the default; filter counts 160 and 640; plain, unscaled and scale 0.3; 2 seeds; 600 steps;
-about 10 minutes on 2 cores, measured in README.md "The main job"), `cpu_long` (160, 640 and 1280 filters;
-plain, scale 1.0, 0.3, 0.1 and a learnable scale from 1.0; 3 seeds; 600 steps), `gpu` and `imagenet` (the
-paper's recipe at 299 px), `tiny` (tests). At this learning rate unscaled networks are damaged or die at every
-CPU-scale width; configs/width_threshold.py maps where the threshold sits at lower ones.
+about 10 minutes on 2 cores, measured in README.md "The main job"), `cpu_long` (160 and 1280 filters: the
+narrowest and past the paper's 1000; plain, scale 1.0, 0.3, 0.1 and a learnable scale from 1.0; 3 seeds; 600
+steps; timed in README.md), `gpu` and `imagenet` (the paper's recipe at 299 px), `tiny` (tests). At this
+learning rate unscaled networks are damaged or die at every CPU-scale width; configs/width_threshold.py maps where
+the threshold sits at lower ones.
 Arguments: preset, seeds (an int; default per preset), seed_offset (the first seed; default 0).
 """
 
@@ -138,8 +139,9 @@ VARIANTS = {
     "learnable": {"model.residual_scale": 1.0, "model.residual_scale_mode": "learnable"},
 }
 PRESET_VARIANTS = {"cpu": ("plain", "scale1", "scale0.3"), "tiny": ("plain", "scale1", "scale0.1")}
-# cpu_long is the default's recipe and length with every variant, 3 seeds and 1280 filters too.
-PRESET_WIDTHS = {"cpu": (160, 640), "cpu_long": (160, 640, 1280), "tiny": (268, 1040),
+# cpu_long is the default's recipe and length with every variant and 3 seeds, at 160 and 1280 filters (30 runs; with
+# 640 too it would be 45, about 32 minutes).
+PRESET_WIDTHS = {"cpu": (160, 640), "cpu_long": (160, 1280), "tiny": (268, 1040),
                  "gpu": (1152, 2144, 3200), "imagenet": (1152, 2144, 3200)}
 PRESET_SEEDS = {"cpu": 2, "cpu_long": 3, "tiny": 1, "gpu": 1, "imagenet": 1}
 
