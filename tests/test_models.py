@@ -140,7 +140,9 @@ def up_projection_by_hand(block, x):
     return jax.lax.conv_general_dilated(m, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
 
-@pytest.mark.parametrize("name", [exhaustive("inception_v4"), exhaustive("inception_resnet_v1"), "inception_resnet_v2"])
+# In make test the fused heads are checked inside whole networks (test_stock_and_cpu_kernels_compute_the_same_network).
+@pytest.mark.parametrize("name", [exhaustive("inception_v4"), exhaustive("inception_resnet_v1"),
+                                  exhaustive("inception_resnet_v2")])
 def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
     """The CPU backend runs the repeated blocks' opening 1x1 convs as one matmul, and v4's pool branch as 1x1 conv
     -> pool (cpu/blocks.py: both linear, so they commute); outputs, input gradient and every parameter gradient

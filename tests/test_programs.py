@@ -27,7 +27,7 @@ IMAGES = jax.random.uniform(jax.random.key(1), (2, 75, 75, 3), minval=-1, maxval
 
 @pytest.mark.parametrize("name,scan_blocks", [
     ("inception_resnet_v2_paper", True), exhaustive("inception_resnet_v2_paper", False),  # the main job's network
-    exhaustive("inception_resnet_v2", True), ("inception_resnet_v2", False)], ids=[
+    exhaustive("inception_resnet_v2", True), exhaustive("inception_resnet_v2", False)], ids=[
     "scanned-inception_resnet_v2_paper", "unrolled-inception_resnet_v2_paper", "scanned-inception_resnet_v2",
     "unrolled-inception_resnet_v2"])
 def test_plain_and_scaled_variants_are_values_written_into_one_network(name, scan_blocks):
