@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analysis.runs import Run
+from inception_jax.models.variants import order_key
 
 # (config key, how the value reads in a label). Changing one of these changes what "comparable" means.
 GROUP_FIELDS = (
@@ -33,17 +34,7 @@ _CURVE_DEFINING_PREFIXES = ("model.",)
 
 def variant_order(variant: str, is_residual: bool) -> tuple[int, float, str]:
     """Sort key: plain first (then other shortcut-free variants), constant scales ascending, learnable, the rest."""
-    if not is_residual:
-        return 0, 0.0 if variant == "plain" else 1.0, variant
-    constant = re.fullmatch(r"scale=([-+0-9.eE]+)", variant)
-    if constant:
-        try:
-            return 1, float(constant.group(1)), variant
-        except ValueError:
-            pass
-    if variant.startswith("learnable"):
-        return 2, 0.0, variant
-    return 3, 0.0, variant
+    return order_key(variant, is_residual)
 
 
 @dataclasses.dataclass(frozen=True)

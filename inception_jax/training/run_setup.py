@@ -28,6 +28,7 @@ from inception_jax.data import input_pipeline
 from inception_jax.data.input_pipeline import DataConfig
 from inception_jax.data.sources import open_split, resolve_data_dir
 from inception_jax.models import ModelOptions, build_model, program_options
+from inception_jax.models.variants import variant_name
 from inception_jax.training import sharding
 from inception_jax.training.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.training.optim import learning_rate_schedule, make_optimizer
@@ -57,15 +58,8 @@ class Run:
     def derived(self) -> dict[str, Any]:
         """The facts analysis needs that no config key states directly (run_folder.md: config.json 'derived')."""
         o = self.opts
-        if not o.use_residual and o.name != "inception_v4":
-            variant = "plain"
-        elif o.name == "inception_v4":
-            variant = "inception_v4"
-        elif o.residual_scale_mode != "constant":
-            variant = o.residual_scale_mode
-        else:
-            scales = sorted(set(o.residual_scale))
-            variant = "scale=" + "/".join(f"{s:g}" for s in (scales if len(scales) == 1 else o.residual_scale))
+        variant = variant_name(model_name=o.name, use_residual=o.use_residual,
+                               residual_scale_mode=o.residual_scale_mode, residual_scale=o.residual_scale)
         widths = self.model_facts.stage_widths
         return {"stage_widths": widths, "deepest_width": widths["c"], "variant": variant,
                 "num_params": self.model_facts.num_params, "num_classes": o.num_classes,
