@@ -59,5 +59,5 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     step = jax.jit(lambda state, batch: train_step(state, batch, 0, cfg), donate_argnums=0,
                    compiler_options=options).lower(state, data).compile()
     seconds = time.perf_counter() - begin
-    host_memory.release_freed_memory()  # what the training loop does after compiling (train.py)
+    host_memory.release_freed_memory()  # what the training loop does after compiling (programs.release_compiler_memory)
     return step, state, data, seconds

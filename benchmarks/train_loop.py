@@ -41,11 +41,14 @@ from flax import nnx
 from inception_jax.configuration import load_config
 from inception_jax.data import image_cache
 from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.clock import Clock
+from inception_jax.training.loop import TrainLog
 from inception_jax.training.metrics import RunWriter
+from inception_jax.training.prefetch import DevicePrefetch
+from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.programs import compile_steps
-from inception_jax.training.run_setup import prepare_run, restore_or_init
 from inception_jax.training.sharding import global_batch
-from inception_jax.training.train import Clock, TrainLog, device_prefetch
+from inception_jax.training.state import restore_or_init
 from inception_jax.training.train_step import cross_entropy, is_log_step, model_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +167,7 @@ def run_loop(run, holder, train_fn, steps: int) -> float:
     prefetch, each log step's metrics fetched after the next step is dispatched and written (TrainLog). The
     pipeline's start and one step to fill it are not timed. Returns the seconds of the `steps` steps."""
     writer = RunWriter(run.workdir, resume_step=0)
-    batches = device_prefetch(run.train_stream.iterator(1), run.mesh)
+    batches = DevicePrefetch(run.train_stream.iterator(1), run.mesh)
     holder["leaves"], _ = train_fn.step_leaves(holder["leaves"], next(batches), np.int32(0))
     jax.block_until_ready(holder["leaves"])
     train_log = TrainLog(writer, run, Clock(0.0), [], 1, fetch=train_fn.metrics)

@@ -180,7 +180,7 @@ def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: b
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
-    """Checks that need no dataset or devices; `train.validate_run` adds the ones that do."""
+    """Checks that need no dataset or devices; `training/run_checks.check_run` adds the ones that do."""
     check_choice("model.name", config.model.name, MODEL_NAMES)
     t = config.train
     check_choice("train.optimizer", t.optimizer, OPTIMIZERS)

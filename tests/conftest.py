@@ -39,7 +39,7 @@ def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def one_device_run(shapes_tiny_dir, tmp_path_factory) -> str:
     """The reference run: the tiny config on one device, 6 steps, uninterrupted."""
-    from inception_jax.training.train import train_and_evaluate
+    from inception_jax.training.loop import train_and_evaluate
     from tests.training_helpers import tiny_config
 
     workdir = str(tmp_path_factory.mktemp("one_device"))

@@ -13,7 +13,7 @@ jax.config.update("jax_num_cpu_devices", 1)  # one CPU device per process (docs/
 from ml_collections import ConfigDict  # noqa: E402
 
 from inception_jax.cpu import runtime  # noqa: E402
-from inception_jax.training.train import train_and_evaluate  # noqa: E402
+from inception_jax.training.loop import train_and_evaluate  # noqa: E402
 
 pid, nproc, port, config_json, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 config = ConfigDict(json.loads(config_json))

@@ -18,7 +18,7 @@ from inception_jax.configuration import ConfigError, base_config, validate_stati
 from inception_jax.cpu.kernels import CpuKernels, kernels_for
 from inception_jax.models import build_model, model_options
 from inception_jax.models.ops import STOCK
-from inception_jax.training.run_setup import prepare_run
+from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.train_step import StepConfig, init_state, train_step
 from tests.training_helpers import tiny_config
 

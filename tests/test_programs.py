@@ -13,10 +13,11 @@ from flax import nnx
 
 from inception_jax.models import build_model, model_options, program_options
 from inception_jax.training.checkpointing import RunCheckpoints
+from inception_jax.training.evaluation import precise_statistics
+from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.programs import program_key, programs_for
-from inception_jax.training.run_setup import prepare_run, restore_or_init
 from inception_jax.training.sharding import global_batch
-from inception_jax.training.train import precise_statistics
+from inception_jax.training.state import restore_or_init
 from inception_jax.training.train_step import model_input
 from tests.marks import exhaustive
 from tests.training_helpers import tiny_config

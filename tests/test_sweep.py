@@ -15,7 +15,7 @@ from inception_jax.configuration import ConfigError, load_config
 from inception_jax.sweeps.sweep import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
-from inception_jax.training.run_setup import config_record
+from inception_jax.training.run_folder import config_record
 from tests.training_helpers import ROOT, read_json, read_text
 
 CONFIG = "configs/ablation_scale.py"
@@ -179,7 +179,7 @@ def test_every_row_is_checked_against_its_data_before_the_first_trains(tmp_path,
 def test_a_preempted_sweep_exits_75_and_writes_no_table(monkeypatch, tmp_path):
     """Exit status 75 (EX_TEMPFAIL) tells a job array the sweep was preempted, not finished (0)."""
     from inception_jax.sweeps import sweep
-    from inception_jax.training.train import RunResult
+    from inception_jax.training.modes import RunResult
 
     monkeypatch.setattr(sweep, "train_and_evaluate", lambda config, run_dir: RunResult("preempted", 3, {}))
     config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))

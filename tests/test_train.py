@@ -20,9 +20,10 @@ from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
 from inception_jax.pretrained import model_io
 from inception_jax.training.checkpointing import CheckpointError, RunCheckpoints, checkpoint_bytes
+from inception_jax.training.loop import train_and_evaluate
+from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.programs import compile_steps
-from inception_jax.training.run_setup import prepare_run, restore_or_init, state_layout
-from inception_jax.training.train import train_and_evaluate
+from inception_jax.training.state import restore_or_init, state_layout
 from tests.training_helpers import (
     ROOT,
     assert_losses_agree_up_to_rounding,
@@ -332,7 +333,8 @@ def test_logged_throughput_spans_the_steps_between_log_steps_not_the_writes():
     deferred write), and must not read as a near-zero interval."""
     from types import SimpleNamespace
 
-    from inception_jax.training.train import Clock, TrainLog
+    from inception_jax.training.clock import Clock
+    from inception_jax.training.loop import TrainLog
 
     class Writer:
         def write(self, step, split, values, **extra):

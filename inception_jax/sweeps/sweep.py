@@ -22,11 +22,12 @@ import ml_collections
 
 from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
+from inception_jax.sweeps.compile_ahead import compile_ahead
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
+from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.metrics import write_json_atomic
-from inception_jax.training.run_setup import check_workdir_writable
-from inception_jax.training.train import compile_ahead, train_and_evaluate
+from inception_jax.training.run_checks import check_workdir_writable
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again

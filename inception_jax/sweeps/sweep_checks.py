@@ -1,5 +1,5 @@
 """A sweep's rows checked before the first one trains: each selected row's config against its dataset and
-devices (run_setup.check_run, dataset facts read once per dataset), and each row's run folder against the
+devices (run_checks.check_run, dataset facts read once per dataset), and each row's run folder against the
 sweep's config (the other rows' folders too: results.csv and the report cover them).
 
 A row whose folder holds a run of another config would be refused half way through the sweep (unfinished), or
@@ -26,7 +26,8 @@ import ml_collections
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.data.input_pipeline import DataError
 from inception_jax.sweeps.sweep_rows import SweepRow, describe_row
-from inception_jax.training.run_setup import CheckedRun, check_run, config_record
+from inception_jax.training.run_checks import CheckedRun, check_run
+from inception_jax.training.run_folder import config_record
 
 log = logging.getLogger(__name__)
 REPLACED_DIR = "replaced"  # <workdir>/replaced/<run_id>-<UTC time>/: run folders --rerun_changed moved aside

@@ -1,3 +1,4 @@
-"""Training: the loop, the compiled steps and their programs, run setup, optimizer, shardings, checkpoints,
-metrics writers, the dying diagnostics and verdicts, and warm starts from other runs' weights.
+"""Training: the loop, evaluation, the run's checks, set-up, state and folder, the compiled steps and their
+programs, optimizer, shardings, checkpoints, metrics writers, the dying diagnostics and verdicts, and warm starts
+from other runs' weights.
 """
