@@ -117,14 +117,18 @@ def _shown(claim: dict[str, Any]) -> str:
 
 
 def compare(a: Claims, b: Claims) -> list[tuple[str, str]]:
-    """(category, line) per claim, in A's order then B's extra claims."""
+    """(category, line) per claim, in A's order then B's extra claims; the group is named only when the sweeps
+    hold several."""
+    keys = list(a) + [k for k in b if k not in a]
+    several_groups = len({group for group, _ in keys}) > 1
     lines = []
-    for key in list(a) + [k for k in b if k not in a]:
+    for key in keys:
         first, second = a.get(key), b.get(key)
         category = classify(first, second)
         subject = (first or second or {}).get("data", {}).get("subject", key[1])
+        group = f" ({key[0]})" if several_groups else ""
         sides = "; ".join(f"{name} {_shown(claim)}" for name, claim in (("A", first), ("B", second)) if claim)
-        lines.append((category, f"{category}: {subject} ({key[0]}): {sides}"))
+        lines.append((category, f"{category}: {subject}{group}: {sides}"))
     return lines
 
 
@@ -138,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoRunsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"A: {from_a}\nB: {from_b}")
+    groups = sorted({group for group, _ in [*claims_a, *claims_b]})
+    print(f"A: {from_a}\nB: {from_b}" + (f"\ngroup: {groups[0]}" if len(groups) == 1 else ""))
     results = compare(claims_a, claims_b)
     for _, line in results:
         print(line)

@@ -220,19 +220,20 @@ def width_findings(group: Group) -> list[Finding]:
             name, pair = shown(wide), f"{wide.width} against {narrow.width} filters"
             (k_a, n_a), (k_b, n_b) = _deaths(wide), _deaths(narrow)
             estimate = statistics.proportion_difference(k_a, n_a, k_b, n_b)
-            body = (f"deaths {k_a}/{n_a} vs {k_b}/{n_b}, {_points(estimate.effect)} points "
+            body = (f"{k_a}/{n_a} vs {k_b}/{n_b}, {_points(estimate.effect)} points "
                     f"({_interval(estimate, _points)}): " + _verdict_words(estimate))
             findings.append(_claim("width", f"width/deaths/{label}/{wide.width} vs {narrow.width}",
-                                   f"Width effect, {name}, {pair}", estimate, body, widths=[wide.width, narrow.width],
+                                   f"Width effect on deaths, {name}, {pair}", estimate, body,
+                                   widths=[wide.width, narrow.width],
                                    variant=label, measure="deaths", died=[k_a, k_b], seeds=[n_a, n_b],
                                    unit="difference of death proportions"))
             a, b = _seeded(wide.runs, _final_top1), _seeded(narrow.runs, _final_top1)
             if any(map(math.isfinite, a.values())) and any(map(math.isfinite, b.values())):
                 estimate = statistics.difference(a, b)
-                body = (f"final eval top-1 {_points(estimate.effect)} points ({_interval(estimate, _points)}, "
+                body = (f"{_points(estimate.effect)} points ({_interval(estimate, _points)}, "
                         f"{_n_words(estimate)}): " + _verdict_words(estimate))
                 findings.append(_claim("width", f"width/top1/{label}/{wide.width} vs {narrow.width}",
-                                       f"Width effect, {name}, {pair}", estimate, body,
+                                       f"Width effect on final eval top-1, {name}, {pair}", estimate, body,
                                        widths=[wide.width, narrow.width], variant=label, measure="top1",
                                        unit="top-1 difference"))
     return findings
