@@ -32,9 +32,9 @@ DEFINITION = (
     "Once the final eval top-1 is known: a transient_death whose last window's mean loss is still >= "
     f"{DEAD_LOSS_FRACTION}*ln(C) and whose final eval top-1 is at most max(chance bound, {RECOVERY_TOP1_FACTOR:g}/C) "
     "has not recovered and is died (t_death: the first step of its last unbroken run of dead windows); a "
-    "transient_death or healthy run whose final eval top-1 is at most the chance bound is not_learning. The chance "
-    f"bound is 1/C + {CHANCE_SIGMAS:g}·sqrt((1/C)(1 - 1/C)/n), n eval examples: alive, and nothing measurable "
-    "learned. healthy: none of these.")
+    "transient_death or healthy run whose final eval top-1 is at most the chance bound "
+    f"1/C + {CHANCE_SIGMAS:g}·sqrt((1/C)(1 - 1/C)/n) (n eval examples) is not_learning: alive, and nothing "
+    "measurable learned. healthy: none of these.")
 
 
 @dataclasses.dataclass(frozen=True)
