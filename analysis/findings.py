@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from analysis import statistics
-from analysis.grouping import Curve, Group, paired_runs, run_seed
+from analysis.grouping import Curve, Group, run_seed
 from analysis.runs import Run
 from analysis.statistics import Estimate, RatioEstimate, Steps
 from analysis.tables import SOURCE_EVAL, final_values, run_crossings, threshold_source
@@ -93,9 +93,28 @@ def _claim(kind: str, claim: str, subject: str, estimate: Estimate, body: str, *
                    estimate.status, claim)
 
 
-def _seeded(runs: Sequence[Run], value) -> dict[Any, float]:
-    """Per seed, `value(run)` over runs that did not diverge."""
-    return {run_seed(run): value(run) for run in runs if run.verdict_name != "diverged"}
+def _by_seed(runs: Sequence[Run]) -> dict[tuple[Any, int], Run]:
+    """Runs that did not diverge, keyed by (seed, k): the k-th run of that seed in label order. A folder of sweeps
+    may hold one seed twice (the same seeds rerun on another machine); the k-th of one curve pairs with the k-th of
+    another, and none is dropped."""
+    out: dict[tuple[Any, int], Run] = {}
+    for run in sorted((r for r in runs if r.verdict_name != "diverged"), key=lambda r: r.label):
+        k = 0
+        while (run_seed(run), k) in out:
+            k += 1
+        out[(run_seed(run), k)] = run
+    return out
+
+
+def _seeded(runs: Sequence[Run], value) -> dict[tuple[Any, int], float]:
+    """`value(run)` per run that did not diverge, keyed as _by_seed."""
+    return {key: value(run) for key, run in _by_seed(runs).items()}
+
+
+def _pairs(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
+    """(run of `curve`, its twin in `reference`): same seed (and same k, _by_seed); runs that diverged left out."""
+    twins = _by_seed(reference.runs)
+    return [(run, twins[key]) for key, run in _by_seed(curve.runs).items() if key in twins]
 
 
 def _final_top1(run: Run) -> float:
@@ -154,8 +173,7 @@ def steps_findings(group: Group, thresholds: Sequence[float]) -> list[Finding]:
             steps[run.label] = (Steps(float(step)) if step is not None
                                 else Steps(_censor_bound(run, source), censored=True))
         for curve in (c for c in curves if c.is_residual):
-            pairs = [(steps[run.label], steps[twin.label], run_seed(run)) for run, twin in paired_runs(curve, reference)
-                     if run.verdict_name != "diverged" and twin.verdict_name != "diverged"]
+            pairs = [(steps[run.label], steps[twin.label], run_seed(run)) for run, twin in _pairs(curve, reference)]
             estimate = statistics.step_ratio([(x, y) for x, y, _ in pairs])
             if estimate.n == 0:  # no pair in which either run reached it: nothing to compare
                 continue

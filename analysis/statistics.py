@@ -26,6 +26,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -143,9 +144,9 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
     return Estimate(effect, low, high, n, "Welch t", decide(low, high, n))
 
 
-def difference(a: dict[object, float], b: dict[object, float]) -> Estimate:
-    """mean(a) - mean(b) for values keyed by seed: paired on the seeds both have when at least two are shared,
-    else unpaired (then every seed of each side counts)."""
+def difference(a: dict[Any, float], b: dict[Any, float]) -> Estimate:
+    """mean(a) - mean(b) for values keyed by seed (any hashable key naming one seed's run): paired on the keys both
+    have when at least two are shared, else unpaired (then every value of each side counts)."""
     shared = [seed for seed in a if seed in b and math.isfinite(a[seed]) and math.isfinite(b[seed])]
     if len(shared) >= 2:
         return paired_difference([a[s] for s in shared], [b[s] for s in shared])

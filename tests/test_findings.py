@@ -160,6 +160,16 @@ def test_the_report_pools_every_seed_in_the_workdir(tmp_path):
     assert claim.data["n"] == 10 and claim.data["paired"]
 
 
+def test_the_same_seeds_rerun_elsewhere_are_pooled_not_dropped(tmp_path):
+    """A folder of two sweeps with seeds 0-4 each (the same seeds on two machines): 10 runs a cell, 10 pairs."""
+    write_sweep(tmp_path / "machine_a", default_job_specs())
+    write_sweep(tmp_path / "machine_b", default_job_specs())
+    claims = by_claim(findings_of(tmp_path))
+    assert claims["top1/640/scale=0.3 vs plain"].data["n"] == 10
+    assert claims["steps/640/scale=0.3 vs plain"].data["n"] == 10
+    assert claims["width/deaths/scale=1.0/640 vs 160"].data["died"] == [10, 0]
+
+
 def test_the_report_opens_with_the_findings_and_writes_them_as_json_and_markdown(default_job, tmp_path):
     result = generate_report(default_job / "runs", tmp_path, thresholds=(0.3, 0.4))
     page = result.html.read_text()
