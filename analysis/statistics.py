@@ -53,7 +53,7 @@ METHODS = (
     "only understate the effect); pairs in which neither run reached it carry no order and are left out.",
     "Deaths: a cell's proportion of seeds whose verdict is died, with its exact (Clopper-Pearson) interval; a "
     "difference between two cells (two variants at a filter count, or one variant at two filter counts: the width "
-    "effect) with Newcombe's hybrid score interval (from two Wilson intervals).",
+    "effect) with Newcombe's hybrid score interval (from two Wilson intervals), unpaired.",
     "Why one seed does not pin one outcome: a run's seed fixes its data order and initial weights, but not its "
     "floating-point summation order, which changes with the thread count and the machine; training at this "
     "learning rate is chaotic, so such rounding differences grow until the same seed can die on one machine and "
@@ -75,7 +75,9 @@ class Estimate:
     paired: bool = False
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, a missing interval as null: findings.json stays strict JSON (no bare NaN)."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 def _excludes(low: float, high: float, null: float) -> bool:

@@ -97,3 +97,8 @@ def test_never_reaching_a_threshold_is_a_lower_bound_on_the_slower_side():
 def test_the_statistics_need_no_random_numbers():
     a, b = [0.7, 0.4, 0.69, 0.35, 0.71], [0.4, 0.45, 0.68, 0.42, 0.41]
     assert paired_difference(a, b) == paired_difference(a, b)
+
+
+def test_a_missing_interval_is_null_in_json():
+    record = paired_difference([0.7], [0.1]).to_json()
+    assert record["low"] is None and record["high"] is None and record["effect"] == pytest.approx(0.6)
