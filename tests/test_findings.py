@@ -148,6 +148,11 @@ def test_with_two_seeds_nothing_is_supported_and_the_findings_say_why(sweep):
     assert claims["width/deaths/scale=1.0/256 vs 64"].text == (
         "Width effect on deaths, residual, unscaled, 256 against 64 filters: 2/2 vs 1/2, +50.0 points (95 % interval "
         "-27.3 to +90.5): inconclusive with 2 seeds (at least 3 are needed).")
+    # Plain never reached 30 % at 256 filters: its last eval (60) plus one interval is a lower bound.
+    assert claims["steps/256/scale=0.1 vs plain"].text == (
+        "Filter count 256, steps to 30 % eval top-1 of residual, scale 0.1 against plain: 0.14x plain's steps (95 % "
+        "interval 0.14x to 0.14x, 2 seed pairs; plain never reached it in 2, counted as step 70, a lower bound): "
+        "inconclusive with 2 seeds (at least 3 are needed).")
 
 
 def test_the_report_pools_every_seed_in_the_workdir(tmp_path):
