@@ -34,6 +34,7 @@ from analysis.grouping import GROUP_FIELDS, Group, group_runs
 from analysis.html import FigureFile, Provenance, render_report
 from analysis.plotting import save_figure
 from analysis.runs import Run, SkippedRun, load_runs
+from analysis.statistics import METHODS as CLAIM_METHODS
 from analysis.tables import (
     DEFAULT_THRESHOLDS,
     SOURCE_EVAL,
@@ -81,12 +82,15 @@ def methods(thresholds: Sequence[float], window: int) -> list[str]:
         "mean, counted only once a full window exists). A curve's value is the median over its seeds, a seed that "
         "never reached counting as infinitely late; ratio = residual / plain at the same filter count, only when "
         "both reached.",
-        "Verdicts are read from verdict.json (else result.json), never recomputed. A heatmap cell's colour is the "
+        "Verdicts are read from verdict.json (else result.json), never recomputed from the history; a stored "
+        "verdict is read under training's final-evaluation rule (docs/dying.md §3), so a death never recovered from, "
+        "at chance-level eval top-1, is died and no run at chance is healthy. A heatmap cell's colour is the "
         f"majority verdict over its seeds, a tie going to the more severe one ({' < '.join(VERDICTS)}); the cell "
         "lists every verdict's count and the mean final eval top-1 (train accuracy when a seed has no eval; "
         "diverged seeds are left out of the mean).",
         "Runs used: those with result.json, and diverged runs (verdict.json 'diverged') even without it. Runs "
         "without result.json are partial (unfinished or still running): listed under Skipped runs, never plotted.",
+        *CLAIM_METHODS,
     ]
 
 
@@ -211,7 +215,7 @@ def summary_markdown(provenance: Provenance, runs: Sequence[Run], findings: dict
     lines = [f"Generated {provenance.generated} from {len(runs)} runs ({seconds:.0f} s of training and evaluation) "
              f"on {'; '.join(machines) or 'an unrecorded machine'}, by `{provenance.command}`.", ""]
     for label, items in findings.items():
-        lines += [f"**{label}**", ""] + [f"- {finding.text}" for finding in items] + [""]
+        lines += [f"**{label}**", ""] + [f"- **{f.text}**" if f.headline else f"- {f.text}" for f in items] + [""]
     return "\n".join(lines)
 
 

@@ -4,7 +4,9 @@ A run folder is any directory holding one of the files of docs/run_folder.md, or
 `runs/` directory. A run is used when its config is usable and it has finished: it has result.json, or its
 verdict.json says it diverged (training stops on a non-finite loss and may write no result.json). Every other
 folder becomes a `SkippedRun` with the reason; nothing here raises on a bad run. This module must not import the
-training code or compute verdicts: it reads what the runs wrote.
+training code or compute verdicts from histories: it reads what the runs wrote, with one exception kept in training's
+rules (analysis.verdicts.current_verdict): a stored verdict is brought under the final-evaluation rule of
+docs/dying.md §3, with a warning, so a run written before that rule reads like one written after it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from analysis.verdicts import current_verdict
 
 RUN_FILES = ("config.json", "metrics.jsonl", "verdict.json", "result.json")
 # Folders that live inside a sweep or run folder but are never run folders themselves.
@@ -220,6 +224,20 @@ def read_metrics(path: Path) -> tuple[dict[str, MetricLog], list[str]]:
     return {split: MetricLog(split, tuple(records)) for split, records in logs.items()}, warnings
 
 
+def _judged_with_evaluation(verdict: dict[str, Any], result: dict[str, Any], eval_log: MetricLog,
+                            config: dict[str, Any]) -> dict[str, Any]:
+    """verdict.json under the final-evaluation rule: the final eval top-1 from result.json (else the last eval
+    line), the eval set's size from the last eval line; unchanged when either is missing."""
+    last = eval_log.records[-1] if eval_log.records else {}
+    top1 = as_float(result.get("eval_top1"))
+    if math.isnan(top1):
+        top1 = as_float(last.get("top1"))
+    num_examples = last.get("num_examples")
+    if not isinstance(num_examples, int):
+        num_examples = None
+    return current_verdict(verdict, top1, num_examples, config_value(config, "derived.num_classes"))
+
+
 def load_run(path: Path, label: str) -> Run | SkippedRun:
     """One run folder as a Run, or a SkippedRun saying why it cannot be used."""
     config, problem = _read_json(path / "config.json")
@@ -253,9 +271,14 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
         of_planned = f" of {planned}" if planned is not None else ""
         why = "unfinished or still running" if result_problem == "no result.json" else result_problem
         return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}")
+    empty = MetricLog("", ())
     if verdict is None:
         warnings.append(verdict_problem or "no verdict.json")
-    empty = MetricLog("", ())
+    else:
+        verdict = _judged_with_evaluation(verdict, result or {}, logs.get("eval", empty), config)
+        if "stored_verdict" in verdict:
+            warnings.append(f"verdict.json says {verdict['stored_verdict']}; read as {verdict['verdict']} under "
+                            f"docs/dying.md §3 (final eval top-1 {verdict['final_eval_top1']:.3f})")
     return Run(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
                train=logs.get("train", empty), eval=logs.get("eval", empty), probe=logs.get("probe", empty),
                verdict=verdict, result=result, warnings=tuple(warnings))
