@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from analysis.runs import Run
+from analysis.runs import RunRecord
 from inception_jax.models.variants import order_key
 
 # (config key, how the value reads in a label). Changing one of these changes what "comparable" means.
@@ -61,7 +61,7 @@ class Curve:
     width: int
     variant: str
     is_residual: bool
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     label: str  # the variant, prefixed by the model when the group holds several models
     warnings: tuple[str, ...] = ()
 
@@ -69,7 +69,7 @@ class Curve:
 @dataclasses.dataclass(frozen=True)
 class Group:
     key: GroupKey
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     curves: tuple[Curve, ...]  # by width, then model, then variant_order
     warnings: tuple[str, ...]
 
@@ -94,12 +94,12 @@ class Group:
         return candidates[0] if len(candidates) == 1 else None
 
 
-def run_seed(run: Run) -> Any:
+def run_seed(run: RunRecord) -> Any:
     """The run's seed (its label when the config has none): what pairs a residual run with its plain twin."""
     return run.seed if run.seed is not None else run.label
 
 
-def paired_runs(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
+def paired_runs(curve: Curve, reference: Curve) -> list[tuple[RunRecord, RunRecord]]:
     """(run of `curve`, run of `reference`) with the same seed: same data order, same initial weights where the
     shapes agree, so a per-seed ratio compares like with like."""
     twins = {run_seed(run): run for run in reference.runs}
@@ -127,7 +127,7 @@ def _is_bookkeeping(key: str) -> bool:
             or last.endswith(("dir", "path")))
 
 
-def config_differences(runs: Iterable[Run], ignore_prefixes: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def config_differences(runs: Iterable[RunRecord], ignore_prefixes: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Config leaves (dotted keys) whose values differ among `runs`, with the distinct values; bookkeeping and
     `ignore_prefixes` are left out. A key absent from some runs counts as the value '(absent)'."""
     flat = [_flatten(run.config) for run in runs]
@@ -153,16 +153,16 @@ def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
 
 
-def group_runs(runs: Iterable[Run]) -> list[Group]:
+def group_runs(runs: Iterable[RunRecord]) -> list[Group]:
     """Runs split into groups (sorted by label) and curves; see the module docstring."""
-    by_key: dict[GroupKey, list[Run]] = {}
+    by_key: dict[GroupKey, list[RunRecord]] = {}
     for run in runs:
         key = GroupKey(tuple((field, _hashable(run.get(field))) for field, _ in GROUP_FIELDS))
         by_key.setdefault(key, []).append(run)
     groups = []
     for key, members in by_key.items():
         several_models = len({run.model for run in members}) > 1
-        by_curve: dict[tuple[str, int, str, bool], list[Run]] = {}
+        by_curve: dict[tuple[str, int, str, bool], list[RunRecord]] = {}
         for run in members:
             by_curve.setdefault((run.model, run.deepest_width, run.variant, run.is_residual), []).append(run)
         curves = []

@@ -31,9 +31,9 @@ from analysis.curves import SMOOTHING_WINDOW
 from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, learnable_scale_figure, verdict_heatmap
 from analysis.findings import Finding, group_findings
 from analysis.grouping import GROUP_FIELDS, Group, group_runs
-from analysis.html import FigureFile, Provenance, render_report
 from analysis.plotting import save_figure
-from analysis.runs import Run, SkippedRun, load_runs
+from analysis.report_html import FigureFile, Provenance, render_report
+from analysis.runs import RunRecord, SkippedRun, load_runs
 from analysis.tables import (
     DEFAULT_THRESHOLDS,
     SOURCE_EVAL,
@@ -204,7 +204,8 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
                         groups=tuple(group.key.label for group in groups), errors=tuple(errors))
 
 
-def summary_markdown(provenance: Provenance, runs: Sequence[Run], findings: dict[str, tuple[Finding, ...]]) -> str:
+def summary_markdown(provenance: Provenance, runs: Sequence[RunRecord],
+                     findings: dict[str, tuple[Finding, ...]]) -> str:
     """The findings as a short text (README's main-job section quotes one): when, on what, by which command."""
     machines = sorted({str(run.get("derived.machine")) for run in runs if run.get("derived.machine")})
     seconds = sum(t for t in (final_values(run)["wall_time_s"] for run in runs) if math.isfinite(t))

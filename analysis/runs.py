@@ -91,7 +91,7 @@ class MetricLog:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunRecord:
     """A finished run: its config, its metrics per split, and what it wrote at the end."""
 
     label: str  # unique within a RunSet: the run_id, or the relative path when run_ids collide
@@ -168,7 +168,7 @@ class SkippedRun:
 @dataclasses.dataclass(frozen=True)
 class RunSet:
     root: Path
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     skipped: tuple[SkippedRun, ...]
     sweeps: tuple[dict[str, Any], ...]  # every sweep.json found, with "path" added
 
@@ -220,8 +220,8 @@ def read_metrics(path: Path) -> tuple[dict[str, MetricLog], list[str]]:
     return {split: MetricLog(split, tuple(records)) for split, records in logs.items()}, warnings
 
 
-def load_run(path: Path, label: str) -> Run | SkippedRun:
-    """One run folder as a Run, or a SkippedRun saying why it cannot be used."""
+def load_run(path: Path, label: str) -> RunRecord | SkippedRun:
+    """One run folder as a RunRecord, or a SkippedRun saying why it cannot be used."""
     config, problem = _read_json(path / "config.json")
     if config is None:
         return SkippedRun(label, path, "invalid", problem or "no config.json")
@@ -256,7 +256,7 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
     if verdict is None:
         warnings.append(verdict_problem or "no verdict.json")
     empty = MetricLog("", ())
-    return Run(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
+    return RunRecord(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
                train=logs.get("train", empty), eval=logs.get("eval", empty), probe=logs.get("probe", empty),
                verdict=verdict, result=result, warnings=tuple(warnings))
 
@@ -293,7 +293,7 @@ def load_runs(root: str | Path) -> RunSet:
 
     loaded = [load_run(path, relative(path)) for path in run_dirs]
     skipped = [item for item in loaded if isinstance(item, SkippedRun)]
-    runs = [item for item in loaded if isinstance(item, Run)]
+    runs = [item for item in loaded if isinstance(item, RunRecord)]
     # Short labels (run ids) unless two runs share one, as when several sweeps reuse row names.
     id_counts = Counter(run.run_id for run in runs)
     runs = [dataclasses.replace(run, label=run.run_id) if id_counts[run.run_id] == 1 else run for run in runs]

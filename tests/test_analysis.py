@@ -1,4 +1,5 @@
-"""Tables, the report and its command on synthetic run folders with known numbers (analysis.testing.example_specs).
+"""Tables, the report and its command on synthetic run folders with known numbers
+(analysis.synthetic_runs.example_specs).
 
 With the 10-line trailing mean, a run whose train accuracy jumps at step L first reaches 0.3 / 0.4 / 0.5 at
 L + 2 / L + 4 / L + 5; each step takes 0.5 s. Eval top-1 (imagenet2012 group) is 0.75 from the first eval step
@@ -18,6 +19,7 @@ import pytest
 from analysis.grouping import group_runs
 from analysis.report import _remove_stale, generate_report, main
 from analysis.runs import load_runs
+from analysis.synthetic_runs import SyntheticRun, example_specs, write_sweep
 from analysis.tables import (
     DEFAULT_THRESHOLDS,
     runs_table,
@@ -26,7 +28,6 @@ from analysis.tables import (
     verdict_cells,
     verdicts_table,
 )
-from analysis.testing import SyntheticRun, example_specs, write_sweep
 from analysis.verdicts import DEFINITION_TEXT
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The figures as matplotlib objects: panels, titles, series and their points (analysis.convergence/dying).
 
-Synthetic runs from analysis.testing.example_specs: 60 train lines per run (0.5 s per step), so each curve has 60
+Synthetic runs from analysis.synthetic_runs.example_specs: 60 train lines per run (0.5 s per step), so each curve has 60
 points; imagenet2012 runs log eval every 10 steps.
 """
 
@@ -16,8 +16,8 @@ from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, l
 from analysis.grouping import group_runs
 from analysis.plotting import VERDICT_COLOURS
 from analysis.runs import load_runs
+from analysis.synthetic_runs import SyntheticRun, example_specs, write_sweep
 from analysis.tables import verdict_cells
-from analysis.testing import SyntheticRun, example_specs, write_sweep
 
 
 @pytest.fixture(scope="module")

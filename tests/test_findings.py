@@ -14,7 +14,7 @@ from analysis.findings import group_findings
 from analysis.grouping import group_runs
 from analysis.report import generate_report
 from analysis.runs import load_runs
-from analysis.testing import SyntheticRun, write_sweep
+from analysis.synthetic_runs import SyntheticRun, write_sweep
 
 
 def runs():

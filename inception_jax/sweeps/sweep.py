@@ -151,7 +151,7 @@ def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[f
     the accuracy thresholds (analysis's rule), verdict and wall time."""
     import pandas as pd
 
-    from analysis.runs import Run, load_run
+    from analysis.runs import RunRecord, load_run
     from analysis.tables import SOURCE_EVAL, SOURCE_TRAIN, run_crossings
 
     records = []
@@ -170,7 +170,7 @@ def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[f
         record.update({k: result.get(k) for k in ("status", "steps", "wall_time_s", "final_train_loss",
                                                    "final_train_accuracy", "eval_top1", "eval_top5", "ema_eval_top1",
                                                    "verdict", "t_death")})
-        if isinstance(loaded, Run):
+        if isinstance(loaded, RunRecord):
             record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
             record["variant"] = loaded.config.get("derived", {}).get("variant")
             for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.findings import Finding
 from analysis.grouping import Group
-from analysis.runs import Run
+from analysis.runs import RunRecord
 from analysis.tables import Table
 from analysis.verdicts import DEFINITION_TEXT, ZERO_FRACTION_DEFINITION
 
@@ -85,7 +85,7 @@ def _figure_html(figure: FigureFile) -> str:
             f'<a href="{escape(figure.png.name)}">{escape(figure.png.name)}</a></figcaption></figure>')
 
 
-def _config_html(run: Run) -> str:
+def _config_html(run: RunRecord) -> str:
     summary = (f"{run.label}: {run.model}, filter count {run.deepest_width}, {run.variant}, seed {run.seed} "
                f"({run.path})")
     return (f'<details id="config-{escape(run.label)}"><summary>{escape(summary)}</summary>'
@@ -93,7 +93,7 @@ def _config_html(run: Run) -> str:
 
 
 def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: Sequence[FigureFile],
-                  group_tables: Sequence[Table], tables: Sequence[Table], runs: Sequence[Run],
+                  group_tables: Sequence[Table], tables: Sequence[Table], runs: Sequence[RunRecord],
                   methods: Sequence[str], findings: Mapping[str, Sequence[Finding]] | None = None) -> str:
     """The whole page. `group_tables` are shown per group (their `group` column selects the rows); `tables`
     (runs, skipped) are shown once, after the groups."""
