@@ -21,7 +21,8 @@ import numpy as np
 
 RUN_FILES = ("config.json", "metrics.jsonl", "verdict.json", "result.json")
 # Folders that live inside a sweep or run folder but are never run folders themselves.
-_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "__pycache__"})
+# replaced/ holds run folders of another config that --rerun_changed moved aside (docs/run_folder.md: never read).
+_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "replaced", "__pycache__"})
 # Config keys every analysed run needs; without them a run cannot be placed on any figure.
 REQUIRED_CONFIG_KEYS = ("model.name", "data.name", "derived.deepest_width", "derived.variant")
 
@@ -163,6 +164,7 @@ class SkippedRun:
     path: Path
     status: str
     reason: str
+    config: dict[str, Any] | None = None  # config.json when it could be read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,23 +229,25 @@ def load_run(path: Path, label: str) -> RunRecord | SkippedRun:
         return SkippedRun(label, path, "invalid", problem or "no config.json")
     missing = [key for key in REQUIRED_CONFIG_KEYS if config_value(config, key) is None]
     if missing:
-        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)")
+        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)",
+                          config)
     try:
         int(config_value(config, "derived.deepest_width"))
     except (TypeError, ValueError):
         width = config_value(config, "derived.deepest_width")
-        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer")
+        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer",
+                          config)
     # Before the first log line a run that has not finished is just starting: partial, not broken.
     not_started = "invalid" if (path / "result.json").is_file() else "partial"
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
-        return SkippedRun(label, path, not_started, "no metrics.jsonl")
+        return SkippedRun(label, path, not_started, "no metrics.jsonl", config)
     try:
         logs, warnings = read_metrics(metrics_path)
     except OSError as error:
-        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})")
+        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})", config)
     if not logs:
-        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line")
+        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line", config)
     verdict, verdict_problem = _read_json(path / "verdict.json")
     result, result_problem = _read_json(path / "result.json")
     diverged = verdict is not None and verdict.get("verdict") == "diverged"
@@ -252,7 +256,7 @@ def load_run(path: Path, label: str) -> RunRecord | SkippedRun:
         planned = config_value(config, "train.num_steps")
         of_planned = f" of {planned}" if planned is not None else ""
         why = "unfinished or still running" if result_problem == "no result.json" else result_problem
-        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}")
+        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}", config)
     if verdict is None:
         warnings.append(verdict_problem or "no verdict.json")
     empty = MetricLog("", ())
