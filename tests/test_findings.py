@@ -77,7 +77,7 @@ def test_a_threshold_only_some_plain_seeds_reach_is_compared_seed_by_seed(tmp_pa
 def test_the_report_opens_with_the_findings_and_writes_them_as_json_and_markdown(sweep, tmp_path):
     result = generate_report(sweep / "runs", tmp_path, thresholds=(0.3, 0.5))
     page = result.html.read_text()
-    assert page.index("<h2>Findings: ") < page.index('<h2 id="group-')
+    assert page.index('<section id="findings">') < page.index('<h2 id="group-')
     stored = json.loads((tmp_path / "findings.json").read_text())
     (label,) = stored
     assert [f["text"] for f in stored[label]] == [f.text for f in result.findings[label]]
