@@ -26,6 +26,8 @@ from inception_jax.models.variants import display_name
 
 # Columns holding step counts or seeds: whole numbers with gaps (pandas Int64), so results.csv writes "4", not "4.0".
 _WHOLE = ("seed", "deepest_width", "steps", "t_death")
+_FACTS = ("run_id", "status", "seed", "model", "dataset", "deepest_width", "variant", "variant_name", "verdict",
+          "path", "notes")
 _FINAL = ("steps", "wall_time_s", "final_train_loss", "final_train_accuracy", "eval_top1", "eval_top5",
           "ema_eval_top1", "t_death", "final_zero_frac")
 
@@ -39,6 +41,13 @@ def _run_dirs(root: Path, run_ids: Sequence[str] | None) -> list[tuple[str, Path
     if run_ids is not None:  # the sweep's rows, in the sheet's order
         by_name = {folder.name: folder for folder in folders}
         folders = [by_name[run_id] for run_id in run_ids if run_id in by_name]
+    else:  # a sweep's folders in its spreadsheet's order (sweep.json), any others after them
+        try:
+            listed = json.loads(((root.parent if root.name == "runs" else root) / "sweep.json").read_text())["run_ids"]
+            order = {str(run_id): i for i, run_id in enumerate(listed)}
+        except (OSError, ValueError, KeyError, TypeError):
+            order = {}
+        folders.sort(key=lambda folder: order.get(folder.name, len(order)))
     counts = Counter(folder.name for folder in folders)
     return [(folder.name if counts[folder.name] == 1 else str(folder.relative_to(root)), folder)
             for folder in folders]
@@ -54,14 +63,14 @@ def _run_row(run_id: str, loaded: RunRecord | SkippedRun, thresholds: Sequence[f
     overrides = config_value(config, "sweep.overrides", {})
     variant = config_value(config, "derived.variant")
     use_residual = config_value(config, "model.use_residual")
-    row: dict[str, Any] = {"run_id": run_id, **{key: _cell(value) for key, value in
-                                                 (overrides.items() if isinstance(overrides, dict) else ())}}
     shown = None if variant is None else display_name(str(variant), use_residual
                                                       if isinstance(use_residual, bool) else None)
-    row |= {"status": None, "seed": config.get("seed"), "model": config_value(config, "model.name"),
+    row: dict[str, Any] = {"run_id": run_id, "status": None, "seed": config.get("seed"), "model": config_value(config, "model.name"),
             "dataset": config_value(config, "data.name"),
             "deepest_width": config_value(config, "derived.deepest_width"), "variant": variant, "variant_name": shown,
             "verdict": None, **dict.fromkeys(_FINAL)}
+    if isinstance(overrides, dict):  # a knob the config also has a column for (seed) keeps that column
+        row |= {key: _cell(value) for key, value in overrides.items() if key not in row}
     if isinstance(loaded, SkippedRun):
         return row | {"status": loaded.status, "path": str(loaded.path), "notes": loaded.reason}
     result = loaded.result or {}
@@ -95,6 +104,10 @@ def load_sweep(path: str | Path, *, thresholds: Sequence[float] = DEFAULT_THRESH
     rows = [_run_row(run_id, load_run(folder, run_id), thresholds)
             for run_id, folder in _run_dirs(Path(path), run_ids)]
     frame = pd.DataFrame.from_records(rows)
+    # The sweep's knobs first, as in its spreadsheet: every override key after run_id, whichever row has it.
+    overrides = list(dict.fromkeys(key for row in rows for key in row if key not in (*_FACTS, *_FINAL) and
+                                   not key.startswith(("steps_to_", "seconds_to_"))))
+    frame = frame[["run_id", *overrides, *[c for c in frame.columns if c != "run_id" and c not in overrides]]]
     for column in frame.columns:
         if column in _WHOLE or column.startswith("steps_to_"):
             numbers = pd.to_numeric(frame[column], errors="coerce")

@@ -4,6 +4,7 @@ With the 10-line trailing mean, a run whose train accuracy jumps at step L first
 takes 0.5 s; eval top-1 is 0.75 from the first eval step after L on.
 """
 
+import json
 import math
 
 import pandas as pd
@@ -21,6 +22,10 @@ def sweep(tmp_path_factory):
              SyntheticRun("w256_diverged", 256, "scale=1.0", seed=2, learn_step=15, diverge_step=30),
              SyntheticRun("w256_running", 256, "learnable", finished=False)]
     root = write_sweep(tmp_path_factory.mktemp("sweep"), specs, missing=["never_started"])
+    config_path = root / "runs" / "w64_s0.3" / "config.json"  # a knob only one row of the spreadsheet sets
+    config = json.loads(config_path.read_text())
+    config["sweep"]["overrides"]["model.residual_scale"] = 0.3
+    config_path.write_text(json.dumps(config))
     (root / "replaced" / "w64_plain-20250101").mkdir(parents=True)  # moved aside by --rerun_changed: never read
     (root / "replaced" / "w64_plain-20250101" / "config.json").write_text("{}")
     return root
@@ -28,7 +33,7 @@ def sweep(tmp_path_factory):
 
 def test_load_sweep_has_one_row_per_run_folder_with_its_facts(sweep):
     runs = load_sweep(sweep).set_index("run_id")
-    assert list(runs.index) == ["w256_diverged", "w256_running", "w256_s1.0", "w64_plain", "w64_s0.3"]
+    assert list(runs.index) == ["w64_plain", "w64_s0.3", "w256_s1.0", "w256_diverged", "w256_running"]  # sweep.json
     plain, scaled, died, diverged, running = (runs.loc[name] for name in (
         "w64_plain", "w64_s0.3", "w256_s1.0", "w256_diverged", "w256_running"))
     assert (plain["status"], plain["verdict"], plain["variant"], plain["variant_name"]) == (
@@ -42,8 +47,9 @@ def test_load_sweep_has_one_row_per_run_folder_with_its_facts(sweep):
     assert math.isnan(diverged["final_train_loss"])
     assert running["status"] == "partial" and "unfinished or still running" in running["notes"]
     assert pd.isna(running["verdict"]) and running["model"] == "inception_resnet_v2"
-    # Overrides: the config's sweep.overrides, one column per key.
-    assert runs["seed"].tolist() == [2, 0, 1, 0, 0]
+    # Overrides: the config's sweep.overrides, one column per key, right after run_id (seed has its own column).
+    assert runs.columns[0] == "model.residual_scale" and runs["seed"].tolist() == [0, 0, 1, 2, 0]
+    assert scaled["model.residual_scale"] == 0.3 and math.isnan(plain["model.residual_scale"])
     # Steps to thresholds: train accuracy (trailing mean) and eval top-1, NA where not reached.
     assert plain["steps_to_train_acc_0.3"] == 42 and plain["seconds_to_train_acc_0.3"] == 21.0
     assert scaled["steps_to_eval_top1_0.5"] == 10 and pd.isna(plain["steps_to_eval_top1_0.5"])
@@ -56,7 +62,7 @@ def test_load_sweep_keeps_the_given_run_ids_in_their_order(sweep):
     assert frame["run_id"].tolist() == ["w64_s0.3", "w64_plain"]
     assert "steps_to_train_acc_0.5" in frame and "steps_to_train_acc_0.3" not in frame
     assert frame.to_csv(index=False).splitlines()[1].startswith(
-        "w64_s0.3,0,finished,inception_resnet_v2,shapes_textures,64,scale=0.3,\"residual, scale 0.3\",healthy,60,")
+        "w64_s0.3,0.3,finished,0,inception_resnet_v2,shapes_textures,64,scale=0.3,\"residual, scale 0.3\",healthy,60,")
 
 
 def test_load_curves_is_long_format_with_every_scalar(sweep):
