@@ -65,10 +65,11 @@ def _run_row(run_id: str, loaded: RunRecord | SkippedRun, thresholds: Sequence[f
     use_residual = config_value(config, "model.use_residual")
     shown = None if variant is None else display_name(str(variant), use_residual
                                                       if isinstance(use_residual, bool) else None)
-    row: dict[str, Any] = {"run_id": run_id, "status": None, "seed": config.get("seed"), "model": config_value(config, "model.name"),
-            "dataset": config_value(config, "data.name"),
-            "deepest_width": config_value(config, "derived.deepest_width"), "variant": variant, "variant_name": shown,
-            "verdict": None, **dict.fromkeys(_FINAL)}
+    row: dict[str, Any] = {"run_id": run_id, "status": None, "seed": config.get("seed"),
+                           "model": config_value(config, "model.name"),
+                           "dataset": config_value(config, "data.name"),
+                           "deepest_width": config_value(config, "derived.deepest_width"), "variant": variant,
+                           "variant_name": shown, "verdict": None, **dict.fromkeys(_FINAL)}
     if isinstance(overrides, dict):  # a knob the config also has a column for (seed) keeps that column
         row |= {key: _cell(value) for key, value in overrides.items() if key not in row}
     if isinstance(loaded, SkippedRun):

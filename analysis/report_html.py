@@ -236,7 +236,8 @@ def _title_block(provenance: Provenance, runs: Sequence[RunRecord], groups: Sequ
     rows = [("Command", "<br>".join(f"<code>{escape(c)}</code>" for c in commands)),
             ("Machine", escape("; ".join(provenance.machines) or "not recorded")),
             ("Time", when),
-            ("Report", f"generated {escape(provenance.generated)} by <code>{escape(provenance.command)}</code>"),
+            ("Report", f"generated {escape(provenance.generated)}" + (
+                "" if commands == [provenance.command] else f" by <code>{escape(provenance.command)}</code>")),
             ("Curves", f"<code>tensorboard --logdir {escape(str(provenance.logdir or provenance.root))}</code>")]
     return ("<header><h1>Residual connections and dying Inception-ResNets</h1>"
             f'<p class="subtitle">{subtitle}</p><dl class="meta">'
