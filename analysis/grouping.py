@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analysis.runs import RunRecord
-from inception_jax.models.variants import order_key
+from inception_jax.models.variants import display_name, order_key
 
 # (config key, how the value reads in a label). Changing one of these changes what "comparable" means.
 GROUP_FIELDS = (
@@ -64,6 +64,7 @@ class Curve:
     runs: tuple[RunRecord, ...]
     label: str  # the variant, prefixed by the model when the group holds several models
     warnings: tuple[str, ...] = ()
+    name: str = ""  # the label in a reader's words ("residual, scale 0.3"): figure legends, the report's tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,10 @@ class Group:
     def labels(self) -> list[str]:
         """Curve labels in display order, each once: the heatmap's columns and the colour order."""
         return list(dict.fromkeys(curve.label for curve in sorted(self.curves, key=_label_order)))
+
+    def name_of(self, label: str) -> str:
+        """A curve label in a reader's words (Curve.name)."""
+        return next((curve.name for curve in self.curves if curve.label == label), label)
 
     def curves_at(self, width: int) -> list[Curve]:
         return [curve for curve in self.curves if curve.width == width]
@@ -169,8 +174,10 @@ def group_runs(runs: Iterable[RunRecord]) -> list[Group]:
         for (model, width, variant, is_residual), seeds in by_curve.items():
             seeds.sort(key=lambda run: (run.seed if isinstance(run.seed, int) else 0, run.label))
             label = f"{model} {variant}" if several_models else variant
+            name = display_name(variant, is_residual)
             warnings = tuple(f"{label} at width {width}: " + text for text in _describe(config_differences(seeds)))
-            curves.append(Curve(model, width, variant, is_residual, tuple(seeds), label, warnings))
+            curves.append(Curve(model, width, variant, is_residual, tuple(seeds), label, warnings,
+                                f"{model} {name}" if several_models else name))
         curves.sort(key=lambda c: (c.width, *_label_order(c)))
         group_warnings = _describe(config_differences(members, _CURVE_DEFINING_PREFIXES))
         group_warnings += [text for curve in curves for text in curve.warnings]

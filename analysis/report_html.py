@@ -185,8 +185,10 @@ def _folded_table(table: Table, frame: pd.DataFrame, html_id: str, *, open_: boo
 def _rows_of_group(table: Table, group: Group) -> pd.DataFrame:
     if table.display.empty:
         return table.display
-    selected = table.display[table.display["group"] == group.key.label]
-    return selected.drop(columns=["group"])
+    selected = table.display[table.display["group"] == group.key.label].drop(columns=["group"])
+    if "variant" in selected:  # the curve labels in a reader's words; the CSV keeps the stored names
+        selected = selected.assign(variant=[group.name_of(label) for label in selected["variant"]])
+    return selected
 
 
 def _figure_html(figure: FigureFile, number: int) -> str:
@@ -333,7 +335,10 @@ def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: S
         parts.append("</section>")
     parts.append('<section><h2 id="runs">Runs</h2>' + _run_index(runs, out_dir, provenance))
     for table in tables:
-        parts.append(_folded_table(table, table.display, f"table-{table.name}",
+        shown = table.display
+        if "variant" in shown and len(shown):
+            shown = shown.assign(variant=[display_name(str(v)) for v in shown["variant"]])
+        parts.append(_folded_table(table, shown, f"table-{table.name}",
                                    open_=table.name == "skipped" and skipped_count > 0))
     parts.append("</section>")
     parts.append('<section><h2 id="methods">How the numbers are made</h2><ul>'
