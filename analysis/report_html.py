@@ -73,7 +73,9 @@ figcaption .files { color: var(--muted); font-size: 13px; }
 .table-wrap { overflow-x: auto; margin: .4rem 0 1rem; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid var(--rule); padding: .25rem .6rem; text-align: right; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; position: sticky; top: 0; }
+th { background: var(--soft); font-weight: 600; white-space: nowrap; }
+#run-index td { white-space: nowrap; }
+#methods + ul { font-size: 15px; }
 tr:nth-child(even) td { background: #fbfcfd; }
 td:first-child, th:first-child, td.text, th.text { text-align: left; }
 details { margin: .35rem 0; } summary { cursor: pointer; font-size: 14px; }
@@ -103,12 +105,12 @@ _CAPTIONS = {
                     "death: the branch overwhelms the shortcut.",
                     "The paper scaled the residuals down to stabilise training; this is the quantity the scaling "
                     "acts on."),
-    "learnable_scales": ("The residual scales the network learned, per block, against step. Look for where they "
-                         "settle compared with the hand-picked 0.1 to 0.3.",
+    "learnable_scales": ("The residual scales the network learned, per block, against step. Look for where "
+                         "they settle compared with the hand-picked 0.1 to 0.3.",
                          "The paper used fixed scales between 0.1 and 0.3; it did not learn them."),
-    "convergence": ("Error (100 × (1 − accuracy)) and loss against step (left) and wall time (right); the line is the "
-                    "mean over seeds, the band their range. Look for the residual curves falling below the plain "
-                    "one earlier, at the same filter count.",
+    "convergence": ("Error (100 × (1 − accuracy)) and loss against step (top row) and wall time (bottom row); "
+                    "the line is the mean over seeds, the band their range. Look for the residual curves falling "
+                    "below the plain one earlier, at the same filter count.",
                     "The paper: residual connections speed up the training of Inception networks significantly; the "
                     "final accuracy depends mostly on the model size, not on the shortcuts."),
 }
@@ -238,7 +240,7 @@ def _title_block(provenance: Provenance, runs: Sequence[RunRecord], groups: Sequ
     rows = [("Command", "<br>".join(f"<code>{escape(c)}</code>" for c in commands)),
             ("Machine", escape("; ".join(provenance.machines) or "not recorded")),
             ("Time", when),
-            ("Report", f"generated {escape(provenance.generated)}" + (
+            ("Report", f"generated {escape(provenance.generated.replace('T', ' ').replace('+00:00', ' UTC'))}" + (
                 "" if commands == [provenance.command] else f" by <code>{escape(provenance.command)}</code>")),
             ("Curves", f"<code>tensorboard --logdir {escape(str(provenance.logdir or provenance.root))}</code>")]
     return ("<header><h1>Residual connections and dying Inception-ResNets</h1>"

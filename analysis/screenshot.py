@@ -3,7 +3,7 @@ Chromium (Debian's `chromium` package; .ci/run installs it where missing).
 
     python -m analysis.screenshot <report.html> <out.png> [--width=1280] [--height=900]
 
-docs/figures/report_first_screen.png is made this way (docs/run_folder.md says from which sweep). Nothing here
+docs/figures/report_first_screen.png is made this way (README's report section says from which sweep). Nothing here
 changes the report; the browser runs with a fresh profile and no network.
 """
 
