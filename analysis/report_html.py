@@ -207,9 +207,10 @@ def _findings_html(findings: Mapping[str, Sequence[Finding]], several_groups: bo
     parts = ['<section id="findings"><h2>Findings</h2>']
     statuses = {getattr(f, "status", "") for items in findings.values() for f in items}
     if statuses & {"supported", "inconclusive"}:
-        parts.append('<p class="legend"><span class="badge supported">supported</span>the runs support it in every '
-                     'seed or beyond seed noise; <span class="badge inconclusive">inconclusive</span>within seed '
-                     "noise or too few seeds to say; unmarked lines describe the runs.</p>")
+        parts.append('<p class="legend"><span class="badge supported">supported</span>the runs support it; '
+                     '<span class="badge inconclusive">inconclusive</span>the runs do not decide it (within seed '
+                     'noise, or too few seeds); unmarked lines describe the runs. Rules: <a href="#methods">How the '
+                     "numbers are made</a>.</p>")
     order = {"supported": 0, "inconclusive": 1}
     for label, items in findings.items():
         if several_groups:

@@ -1,6 +1,7 @@
 """The report folder is replaced whole (old or new, never a mix), and a folder without runs writes nothing
 (analysis.report)."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import analysis.report
+from analysis.findings import Finding
 from analysis.report import ReportError, generate_report, main
+from analysis.report_html import _findings_html
 from analysis.synthetic_runs import SyntheticRun, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,3 +92,26 @@ def test_an_out_folder_that_is_not_a_report_is_refused_untouched(sweep, tmp_path
     assert main([str(sweep), f"--out={elsewhere}"]) == 2
     assert "holds files no report wrote (no manifest.json)" in capsys.readouterr().err
     assert [p.name for p in elsewhere.iterdir()] == ["thesis.tex"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusFinding:  # a finding as analysis.findings states it, with its status
+    kind: str
+    text: str
+    data: dict
+    status: str = ""
+
+
+def test_findings_show_supported_first_with_badges_and_explain_verdicts():
+    findings = {"group": [StatusFinding("seeds", "Seeds per (filter count, variant): 3.", {}),
+                          StatusFinding("noise", "Scale 0.3 vs plain: within seed noise.", {}, "inconclusive"),
+                          StatusFinding("dying", "Unscaled died in 3/3 seeds at 1024.", {}, "supported")]}
+    page = _findings_html(findings, several_groups=False)
+    items = re.findall(r'<li class="(\w+)">(.*?)</li>', page)
+    assert [cls for cls, _ in items] == ["supported", "inconclusive", "descriptive"]
+    assert items[0][1].startswith('<span class="badge supported">supported</span>Unscaled ')
+    assert items[1][1].startswith('<span class="badge inconclusive">inconclusive</span>')
+    assert "badge" not in items[2][1]
+    assert '<a class="verdict" href="#verdict-died" title="died: dead at the end' in items[0][1]
+    old = {"group": [Finding("dying", "plain died in 0/2 seeds", {})]}  # findings without a status: no badges
+    assert "badge" not in _findings_html(old, several_groups=False)
