@@ -203,7 +203,7 @@ def _figure_html(figure: FigureFile, number: int) -> str:
 
 
 def _findings_html(findings: Mapping[str, Sequence[Finding]], several_groups: bool) -> str:
-    """Supported findings first (the headline), then inconclusive ones, then descriptive lines; each marked."""
+    """The findings in analysis.findings' order (supported claims first: the headline), each claim marked."""
     parts = ['<section id="findings"><h2>Findings</h2>']
     statuses = {getattr(f, "status", "") for items in findings.values() for f in items}
     if statuses & {"supported", "inconclusive"}:
@@ -216,7 +216,7 @@ def _findings_html(findings: Mapping[str, Sequence[Finding]], several_groups: bo
         if several_groups:
             parts.append(f"<h3>{escape(label)}</h3>")
         parts.append('<ul class="findings">')
-        for finding in sorted(items, key=lambda f: order.get(getattr(f, "status", ""), 2)):
+        for finding in items:
             status = getattr(finding, "status", "") or ""
             badge = f'<span class="badge {escape(status)}">{escape(status)}</span>' if status in order else ""
             parts.append(f'<li class="{escape(status) or "descriptive"}">{badge}{_with_verdicts(finding.text)}</li>')

@@ -102,16 +102,16 @@ class StatusFinding:  # a finding as analysis.findings states it, with its statu
     status: str = ""
 
 
-def test_findings_show_supported_first_with_badges_and_explain_verdicts():
-    findings = {"group": [StatusFinding("seeds", "Seeds per (filter count, variant): 3.", {}),
-                          StatusFinding("noise", "Scale 0.3 vs plain: within seed noise.", {}, "inconclusive"),
-                          StatusFinding("dying", "Unscaled died in 3/3 seeds at 1024.", {}, "supported")]}
+def test_findings_are_marked_supported_or_inconclusive_and_explain_verdicts():
+    findings = {"group": [StatusFinding("dying", "Unscaled died in 3/3 seeds at 1024.", {}, "supported"),
+                          StatusFinding("seeds", "Seeds per (filter count, variant): 3.", {}),
+                          StatusFinding("noise", "Scale 0.3 vs plain: within seed noise.", {}, "inconclusive")]}
     page = _findings_html(findings, several_groups=False)
     items = re.findall(r'<li class="(\w+)">(.*?)</li>', page)
-    assert [cls for cls, _ in items] == ["supported", "inconclusive", "descriptive"]
+    assert [cls for cls, _ in items] == ["supported", "descriptive", "inconclusive"]  # findings.py's order
     assert items[0][1].startswith('<span class="badge supported">supported</span>Unscaled ')
-    assert items[1][1].startswith('<span class="badge inconclusive">inconclusive</span>')
-    assert "badge" not in items[2][1]
-    assert '<a class="verdict" href="#verdict-died" title="died: dead at the end' in items[0][1]
+    assert "badge" not in items[1][1]
+    assert items[2][1].startswith('<span class="badge inconclusive">inconclusive</span>')
+    assert '<a class="verdict" href="#verdict-died" title="died: the paper&#x27;s &#x27;died&#x27;' in items[0][1]
     old = {"group": [Finding("dying", "plain died in 0/2 seeds", {})]}  # findings without a status: no badges
     assert "badge" not in _findings_html(old, several_groups=False)
