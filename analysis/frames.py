@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.runs import RunRecord, SkippedRun, config_value, find_run_dirs, load_run, read_metrics
-from analysis.tables import DEFAULT_THRESHOLDS, SOURCE_EVAL, SOURCE_TRAIN, final_values, run_crossings
+from analysis.tables import DEFAULT_THRESHOLDS, final_values, threshold_columns
 from inception_jax.models.variants import display_name
 
 # Columns holding step counts or seeds: whole numbers with gaps (pandas Int64), so results.csv writes "4", not "4.0".
@@ -79,10 +79,7 @@ def _run_row(run_id: str, loaded: RunRecord | SkippedRun, thresholds: Sequence[f
     row |= {key: finals[key] for key in _FINAL if key in finals}
     row |= {"status": result.get("status") or ("diverged" if loaded.verdict_name == "diverged" else "finished"),
             "verdict": loaded.verdict_name, "ema_eval_top1": result.get("ema_eval_top1")}
-    for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
-        for t, crossing in run_crossings(loaded, source, thresholds).items():
-            row[f"steps_to_{tag}_{t:g}"] = crossing.step
-            row[f"seconds_to_{tag}_{t:g}"] = None if crossing.seconds is None else round(crossing.seconds, 2)
+    row |= threshold_columns(loaded, thresholds)
     return row | {"path": str(loaded.path), "notes": "; ".join(loaded.warnings)}
 
 
