@@ -18,12 +18,9 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +34,7 @@ from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, l
 from analysis.findings import Finding, group_findings
 from analysis.grouping import GROUP_FIELDS, Group, group_runs
 from analysis.plotting import save_figure
+from analysis.report_folder import replaced_whole, unusable_reason, write_manifest
 from analysis.report_html import FigureFile, Provenance, render_report
 from analysis.runs import RunRecord, RunSet, SkippedRun, load_runs
 from analysis.tables import (
@@ -126,40 +124,6 @@ class ReportError(ValueError):
     """Nothing can be reported (no run folder) or written (an output folder that is not a report's)."""
 
 
-def _carry_foreign_files(old: Path, new: Path) -> None:
-    """Copy into `new` what the user put in the old report folder: entries its manifest.json does not list."""
-    try:
-        ours = set(json.loads((old / "manifest.json").read_text()).get("files", [])) | {"manifest.json"}
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return
-    for entry in old.iterdir():
-        if entry.name not in ours and not (new / entry.name).exists():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.copytree(entry, new / entry.name, symlinks=True)
-            else:
-                shutil.copy2(entry, new / entry.name, follow_symlinks=False)
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """The report replaces its folder whole, so the folder must be a report (manifest.json), empty or new."""
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                      and not (out_dir / "manifest.json").is_file())):
-        raise ReportError(f"--out={out_dir}: holds files no report wrote (no manifest.json); the report replaces "
-                          "its folder whole, so give a new or empty folder, or a previous report's")
-
-
-def _swap_in(new: Path, out_dir: Path) -> None:
-    """Replace out_dir by new in two renames, so out_dir holds the whole old report or the whole new one."""
-    if out_dir.exists():
-        _carry_foreign_files(out_dir, new)
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-        os.replace(new, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out_dir)
-
-
 def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, command: str | None = None,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS, window: int = SMOOTHING_WINDOW) -> ReportResult:
     """Write the report for every run folder under `runs_dir` into `out_dir` (default `<runs_dir>/report`, or
@@ -177,17 +141,11 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
     run_set = load_runs(runs_dir)
     if not run_set.runs and all(skipped.status == "missing" for skipped in run_set.skipped):
         raise ReportError(f"{runs_dir} holds no run folders (a run folder has config.json and metrics.jsonl)")
-    _check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside out_dir, then swapped in whole: an interrupted report leaves the previous one as it was.
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        result = _write_report(run_set, runs_dir, work, out_dir, command, thresholds, window)
-        _swap_in(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return result
+    problem = unusable_reason(out_dir)
+    if problem:
+        raise ReportError(problem)
+    with replaced_whole(out_dir) as work:  # an interrupted report leaves the previous one as it was
+        return _write_report(run_set, runs_dir, work, out_dir, command, thresholds, window)
 
 
 def _write_report(run_set: RunSet, runs_dir: Path, work: Path, out_dir: Path, command: str | None,
@@ -243,8 +201,7 @@ def _write_report(run_set: RunSet, runs_dir: Path, work: Path, out_dir: Path, co
     (work / "findings.json").write_text(json.dumps({label: [dataclasses.asdict(f) for f in items]
                                                    for label, items in findings.items()}, indent=1, default=str))
     (work / "summary.md").write_text(summary_markdown(provenance, run_set.runs, findings), encoding="utf-8")
-    written = sorted(path.name for path in work.iterdir())
-    (work / "manifest.json").write_text(json.dumps({"files": written}, indent=1))
+    write_manifest(work)
     return ReportResult(html=out_dir / "report.html", out_dir=out_dir, figures=tuple(figures), findings=findings,
                         summary=out_dir / "summary.md", tables=csv_paths,
                         frames={t.name: t.data for t in (*group_tables, *tables)},
