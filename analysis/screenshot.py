@@ -21,6 +21,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # A browser with no profile, no network chatter and no GPU: what a container or a CI machine can run.
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+          "--run-all-compositor-stages-before-draw",  # a screenshot of the whole paint, not half of it
           "--virtual-time-budget=10000")  # virtual time: the page and its images load before the capture
 
 
@@ -39,18 +40,31 @@ def _chromium(args: Sequence[str], *, width: int, height: int, timeout: float) -
                                *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def screenshot(html: str | Path, png: str | Path, *, width: int = 1280, height: int = 900,
-               timeout: float = 120) -> Path:
-    """Write what a `width` × `height` browser window shows of `html` (its top) to `png`."""
-    html, png = Path(html).resolve(), Path(png).resolve()
-    if not html.is_file():
-        raise FileNotFoundError(f"{html}: no such file (expected a report.html)")
-    png.parent.mkdir(parents=True, exist_ok=True)
+def _capture(html: Path, png: Path, width: int, height: int, timeout: float) -> bytes:
     png.unlink(missing_ok=True)
     done = _chromium([f"--screenshot={png}", html.as_uri()], width=width, height=height, timeout=timeout)
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot of {html} (exit {done.returncode}): {done.stderr[-2000:]}")
-    return png
+    return png.read_bytes()
+
+
+def screenshot(html: str | Path, png: str | Path, *, width: int = 1280, height: int = 900,
+               timeout: float = 120, attempts: int = 5) -> Path:
+    """Write what a `width` × `height` browser window shows of `html` (its top) to `png`.
+
+    On a busy machine headless Chromium now and then captures a half-painted page (the lower part blank); a full
+    paint is the same every time, so captures are repeated until two in a row agree (at most `attempts`)."""
+    html, png = Path(html).resolve(), Path(png).resolve()
+    if not html.is_file():
+        raise FileNotFoundError(f"{html}: no such file (expected a report.html)")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    previous = _capture(html, png, width, height, timeout)
+    for _ in range(attempts - 1):
+        current = _capture(html, png, width, height, timeout)
+        if current == previous:
+            return png
+        previous = current
+    raise RuntimeError(f"{attempts} screenshots of {html} all differ: the page does not finish painting")
 
 
 def dump_dom(html: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 120) -> str:
