@@ -28,7 +28,7 @@ from typing import Any
 
 from analysis import statistics
 from analysis.grouping import Curve, Group, run_seed
-from analysis.runs import Run
+from analysis.runs import RunRecord
 from analysis.statistics import Estimate, RatioEstimate, Steps
 from analysis.tables import SOURCE_EVAL, final_values, run_crossings, threshold_source
 from inception_jax.models.variants import display_name
@@ -93,11 +93,11 @@ def _claim(kind: str, claim: str, subject: str, estimate: Estimate, body: str, *
                    estimate.status, claim)
 
 
-def _by_seed(runs: Sequence[Run]) -> dict[tuple[Any, int], Run]:
+def _by_seed(runs: Sequence[RunRecord]) -> dict[tuple[Any, int], RunRecord]:
     """Runs that did not diverge, keyed by (seed, k): the k-th run of that seed in label order. A folder of sweeps
     may hold one seed twice (the same seeds rerun on another machine); the k-th of one curve pairs with the k-th of
     another, and none is dropped."""
-    out: dict[tuple[Any, int], Run] = {}
+    out: dict[tuple[Any, int], RunRecord] = {}
     for run in sorted((r for r in runs if r.verdict_name != "diverged"), key=lambda r: r.label):
         k = 0
         while (run_seed(run), k) in out:
@@ -106,18 +106,18 @@ def _by_seed(runs: Sequence[Run]) -> dict[tuple[Any, int], Run]:
     return out
 
 
-def _seeded(runs: Sequence[Run], value) -> dict[tuple[Any, int], float]:
+def _seeded(runs: Sequence[RunRecord], value) -> dict[tuple[Any, int], float]:
     """`value(run)` per run that did not diverge, keyed as _by_seed."""
     return {key: value(run) for key, run in _by_seed(runs).items()}
 
 
-def _pairs(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
+def _pairs(curve: Curve, reference: Curve) -> list[tuple[RunRecord, RunRecord]]:
     """(run of `curve`, its twin in `reference`): same seed (and same k, _by_seed); runs that diverged left out."""
     twins = _by_seed(reference.runs)
     return [(run, twins[key]) for key, run in _by_seed(curve.runs).items() if key in twins]
 
 
-def _final_top1(run: Run) -> float:
+def _final_top1(run: RunRecord) -> float:
     return final_values(run)["eval_top1"]
 
 
@@ -142,7 +142,7 @@ def top1_findings(group: Group) -> list[Finding]:
     return findings
 
 
-def _censor_bound(run: Run, source: str) -> float:
+def _censor_bound(run: RunRecord, source: str) -> float:
     """A run that never reached a threshold: its last logged step of `source` plus one logging interval."""
     steps = run.eval.steps if source == SOURCE_EVAL else run.train.steps
     if len(steps) == 0:

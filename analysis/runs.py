@@ -25,7 +25,8 @@ from analysis.verdicts import current_verdict
 
 RUN_FILES = ("config.json", "metrics.jsonl", "verdict.json", "result.json")
 # Folders that live inside a sweep or run folder but are never run folders themselves.
-_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "__pycache__"})
+# replaced/ holds run folders of another config that --rerun_changed moved aside (docs/run_folder.md: never read).
+_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "replaced", "__pycache__"})
 # Config keys every analysed run needs; without them a run cannot be placed on any figure.
 REQUIRED_CONFIG_KEYS = ("model.name", "data.name", "derived.deepest_width", "derived.variant")
 
@@ -95,7 +96,7 @@ class MetricLog:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunRecord:
     """A finished run: its config, its metrics per split, and what it wrote at the end."""
 
     label: str  # unique within a RunSet: the run_id, or the relative path when run_ids collide
@@ -167,12 +168,13 @@ class SkippedRun:
     path: Path
     status: str
     reason: str
+    config: dict[str, Any] | None = None  # config.json when it could be read
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSet:
     root: Path
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     skipped: tuple[SkippedRun, ...]
     sweeps: tuple[dict[str, Any], ...]  # every sweep.json found, with "path" added
 
@@ -238,30 +240,32 @@ def _judged_with_evaluation(verdict: dict[str, Any], result: dict[str, Any], eva
     return current_verdict(verdict, top1, num_examples, config_value(config, "derived.num_classes"))
 
 
-def load_run(path: Path, label: str) -> Run | SkippedRun:
-    """One run folder as a Run, or a SkippedRun saying why it cannot be used."""
+def load_run(path: Path, label: str) -> RunRecord | SkippedRun:
+    """One run folder as a RunRecord, or a SkippedRun saying why it cannot be used."""
     config, problem = _read_json(path / "config.json")
     if config is None:
         return SkippedRun(label, path, "invalid", problem or "no config.json")
     missing = [key for key in REQUIRED_CONFIG_KEYS if config_value(config, key) is None]
     if missing:
-        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)")
+        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)",
+                          config)
     try:
         int(config_value(config, "derived.deepest_width"))
     except (TypeError, ValueError):
         width = config_value(config, "derived.deepest_width")
-        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer")
+        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer",
+                          config)
     # Before the first log line a run that has not finished is just starting: partial, not broken.
     not_started = "invalid" if (path / "result.json").is_file() else "partial"
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
-        return SkippedRun(label, path, not_started, "no metrics.jsonl")
+        return SkippedRun(label, path, not_started, "no metrics.jsonl", config)
     try:
         logs, warnings = read_metrics(metrics_path)
     except OSError as error:
-        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})")
+        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})", config)
     if not logs:
-        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line")
+        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line", config)
     verdict, verdict_problem = _read_json(path / "verdict.json")
     result, result_problem = _read_json(path / "result.json")
     diverged = verdict is not None and verdict.get("verdict") == "diverged"
@@ -270,7 +274,7 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
         planned = config_value(config, "train.num_steps")
         of_planned = f" of {planned}" if planned is not None else ""
         why = "unfinished or still running" if result_problem == "no result.json" else result_problem
-        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}")
+        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}", config)
     empty = MetricLog("", ())
     if verdict is None:
         warnings.append(verdict_problem or "no verdict.json")
@@ -279,7 +283,7 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
         if "stored_verdict" in verdict:
             warnings.append(f"verdict.json says {verdict['stored_verdict']}; read as {verdict['verdict']} under "
                             f"docs/dying.md §3 (final eval top-1 {verdict['final_eval_top1']:.3f})")
-    return Run(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
+    return RunRecord(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
                train=logs.get("train", empty), eval=logs.get("eval", empty), probe=logs.get("probe", empty),
                verdict=verdict, result=result, warnings=tuple(warnings))
 
@@ -316,7 +320,7 @@ def load_runs(root: str | Path) -> RunSet:
 
     loaded = [load_run(path, relative(path)) for path in run_dirs]
     skipped = [item for item in loaded if isinstance(item, SkippedRun)]
-    runs = [item for item in loaded if isinstance(item, Run)]
+    runs = [item for item in loaded if isinstance(item, RunRecord)]
     # Short labels (run ids) unless two runs share one, as when several sweeps reuse row names.
     id_counts = Counter(run.run_id for run in runs)
     runs = [dataclasses.replace(run, label=run.run_id) if id_counts[run.run_id] == 1 else run for run in runs]

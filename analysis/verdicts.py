@@ -66,3 +66,19 @@ def format_counts(counts: Counter[str]) -> str:
     total = sum(counts.values())
     ordered = sorted(counts, key=lambda v: -severity(v))
     return ", ".join(f"{v} {counts[v]}/{total}" for v in ordered)
+
+
+# One line per verdict for readers (the report's glossary and tooltips); DEFINITION_TEXT is the exact rule.
+SHORT_DEFINITIONS = {
+    "healthy": "alive and learned something: none of the failures below.",
+    "not_learning": f"alive, but the final eval top-1 is within chance (at most 1/C plus {rules.CHANCE_SIGMAS:g} "
+                    "binomial standard errors): nothing measurable was learned.",
+    "transient_death": "some window of the run was dead (see died), but the run recovered by its end.",
+    "damaged": f"not dead at the end, but at least {rules.DAMAGED_ZERO_FRACTION:.0%} of the pre-pool activation "
+               "is exactly zero over the last window.",
+    "died": f"the paper's 'died': the last layer before pooling went dead (at least {rules.DEAD_ZERO_FRACTION:.0%} "
+            f"exact zeros over a window of {rules.WINDOW} logged steps, with the loss at chance, "
+            f"{rules.DEAD_LOSS_FRACTION:g}·ln C or more) and the run never recovered.",
+    "diverged": "the loss became NaN or infinite: a numerical failure, never counted as died.",
+    UNKNOWN: "the run wrote no verdict.",
+}

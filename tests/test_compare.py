@@ -1,15 +1,15 @@
 """`python -m analysis.compare A B`: two sweeps' findings, claim by claim (analysis.compare).
 
-Sweep A is analysis.testing.default_job_specs with seeds 0-4; sweep B the same with seeds 10-14 and `flip`: residual
-scale 0.3 at 640 filters ends 5 points below plain instead of 20 above. So exactly one claim flips; the width effect
-on scale 0.3's top-1 (640 against 160 filters), nothing in A, becomes supported; every other claim replicates.
+Sweep A is analysis.synthetic_runs.default_job_specs with seeds 0-4; sweep B the same with seeds 10-14 and `flip`:
+residual scale 0.3 at 640 filters ends 5 points below plain instead of 20 above. So exactly one claim flips; the width
+effect on scale 0.3's top-1 (640 against 160 filters), nothing in A, becomes supported; every other claim replicates.
 """
 
 import pytest
 
 from analysis import compare
 from analysis.report import generate_report
-from analysis.testing import default_job_specs, write_sweep
+from analysis.synthetic_runs import default_job_specs, write_sweep
 
 FLIPPED = "top1/640/scale=0.3 vs plain"
 

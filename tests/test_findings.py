@@ -1,14 +1,14 @@
 """The findings the report opens with, worded from fixed sets of runs (analysis.findings).
 
-`default_job_specs` (analysis/testing.py): filter counts 160 and 640, plain / scale 0.3 / scale 1.0, seeds 0-4, eval
-top-1 every 10 of 60 steps. Plain learns at 30 (top-1 about 50 %), scale 0.3 at 10 (about 70 %), scale 1.0 learns
+`default_job_specs` (analysis/synthetic_runs.py): filter counts 160 and 640, plain / scale 0.3 / scale 1.0, seeds 0-4,
+eval top-1 every 10 of 60 steps. Plain learns at 30 (top-1 about 50 %), scale 0.3 at 10 (about 70 %), scale 1.0 learns
 at 20 at 160 filters (within plain's noise) and dies at 640 in every seed, two of them as issue #30's runs that never
 recovered (verdict.json transient_death, final eval top-1 0.142 and 0.094).
 
-`two_seeds`: the old default's size. Two filter counts, plain / scale 0.1 / scale 1.0, seeds 0 and 1, eval every
-10 of 60 steps (0.75 once a run has learned, 0.1 before). At 64 filters plain learns at steps 40 and 30; scale 0.1
-at 10 and 20; scale 1.0 seed 0 dies at 12, seed 1 learns at 50. At 256 plain never learns, scale 0.1 learns at 10
-in both seeds, scale 1.0 dies at 12 and 14.
+`two_seeds`: the old default's size. Two filter counts, plain / scale 0.1 / scale 1.0, seeds 0 and 1, eval every 10 of
+60 steps (0.75 once a run has learned, 0.1 before). At 64 filters plain learns at steps 40 and 30; scale 0.1 at 10 and
+20; scale 1.0 seed 0 dies at 12, seed 1 learns at 50. At 256 plain never learns, scale 0.1 learns at 10 in both seeds,
+scale 1.0 dies at 12 and 14.
 """
 
 import json
@@ -20,7 +20,7 @@ from analysis.grouping import group_runs
 from analysis.report import generate_report
 from analysis.runs import load_runs
 from analysis.statistics import INCONCLUSIVE, SUPPORTED
-from analysis.testing import SyntheticRun, default_job_specs, write_sweep
+from analysis.synthetic_runs import SyntheticRun, default_job_specs, write_sweep
 
 
 def two_seeds():
@@ -178,7 +178,7 @@ def test_the_same_seeds_rerun_elsewhere_are_pooled_not_dropped(tmp_path):
 def test_the_report_opens_with_the_findings_and_writes_them_as_json_and_markdown(default_job, tmp_path):
     result = generate_report(default_job / "runs", tmp_path, thresholds=(0.3, 0.4))
     page = result.html.read_text()
-    assert page.index("<h2>Findings: ") < page.index('<h2 id="group-')
+    assert page.index('<section id="findings">') < page.index('<h2 id="group-')
     assert "only when at least 3 seeds per side went in" in page  # the rule, in the methods
     stored = json.loads((tmp_path / "findings.json").read_text())
     (label,) = stored

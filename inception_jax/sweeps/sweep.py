@@ -15,7 +15,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -148,39 +147,11 @@ def _with_row(config: ml_collections.ConfigDict, row: SweepRow, name: str) -> ml
 
 def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[float]) -> str:
     """results.csv: one line per run folder present, with its overrides, final metrics, steps (and seconds) to
-    the accuracy thresholds (analysis's rule), verdict and wall time."""
-    import pandas as pd
+    the accuracy thresholds (analysis's rule), verdict and wall time (analysis.frames.load_sweep's columns)."""
+    from analysis.frames import load_sweep
 
-    from analysis.runs import Run, load_run
-    from analysis.tables import SOURCE_EVAL, SOURCE_TRAIN, run_crossings
-
-    records = []
-    for row in rows:
-        run_dir = os.path.join(workdir, "runs", row.run_id)
-        if not os.path.isdir(run_dir):
-            continue
-        record = {"run_id": row.run_id, **{k: json.dumps(v) if isinstance(v, dict | tuple | list) else v
-                                           for k, v in row.overrides.items()}}
-        loaded = load_run(Path(run_dir), row.run_id)
-        result_path = os.path.join(run_dir, "result.json")
-        result = {"status": "unfinished"}
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                result = json.load(f)
-        record.update({k: result.get(k) for k in ("status", "steps", "wall_time_s", "final_train_loss",
-                                                   "final_train_accuracy", "eval_top1", "eval_top5", "ema_eval_top1",
-                                                   "verdict", "t_death")})
-        if isinstance(loaded, Run):
-            record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
-            record["variant"] = loaded.config.get("derived", {}).get("variant")
-            for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
-                for t, crossing in run_crossings(loaded, source, thresholds).items():
-                    record[f"steps_to_{tag}_{t:g}"] = crossing.step
-                    record[f"seconds_to_{tag}_{t:g}"] = (None if crossing.seconds is None
-                                                         else round(crossing.seconds, 2))
-        records.append(record)
     path = os.path.join(workdir, "results.csv")
-    frame = pd.DataFrame.from_records(records)
+    frame = load_sweep(os.path.join(workdir, "runs"), thresholds=thresholds, run_ids=[row.run_id for row in rows])
     frame.to_csv(path, index=False, na_rep="")
     return path
 
