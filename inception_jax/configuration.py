@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from inception_jax.cpu.codegen import CODEGENS
@@ -171,12 +172,25 @@ def check_choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
 
 
+# The largest float32: the training arithmetic is float32, so a larger value (1e308 is a valid Python float) is
+# infinity by the first step.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+    """A count (`integer`) or a number that feeds float32 arithmetic: finite, and within float32's range."""
+    kind = "an integer" if integer else "a number"
+    allowed = f"{kind} {'>= 0' if allow_zero else '> 0'}"
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r} must be {kind} {'>= 0' if allow_zero else '> 0'}")
+    if not ok_type or isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be {allowed}")
+    limit = "" if integer else f" up to {FLOAT32_MAX:.7g} (float32's largest: training computes in float32)"
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not finite; it must be {allowed}{limit}")
+    if not integer and abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{key}={value!r} is not finite in float32; it must be {allowed}{limit}")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ConfigError(f"{key}={value!r} must be {allowed}")
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
@@ -189,8 +203,10 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("kernels", config.kernels, KERNEL_CHOICES)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
-    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):
+    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay", "lr_decay_rate",
+                "rmsprop_decay", "rmsprop_momentum", "rmsprop_eps", "momentum", "adamw_b1", "adamw_b2", "adamw_eps"):
         check_positive(f"train.{key}", t[key], allow_zero=True)
+    check_positive("train.lr_decay_epochs", t.lr_decay_epochs)
     for key in ("warmup_steps", "stop_when_dead_windows", "precise_bn_batches"):
         check_positive(f"train.{key}", t[key], integer=True, allow_zero=True)
     for key in ("log_every_steps", "probe_every_steps", "checkpoint_every_steps", "keep_checkpoints"):

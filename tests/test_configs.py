@@ -91,3 +91,25 @@ def test_a_knob_added_since_a_run_was_stored_blocks_its_resume_only_when_set():
     assert resume_conflicts(stored, changed.to_dict()) == ["model.remat_blocks: stored None, now True"]
     changed.train.batch_size = 7
     assert "train.batch_size: stored 32, now 7" in resume_conflicts(stored, changed.to_dict())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    # 1e308 is a Python float but infinity in float32: it was accepted and diverged at step 2.
+    ("train.learning_rate", 1e308, "train.learning_rate=1e+308 is not finite in float32; it must be a number >= 0 up "
+                                   "to 3.402823e+38 (float32's largest: training computes in float32)"),
+    # inf was refused as "must be a number >= 0", which it is.
+    ("train.learning_rate", float("inf"), "train.learning_rate=inf is not finite; it must be a number >= 0 up to "
+                                          "3.402823e+38 (float32's largest: training computes in float32)"),
+    ("train.momentum", float("nan"), "train.momentum=nan is not finite; it must be a number >= 0 up to"),
+    ("train.rmsprop_eps", -1e39, "train.rmsprop_eps=-1e+39 is not finite in float32"),
+    ("train.weight_decay", 4e38, "train.weight_decay=4e+38 is not finite in float32"),
+    ("train.lr_decay_epochs", 0.0, "train.lr_decay_epochs=0.0 must be a number > 0"),
+])
+def test_numbers_that_feed_float32_must_be_finite_in_float32(key, value, message):
+    config = load_config(os.path.join(ROOT, "configs/default.py:tiny"))
+    config.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError) as refused:
+        validate_static(config)
+    assert str(refused.value).startswith(message)
+    config.update_from_flattened_dict({key: 3.4e38 if key != "train.lr_decay_epochs" else 0.5})
+    validate_static(config)  # the largest float32s are allowed
