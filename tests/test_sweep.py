@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,11 +214,18 @@ def test_a_workdir_that_cannot_be_written_is_one_line(shapes_tiny_dir):
 
 
 def test_print_commands_gives_each_rows_exact_command(tmp_path):
+    workdir = str(tmp_path / "my runs")  # pasted unquoted, a space made it write to ./my and exit 0
+    overrides = ["--config.train.learning_rate=0.01", "--config.model.block_counts=(1, 1, 1)"]
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
-                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                           f"--workdir={workdir}", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 12  # 2 filter counts x 3 variants x 2 seeds
-    assert lines[0] == f"python -m inception_jax.main --config={CONFIG} --workdir={tmp_path} --row=w160_plain_seed0"
+    assert len(lines) == 12, proc.stderr[-3000:]  # 2 filter counts x 3 variants x 2 seeds
+    assert lines[0] == (f"python -m inception_jax.main --config={CONFIG} '--workdir={workdir}' "
+                        "--config.train.learning_rate=0.01 '--config.model.block_counts=(1, 1, 1)' "
+                        "--row=w160_plain_seed0")
+    # What a shell makes of the line is the command that ran (the command-line overrides were dropped).
+    assert shlex.split(lines[0]) == ["python", "-m", "inception_jax.main", f"--config={CONFIG}",
+                                     f"--workdir={workdir}", *overrides, "--row=w160_plain_seed0"]
 
 
 def test_seeds_and_seed_offset_choose_the_rows_seeds():

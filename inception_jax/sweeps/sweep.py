@@ -23,7 +23,14 @@ import ml_collections
 from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.sweeps.sweep_checks import check_rows
-from inception_jax.sweeps.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
+from inception_jax.sweeps.sweep_rows import (
+    SweepRow,
+    override_args,
+    read_csv,
+    row_command,
+    validate_rows,
+    write_csv,
+)
 from inception_jax.training.metrics import write_json_atomic
 from inception_jax.training.run_setup import check_workdir_writable
 from inception_jax.training.train import compile_ahead, train_and_evaluate
@@ -69,7 +76,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
         return 0
     if print_commands:
         for r in rows:
-            print(row_command(config_arg, r.run_id, workdir, rows_csv))
+            print(row_command(config_arg, r.run_id, workdir, rows_csv, overrides=override_args(sys.argv[1:])))
         return 0
     selected = list(zip(rows, configs, strict=True))
     if row is not None:
