@@ -319,3 +319,26 @@ def test_the_report_names_the_command_as_the_user_typed_it():
     assert user_command([main_py, "--config=configs/ablation_scale.py", "--row=a b"]) == \
         "python -m inception_jax.main --config=configs/ablation_scale.py '--row=a b'"
     assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"
+
+
+def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys):
+    """A row resumed after a kill -9 reports the training of both commands in its wall_time_s; the line said "97 s
+    of training in the 87 s since the command started (112 %)"."""
+    from inception_jax import COMMAND_STARTED
+    from inception_jax.sweeps import sweep
+    from inception_jax.training.train import RunResult
+
+    def resumed_row(config, run_dir):
+        os.makedirs(run_dir)
+        return RunResult("finished", 4, {"wall_time_s": 97.0}, resumed_time_s=60.0)
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", resumed_row)
+    monkeypatch.setattr(sweep, "write_results", lambda *a: "results.csv")
+    monkeypatch.setattr(sweep, "write_report", lambda *a: type("R", (), {"summary": tmp_path / "s.md", "html": "r"}))
+    (tmp_path / "s.md").write_text("summary")
+    monkeypatch.setenv(COMMAND_STARTED, repr(__import__("time").time() - 87.0))
+    row = SweepRow("a", {})
+    config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
+    assert sweep.run_sweep([(row, config)], [row], workdir=str(tmp_path / "w"), name="t", command="c") == 0
+    assert re.search(r"time: 37 s of training and evaluation in the 8[78] s since the command started \(4[23] %",
+                     capsys.readouterr().out)

@@ -41,6 +41,9 @@ class RunResult:
     status: str  # "finished" | "preempted" | "diverged" | "stopped_dead" | "compiled"
     steps: int
     result: dict
+    # Training seconds of the earlier commands a resumed run continues (its checkpoint's clock), included in
+    # result["wall_time_s"]: that less this is this command's training.
+    resumed_time_s: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -138,7 +141,7 @@ def _train(run: Run, checkpoints: RunCheckpoints) -> RunResult:
             checkpoints.save(step, final, checkpoint_meta(step, clock), force=True)
     result = finish(writer, step, state, programs, inputs, clock, history, status, save=save)
     writer.close()
-    return RunResult(status, step, result)
+    return RunResult(status, step, result, resumed_time_s=clock.offset)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
