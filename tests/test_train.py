@@ -368,6 +368,29 @@ def test_init_from_a_run_replaces_the_classifier_when_classes_differ(one_device_
     assert int(state.step) == 0
 
 
+def test_init_from_a_sweep_rows_run_folder(one_device_run, shapes_tiny_dir, tmp_path):
+    """A sweep row's config.json records its overrides under dotted keys ('model.use_residual'), which a ConfigDict
+    refuses: init_from any ablation_scale row failed with a traceback, leaving an empty run folder."""
+    from inception_jax.training.warm_start import restore_run_weights
+
+    row = tmp_path / "w268_plain"
+    shutil.copytree(one_device_run, row)
+    record = read_json(str(row), "config.json")
+    record["sweep"] = {"name": "ablation_scale", "row": "w268_plain",
+                       "overrides": {"model.use_residual": True, "model.filters": None, "seed": 0}}
+    (row / "config.json").write_text(json.dumps(record))
+    _, variables = restore_run_weights(str(row), use_ema=False)
+    _, saved = saved_params(one_device_run)
+    np.testing.assert_array_equal(variables["params"]["head"]["fc"]["kernel"], saved["head"]["fc"]["kernel"]["value"])
+    # A failing init_from (here: a run folder without a complete checkpoint) leaves no run folder behind.
+    (row / "checkpoints").rename(tmp_path / "moved")
+    (row / "checkpoints").mkdir()
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "init_from": str(row)})
+    with pytest.raises(ConfigError, match="the run has no complete checkpoint"):
+        train_and_evaluate(config, str(tmp_path / "finetune"))
+    assert not os.path.exists(tmp_path / "finetune")
+
+
 def test_init_from_an_exported_model(shapes_tiny_dir, tmp_path):
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1})
     run = prepare_run(config, str(tmp_path / "probe"))
