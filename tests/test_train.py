@@ -438,6 +438,24 @@ def test_bad_configs_are_refused_before_compiling(shapes_tiny_dir, tmp_path, ove
     assert not os.path.exists(tmp_path / "refused" / "metrics.jsonl")
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.eval_every_steps": 10}, r"train.eval_every_steps=10 is larger than the run \(6 steps\)"),
+    ({"train.num_steps": None}, r"set exactly one of num_steps, num_epochs, num_examples; got none"),
+    ({"model.width_multiplier": 0.001}, r"width_multiplier=0.001 leaves"),
+    ({"data.image_size": 60}, r"image_size=60.* below 75"),
+    ({"train.batch_size": 12}, r"train.batch_size=12 is not divisible by the 8 devices"),
+    ({"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' is neither"),
+])
+def test_config_mistakes_are_refused_before_the_dataset_is_prepared(tmp_path, overrides, message):
+    """Checks of the config alone come first: a 4-step run prepared its 21 s dataset, then refused
+    eval_every_steps=10."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny_config(str(data_dir), **overrides), str(tmp_path / "refused"))
+    assert os.listdir(data_dir) == [] and not os.path.exists(tmp_path / "refused")
+
+
 def test_a_workdir_of_another_config_is_refused_and_left_intact(one_device_run, shapes_tiny_dir):
     before = read_text(one_device_run, "metrics.jsonl")
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.learning_rate": 0.1})
