@@ -274,7 +274,7 @@ def test_a_disk_filling_during_a_save_prints_one_line_not_a_thousand(tmp_path):
     """Orbax's threads logged their failures with tracebacks, and TensorStore's pending writes of the failed save
     each printed one for Orbax's closed event loop ("Event loop is closed", or asyncio's "exception was never
     retrieved"): ~1,000 lines after the one that says what is intact. A real full disk: a 300 kB tmpfs, mounted
-    in a private mount namespace."""
+    in a private mount namespace. The failure is step 1's, though it surfaces when step 2's save waits for it."""
     mount = tmp_path / "small"
     mount.mkdir()
     probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
@@ -288,7 +288,7 @@ def test_a_disk_filling_during_a_save_prints_one_line_not_a_thousand(tmp_path):
                           timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.fullmatch(r"error: saving the checkpoint of step \d to .* failed \(\w+: (RESOURCE_EXHAUSTED|\[Errno 28\] "
+    assert re.fullmatch(r"error: saving the checkpoint of step 1 to .* failed \(\w+: (RESOURCE_EXHAUSTED|\[Errno 28\] "
                         r"No space left).*\); nothing already written was lost: .*\n", proc.stderr)
 
 

@@ -76,6 +76,7 @@ class RunCheckpoints:
     def __init__(self, directory: str, *, every_steps: int, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only, self.keep = read_only, keep
+        self._in_flight: int | None = None  # the step of the async save last started, until waited for
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -95,9 +96,14 @@ class RunCheckpoints:
         """Start an async save if the interval policy (or `force`) says so; returns whether it did."""
         if step in self.manager.all_steps():
             return False  # already saved (the interval save of the last step, then the final forced one)
+        if self._in_flight is not None and (force or self.manager.should_save(step)):
+            self.wait()  # as Orbax's save would: a failure of the previous save is named by that save's step
         with self._storage_errors(f"saving the checkpoint of step {step}"):
-            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                   meta=ocp.args.JsonSave(meta)), force=force)
+            started = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                      meta=ocp.args.JsonSave(meta)), force=force)
+        if started:
+            self._in_flight = step
+        return started
 
     def check_free_space(self, abstract_state: Any) -> None:
         """Room for the checkpoints still to come, checked before training rather than found at the first save:
@@ -176,7 +182,9 @@ class RunCheckpoints:
         return f"moved to {target}"
 
     def wait(self) -> None:
-        with self._storage_errors("finishing a checkpoint save"):  # an async save's error surfaces here
+        step, self._in_flight = self._in_flight, None
+        what = "finishing a checkpoint save" if step is None else f"saving the checkpoint of step {step}"
+        with self._storage_errors(what):  # an async save's error surfaces here
             self.manager.wait_until_finished()
 
     def close(self) -> None:
