@@ -20,7 +20,7 @@ narrowest and past the paper's 1000; plain, scale 1.0, 0.3, 0.1 and a learnable 
 steps; timed in README.md), `gpu` and `imagenet` (the paper's recipe at 299 px), `tiny` (tests). At this
 learning rate unscaled networks are damaged or die at every CPU-scale width; configs/width_threshold.py maps where
 the threshold sits at lower ones.
-Arguments: preset, seeds (an int; default per preset), seed_offset (the first seed; default 0).
+Arguments: preset, seeds (an integer >= 1; default per preset), seed_offset (the first seed; default 0).
 """
 
 from inception_jax.configuration import base_config, parse_arg
@@ -31,10 +31,8 @@ SCALES = (1.0, 0.3, 0.1)
 
 
 def _args(arg):
-    args = parse_arg(arg, preset=("cpu", str), seeds=(0, int), seed_offset=(0, int))
-    if args.preset not in PRESETS:
-        raise ValueError(f"configs/ablation_scale.py: preset={args.preset!r} is not one of {list(PRESETS)}")
-    return args
+    # seeds: None takes the preset's count.
+    return parse_arg(arg, preset=("cpu", PRESETS), seeds=(None, int, 1), seed_offset=(0, int))
 
 
 def get_config(arg: str | None = None):

@@ -35,9 +35,8 @@ PUBLISHED = {  # (single, 12-crop, 144-crop) top-1 error %, docs/architecture.md
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, model=("inception_resnet_v2", str), eval_only=(False, bool), batch=(1024, int))
-    if args.model not in MODEL_NAMES:
-        raise ValueError(f"configs/paper.py: model={args.model!r} is not one of {list(MODEL_NAMES)}")
+    args = parse_arg(arg, model=("inception_resnet_v2", MODEL_NAMES), eval_only=(False, bool),
+                     batch=(1024, int, 1))
     c = base_config()  # the paper's recipe is the library default
     c.model.name = args.model
     c.model.dtype = "bfloat16"

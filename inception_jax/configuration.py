@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from inception_jax.cpu.codegen import CODEGENS
@@ -171,12 +172,25 @@ def check_choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
 
 
+# The largest float32: the training arithmetic is float32, so a larger value (1e308 is a valid Python float) is
+# infinity by the first step.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+    """A count (`integer`) or a number that feeds float32 arithmetic: finite, and within float32's range."""
+    kind = "an integer" if integer else "a number"
+    allowed = f"{kind} {'>= 0' if allow_zero else '> 0'}"
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r} must be {kind} {'>= 0' if allow_zero else '> 0'}")
+    if not ok_type or isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be {allowed}")
+    limit = "" if integer else f" up to {FLOAT32_MAX:.7g} (float32's largest: training computes in float32)"
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not finite; it must be {allowed}{limit}")
+    if not integer and abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{key}={value!r} is not finite in float32; it must be {allowed}{limit}")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ConfigError(f"{key}={value!r} must be {allowed}")
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
@@ -189,8 +203,10 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("kernels", config.kernels, KERNEL_CHOICES)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
-    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):
+    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay", "lr_decay_rate",
+                "rmsprop_decay", "rmsprop_momentum", "rmsprop_eps", "momentum", "adamw_b1", "adamw_b2", "adamw_eps"):
         check_positive(f"train.{key}", t[key], allow_zero=True)
+    check_positive("train.lr_decay_epochs", t.lr_decay_epochs)
     for key in ("warmup_steps", "stop_when_dead_windows", "precise_bn_batches"):
         check_positive(f"train.{key}", t[key], integer=True, allow_zero=True)
     for key in ("log_every_steps", "probe_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
@@ -228,13 +244,19 @@ def closest_keys_hint(key: str, valid: list[str]) -> str:
     return f"; keys start with one of {sections}, or are one of {sorted(k for k in valid if '.' not in k)}"
 
 
+def config_spec(argv: list[str]) -> str | None:
+    """The `--config=file.py[:arg]` of a command line (None if it has none)."""
+    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    return spec
+
+
 def check_override_flags(argv: list[str]) -> None:
     """Every `--config.<key>=...` of a command line names a key of its `--config` file's config, else a one-line
     ConfigError naming the flag and the closest keys. (ml_collections raises a KeyError or AttributeError for an
     unknown key while absl parses flags, which absl does not catch: a 35-line traceback.)"""
-    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
-    if spec is None and "--config" in argv[:-1]:
-        spec = argv[argv.index("--config") + 1]
+    spec = config_spec(argv)
     if not spec:
         return
     valid = list(flatten(load_config(spec).to_dict()))
@@ -274,12 +296,14 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
+def parse_arg(arg: str | None, **spec: tuple) -> Any:
     """The `:arg` of `--config=file.py:arg`, parsed strictly (big_vision `parse_arg`): 'preset=imagenet,seeds=3',
-    or a bare word for the first key ('tiny' == 'size=tiny'). `spec` maps key -> (default, type)."""
+    or a bare word for the first key ('tiny' == 'size=tiny'). `spec` maps key -> (default, kind) or
+    (default, kind, minimum): kind is bool, int, float, str or a tuple of the allowed strings; a number below
+    `minimum` is refused. Errors name the key, the value and what is allowed (`load_config` adds the file)."""
     import types
 
-    values = {k: default for k, (default, _) in spec.items()}
+    values = {k: s[0] for k, s in spec.items()}
     if arg:
         for i, part in enumerate(p.strip() for p in arg.split(",") if p.strip()):
             key, sep, raw = part.partition("=")
@@ -291,40 +315,76 @@ def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
                 close = difflib.get_close_matches(key, list(spec), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"config argument key {key!r} is unknown{hint}; valid keys: {list(spec)}")
-            values[key] = _convert(key, raw, spec[key][1])
+            values[key] = _convert(key, raw.strip(), *spec[key][1:])
     return types.SimpleNamespace(**values)
 
 
-def _convert(key: str, raw: str, kind: type) -> Any:
+def _convert(key: str, raw: str, kind: Any, minimum: float | None = None) -> Any:
+    if isinstance(kind, tuple):
+        if raw not in kind:
+            close = difflib.get_close_matches(raw, list(kind), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key} must be one of {list(kind)} (got {raw!r}{hint})")
+        return raw
     if kind is bool:
         if raw.lower() in ("1", "true", "yes"):
             return True
         if raw.lower() in ("0", "false", "no"):
             return False
-        raise ConfigError(f"config argument {key}={raw!r} must be true or false")
+        raise ConfigError(f"{key} must be true or false (got {raw!r})")
+    if kind is str:
+        return raw
+    what = {int: "an integer", float: "a number"}[kind] + ("" if minimum is None else f" >= {minimum}")
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"config argument {key}={raw!r} must be a {kind.__name__}") from None
+        raise ConfigError(f"{key} must be {what} (got {raw!r})") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ConfigError(f"{key} must be {what} (got {raw!r})")
+    return value
 
 
 def config_module(path: str) -> Any:
     """The config file at `path` as a module (config files are loaded by path, not imported as a package; one
-    config building on another loads it this way too)."""
+    config building on another loads it this way too). A missing file names the config files there are; a syntax
+    error is one line with its line number."""
     import importlib.util
 
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such file; config files: {config_files(path)}")
     module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
-    if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found")
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"{path}: not a Python config file; config files: {config_files(path)}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        text = f" ({e.text.strip()})" if e.text and e.text.strip() else ""
+        raise ConfigError(f"{path} line {e.lineno}: {e.msg}{text}") from None
     return module
 
 
+def config_files(path: str) -> list[str]:
+    """The config files to choose from: those in `path`'s folder, or where that does not exist, the repository's."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder or "."):
+        folder = os.path.relpath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    try:
+        names = sorted(n for n in os.listdir(folder or ".") if n.endswith(".py") and not n.startswith("_"))
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names]
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
+    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools). A bad
+    argument is a ConfigError naming the whole spec."""
     path, _, arg = spec.partition(":")
-    return config_module(path).get_config(arg or None)
+    module = config_module(path)
+    try:
+        return module.get_config(arg or None)
+    except ConfigError as e:
+        raise ConfigError(f"{spec}: {e}") from None
 
 
 def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:

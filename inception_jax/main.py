@@ -75,13 +75,22 @@ def _run(sweep) -> int:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that an override of a key the config lacks (`--config.train.nonexistent=1`)
-    is one line naming the closest keys, not ml_collections' uncaught KeyError."""
+    """absl's flag parsing, except that a config mistake is one line and exit status 2, not a traceback: a
+    `--config` file that is missing or does not parse, a bad `:arg` (absl would load the file itself and print
+    the error inside its own traceback, or defer a missing file's to the first use), and an override of a key the
+    config lacks (`--config.train.nonexistent=1`: ml_collections' uncaught KeyError)."""
+    from inception_jax.configuration import ConfigError, check_override_flags, config_spec, load_config
+
+    try:
+        spec = config_spec(argv)
+        if spec:
+            load_config(spec)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return app.parse_flags_with_usage(argv)
     except (KeyError, AttributeError):
-        from inception_jax.configuration import ConfigError, check_override_flags
-
         try:
             check_override_flags(argv)
         except ConfigError as e:

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,11 +214,18 @@ def test_a_workdir_that_cannot_be_written_is_one_line(shapes_tiny_dir):
 
 
 def test_print_commands_gives_each_rows_exact_command(tmp_path):
+    workdir = str(tmp_path / "my runs")  # pasted unquoted, a space made it write to ./my and exit 0
+    overrides = ["--config.train.learning_rate=0.01", "--config.model.block_counts=(1, 1, 1)"]
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
-                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                           f"--workdir={workdir}", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 12  # 2 filter counts x 3 variants x 2 seeds
-    assert lines[0] == f"python -m inception_jax.main --config={CONFIG} --workdir={tmp_path} --row=w160_plain_seed0"
+    assert len(lines) == 12, proc.stderr[-3000:]  # 2 filter counts x 3 variants x 2 seeds
+    assert lines[0] == (f"python -m inception_jax.main --config={CONFIG} '--workdir={workdir}' "
+                        "--config.train.learning_rate=0.01 '--config.model.block_counts=(1, 1, 1)' "
+                        "--row=w160_plain_seed0")
+    # What a shell makes of the line is the command that ran (the command-line overrides were dropped).
+    assert shlex.split(lines[0]) == ["python", "-m", "inception_jax.main", f"--config={CONFIG}",
+                                     f"--workdir={workdir}", *overrides, "--row=w160_plain_seed0"]
 
 
 def test_seeds_and_seed_offset_choose_the_rows_seeds():
@@ -311,3 +319,26 @@ def test_the_report_names_the_command_as_the_user_typed_it():
     assert user_command([main_py, "--config=configs/ablation_scale.py", "--row=a b"]) == \
         "python -m inception_jax.main --config=configs/ablation_scale.py '--row=a b'"
     assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"
+
+
+def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys):
+    """A row resumed after a kill -9 reports the training of both commands in its wall_time_s; the line said "97 s
+    of training in the 87 s since the command started (112 %)"."""
+    from inception_jax import COMMAND_STARTED
+    from inception_jax.sweeps import sweep
+    from inception_jax.training.modes import RunResult
+
+    def resumed_row(config, run_dir):
+        os.makedirs(run_dir)
+        return RunResult("finished", 4, {"wall_time_s": 97.0}, resumed_time_s=60.0)
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", resumed_row)
+    monkeypatch.setattr(sweep, "write_results", lambda *a: "results.csv")
+    monkeypatch.setattr(sweep, "write_report", lambda *a: type("R", (), {"summary": tmp_path / "s.md", "html": "r"}))
+    (tmp_path / "s.md").write_text("summary")
+    monkeypatch.setenv(COMMAND_STARTED, repr(__import__("time").time() - 87.0))
+    row = SweepRow("a", {})
+    config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
+    assert sweep.run_sweep([(row, config)], [row], workdir=str(tmp_path / "w"), name="t", command="c") == 0
+    assert re.search(r"time: 37 s of training and evaluation in the 8[78] s since the command started \(4[23] %",
+                     capsys.readouterr().out)

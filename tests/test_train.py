@@ -255,6 +255,44 @@ def test_a_failed_save_is_one_line_saying_nothing_written_was_lost(tmp_path, mon
                             "to resume from step 1")
 
 
+_FILL_THE_DISK = """
+import sys
+import numpy as np
+from inception_jax.training.checkpointing import CheckpointError, RunCheckpoints
+checkpoints = RunCheckpoints(sys.argv[1], every_steps=1, keep=3)
+try:
+    for step in (1, 2, 3):  # 60 arrays of 80 kB each (random: they do not compress) on a 300 kB file system
+        rng = np.random.default_rng(step)
+        checkpoints.save(step, {f"w{i}": rng.random(20000, np.float32) for i in range(60)}, {"step": step})
+    checkpoints.close()
+except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_a_disk_filling_during_a_save_prints_one_line_not_a_thousand(tmp_path):
+    """Orbax's threads logged their failures with tracebacks, and TensorStore's pending writes of the failed save
+    each printed one for Orbax's closed event loop ("Event loop is closed", or asyncio's "exception was never
+    retrieved"): ~1,000 lines after the one that says what is intact. A real full disk: a 300 kB tmpfs, mounted
+    in a private mount namespace. The failure is step 1's, though it surfaces when step 2's save waits for it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(f"needs `unshare -rm` and a tmpfs mount (util-linux, user namespaces): {probe and probe.stderr}")
+    script = tmp_path / "fill.py"
+    script.write_text(_FILL_THE_DISK)
+    cmd = f"mount -t tmpfs -o size=300k tmpfs {mount} && {sys.executable} {script} {mount}/checkpoints"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, cwd=ROOT,
+                          timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.fullmatch(r"error: saving the checkpoint of step 1 to .* failed \(\w+: (RESOURCE_EXHAUSTED|\[Errno 28\] "
+                        r"No space left).*\); nothing already written was lost: .*\n", proc.stderr)
+
+
 def test_train_step_compiles_once(shapes_tiny_dir, tmp_path):
     run = prepare_run(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), str(tmp_path))
     checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=100, keep=1)
@@ -370,6 +408,29 @@ def test_init_from_a_run_replaces_the_classifier_when_classes_differ(one_device_
     assert int(state.step) == 0
 
 
+def test_init_from_a_sweep_rows_run_folder(one_device_run, shapes_tiny_dir, tmp_path):
+    """A sweep row's config.json records its overrides under dotted keys ('model.use_residual'), which a ConfigDict
+    refuses: init_from any ablation_scale row failed with a traceback, leaving an empty run folder."""
+    from inception_jax.training.warm_start import restore_run_weights
+
+    row = tmp_path / "w268_plain"
+    shutil.copytree(one_device_run, row)
+    record = read_json(str(row), "config.json")
+    record["sweep"] = {"name": "ablation_scale", "row": "w268_plain",
+                       "overrides": {"model.use_residual": True, "model.filters": None, "seed": 0}}
+    (row / "config.json").write_text(json.dumps(record))
+    _, variables = restore_run_weights(str(row), use_ema=False)
+    _, saved = saved_params(one_device_run)
+    np.testing.assert_array_equal(variables["params"]["head"]["fc"]["kernel"], saved["head"]["fc"]["kernel"]["value"])
+    # A failing init_from (here: a run folder without a complete checkpoint) leaves no run folder behind.
+    (row / "checkpoints").rename(tmp_path / "moved")
+    (row / "checkpoints").mkdir()
+    config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "init_from": str(row)})
+    with pytest.raises(ConfigError, match="the run has no complete checkpoint"):
+        train_and_evaluate(config, str(tmp_path / "finetune"))
+    assert not os.path.exists(tmp_path / "finetune")
+
+
 def test_init_from_an_exported_model(shapes_tiny_dir, tmp_path):
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1})
     run = prepare_run(config, str(tmp_path / "probe"))
@@ -415,6 +476,24 @@ def test_bad_configs_are_refused_before_compiling(shapes_tiny_dir, tmp_path, ove
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(tiny_config(shapes_tiny_dir, **overrides), str(tmp_path / "refused"))
     assert not os.path.exists(tmp_path / "refused" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.eval_every_steps": 10}, r"train.eval_every_steps=10 is larger than the run \(6 steps\)"),
+    ({"train.num_steps": None}, r"set exactly one of num_steps, num_epochs, num_examples; got none"),
+    ({"model.width_multiplier": 0.001}, r"width_multiplier=0.001 leaves"),
+    ({"data.image_size": 60}, r"image_size=60.* below 75"),
+    ({"train.batch_size": 12}, r"train.batch_size=12 is not divisible by the 8 devices"),
+    ({"init_from": "/nonexistent/run"}, r"init_from='/nonexistent/run' is neither"),
+])
+def test_config_mistakes_are_refused_before_the_dataset_is_prepared(tmp_path, overrides, message):
+    """Checks of the config alone come first: a 4-step run prepared its 21 s dataset, then refused
+    eval_every_steps=10."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny_config(str(data_dir), **overrides), str(tmp_path / "refused"))
+    assert os.listdir(data_dir) == [] and not os.path.exists(tmp_path / "refused")
 
 
 def test_a_workdir_of_another_config_is_refused_and_left_intact(one_device_run, shapes_tiny_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import fcntl
 import functools
 import logging
@@ -91,7 +92,19 @@ def _convert_command(builder: Any) -> str:
 
 
 def _prepare_embedded(builder: Any, data_dir: str) -> None:
-    """Generate an embedded dataset once per data dir; concurrent processes wait on the lock, then reuse it."""
+    """Generate an embedded dataset once per data dir; concurrent processes wait on the lock, then reuse it. A data
+    dir that cannot be written (the default one under a read-only HOME, say) is a DataError naming the remedy."""
+    try:
+        _prepare_embedded_locked(builder, data_dir)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DataError(f"cannot prepare the embedded dataset {builder.name}/{builder.builder_config.name} in "
+                        f"{data_dir} ({e}): point data.data_dir (--config.data.data_dir=DIR) or $TFDS_DATA_DIR (used "
+                        "when data.data_dir is unset) at a writable folder") from None
+
+
+def _prepare_embedded_locked(builder: Any, data_dir: str) -> None:
     os.makedirs(data_dir, exist_ok=True)
     lock_path = os.path.join(data_dir, f".{builder.name}.prepare.lock")
     with open(lock_path, "w") as lock:

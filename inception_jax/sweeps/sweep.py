@@ -23,7 +23,14 @@ from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.sweeps.compile_ahead import compile_ahead
 from inception_jax.sweeps.sweep_checks import check_rows
-from inception_jax.sweeps.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
+from inception_jax.sweeps.sweep_rows import (
+    SweepRow,
+    override_args,
+    read_csv,
+    row_command,
+    validate_rows,
+    write_csv,
+)
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.metrics import write_json_atomic
 from inception_jax.training.run_checks import check_workdir_writable
@@ -69,7 +76,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
         return 0
     if print_commands:
         for r in rows:
-            print(row_command(config_arg, r.run_id, workdir, rows_csv))
+            print(row_command(config_arg, r.run_id, workdir, rows_csv, overrides=override_args(sys.argv[1:])))
         return 0
     selected = list(zip(rows, configs, strict=True))
     if row is not None:
@@ -103,7 +110,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
     write_json_atomic(os.path.join(workdir, "sweep.json"), {
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
-    trained = 0.0  # seconds of training and evaluation (the runs' own clocks) in this command
+    trained = 0.0  # seconds of training and evaluation in this command (the runs' clocks, less a resumed run's past)
     pending = [(row, config) for row, config in selected
                if not os.path.exists(os.path.join(workdir, "runs", row.run_id, "result.json"))]
     if len(pending) > 1:
@@ -115,7 +122,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
             continue
         log.info("[%d/%d] %s: %s", i, len(selected), row.run_id, json.dumps(row.overrides, default=str))
         result = train_and_evaluate(_with_row(config, row, name), run_dir)
-        trained += float(result.result.get("wall_time_s") or 0.0)
+        trained += max(0.0, float(result.result.get("wall_time_s") or 0.0) - result.resumed_time_s)
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
             return EXIT_PREEMPTED
