@@ -84,6 +84,17 @@ def run_crossings(run: Run, source: str, thresholds: Sequence[float], window: in
     return {t: first_crossing(series.steps, series.times, series.values, t) for t in thresholds}
 
 
+def threshold_columns(run: Run, thresholds: Sequence[float]) -> dict[str, int | float | None]:
+    """One run's steps and seconds to each threshold, by train accuracy and by eval top-1, as results.csv names
+    them (`steps_to_train_acc_0.3`, `seconds_to_eval_top1_0.3`, ...; None: not reached)."""
+    columns: dict[str, int | float | None] = {}
+    for source, name in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
+        for t, crossing in run_crossings(run, source, thresholds).items():
+            columns[f"steps_to_{name}_{t:g}"] = crossing.step
+            columns[f"seconds_to_{name}_{t:g}"] = None if crossing.seconds is None else round(crossing.seconds, 2)
+    return columns
+
+
 @dataclasses.dataclass(frozen=True)
 class CurveCrossing:
     """A curve's time to one threshold: medians over seeds (NaN = not reached) and how many seeds reached it."""

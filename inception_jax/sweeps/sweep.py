@@ -24,6 +24,7 @@ from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, read_csv, row_command, validate_rows, write_csv
+from inception_jax.training.hparams import write_sweep_experiment
 from inception_jax.training.metrics import write_json_atomic
 from inception_jax.training.run_setup import check_workdir_writable
 from inception_jax.training.train import compile_ahead, train_and_evaluate
@@ -119,6 +120,8 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
             return EXIT_PREEMPTED
+        write_sweep_experiment(os.path.join(workdir, "runs"))  # TensorBoard's HParams table, with this run
+    write_sweep_experiment(os.path.join(workdir, "runs"))
     if stale_rows:  # sweep_checks.check_rows: their numbers must not be reported as this sweep's
         print(f"sweep {name}: {len(selected)} run(s) done; results.csv and the report not written: rows not run "
               f"now hold runs of another config: {'; '.join(stale_rows)}. Run them (with --rerun_changed) first")
@@ -151,7 +154,7 @@ def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[f
     import pandas as pd
 
     from analysis.runs import Run, load_run
-    from analysis.tables import SOURCE_EVAL, SOURCE_TRAIN, run_crossings
+    from analysis.tables import threshold_columns
 
     records = []
     for row in rows:
@@ -172,11 +175,7 @@ def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[f
         if isinstance(loaded, Run):
             record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
             record["variant"] = loaded.config.get("derived", {}).get("variant")
-            for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
-                for t, crossing in run_crossings(loaded, source, thresholds).items():
-                    record[f"steps_to_{tag}_{t:g}"] = crossing.step
-                    record[f"seconds_to_{tag}_{t:g}"] = (None if crossing.seconds is None
-                                                         else round(crossing.seconds, 2))
+            record.update(threshold_columns(loaded, thresholds))
         records.append(record)
     path = os.path.join(workdir, "results.csv")
     frame = pd.DataFrame.from_records(records)

@@ -26,7 +26,7 @@ from flax import nnx
 from inception_jax.configuration import ConfigError, resume_conflicts
 from inception_jax.cpu import host_memory
 from inception_jax.data.input_pipeline import create_eval_stream
-from inception_jax.training import sharding, verdicts
+from inception_jax.training import hparams, sharding, verdicts
 from inception_jax.training.checkpointing import PreemptionWatcher, RunCheckpoints, abstract_with_shardings
 from inception_jax.training.metrics import RunWriter, write_json_atomic
 from inception_jax.training.programs import Programs, compile_steps, program_key, programs_for
@@ -355,6 +355,7 @@ def finish(writer: RunWriter, step: int, state: Any, programs: Programs, inputs:
         "verdict": verdict.verdict, "t_death": verdict.t_death,
     }
     writer.write_json("result.json", result)
+    hparams.write_run_summary(writer, run.workdir, step)  # TensorBoard's HParams tab: reads the files just written
     log.info("run finished (%s): %s", status, json.dumps(result))
     return result
 
