@@ -249,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", required=True, help="a sweep's runs/ folder (TensorBoard's --logdir)")
     parser.add_argument("--out", default="docs/figures/tensorboard_hparams.png")
-    parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=900)
+    # Wide enough for the columns TensorBoard shows by default: five knobs and five metrics.
+    parser.add_argument("--width", type=int, default=2400)
+    parser.add_argument("--height", type=int, default=600)
     args = parser.parse_args(argv)
     with hparams_tab(args.runs, width=args.width, height=args.height) as (_, browser):
         time.sleep(2.0)  # the table's last layout pass

@@ -61,8 +61,7 @@ KNOBS = (
 )
 VERDICT_COLUMN = Column(VERDICT, "verdict", "docs/dying.md; the same as verdict.json")
 # Knobs another column already says (the variant, the filter count): never among the columns shown by default.
-SAID_ELSEWHERE = ("model.use_residual", "model.residual_scale", "model.residual_scale_mode", "model.filters",
-                  "model.width_multiplier")
+SAID_ELSEWHERE = ("model.use_residual", "model.residual_scale_mode", "model.filters", "model.width_multiplier")
 
 
 def final_metrics(thresholds: Sequence[float]) -> list[Column]:
