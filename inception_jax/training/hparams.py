@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 FINAL = "final/"  # the tag group of the numbers the HParams table shows
 VERDICT = "verdict"
 VARIANT = "variant"
-SESSION_TAG = b"_hparams_/session_start_info"  # tensorboard.plugins.hparams.metadata.SESSION_START_INFO_TAG
 EXPERIMENT_SUFFIX = ".sweep_hparams"  # runs/events.out.tfevents.<time>...<suffix>: the sweep's experiment
 
 
@@ -150,12 +149,15 @@ def run_final_numbers(run: Any, thresholds: Sequence[float]) -> dict[str, float 
 
 def has_session(run_dir: str) -> bool:
     """Whether a run folder's TensorBoard events already hold its HParams session (a byte search: no parsing)."""
+    from tensorboard.plugins.hparams import metadata
+
+    tag = metadata.SESSION_START_INFO_TAG.encode()
     for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 continue
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                if data.find(SESSION_TAG) >= 0:
+                if data.find(tag) >= 0:
                     return True
     return False
 
