@@ -150,8 +150,8 @@ class Chromium:
         os.close(from_browser_w)
         self._buffer, self._next_id = b"", 0
         try:
-            targets = self._call("Target.getTargets")["targetInfos"]
-            page = next(t["targetId"] for t in targets if t["type"] == "page")
+            pages = [t["targetId"] for t in self._call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+            page = pages[0] if pages else self._call("Target.createTarget", url="about:blank")["targetId"]
             self._session = self._call("Target.attachToTarget", targetId=page, flatten=True)["sessionId"]
             self._call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
                        deviceScaleFactor=1, mobile=False)
@@ -198,7 +198,8 @@ class Chromium:
         deadline = time.monotonic() + timeout
         text = ""
         while time.monotonic() < deadline:
-            text = self.page_text()
+            with contextlib.suppress(RuntimeError):  # the page may be between documents while it loads
+                text = self.page_text()
             if all(n in text for n in needles):
                 return text
             time.sleep(1.0)
