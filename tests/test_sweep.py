@@ -17,30 +17,7 @@ from inception_jax.sweeps.sweep import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
 from inception_jax.training.run_folder import config_record
-from tests.training_helpers import ROOT, read_json, read_text
-
-CONFIG = "configs/ablation_scale.py"
-
-
-def main_job(*args, workdir, data_dir, check=True):
-    """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
-    # The plain machine a user has (one device), compiling without LLVM's optimisations as the whole suite does
-    # (tests/conftest.py).
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
-           f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sweep"))
-    proc = main_job(workdir=workdir, data_dir=shapes_tiny_dir)
-    return workdir, proc
+from tests.training_helpers import CONFIG, ROOT, main_job, read_json, read_text, tensorboard_sessions
 
 
 def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
@@ -48,7 +25,10 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     run_ids = [row.run_id for row in config_rows(f"{CONFIG}:preset=tiny")]
     assert run_ids == ["w268_plain", "w268_scale1", "w268_scale0.1", "w1040_plain", "w1040_scale1",
                        "w1040_scale0.1"]
-    assert sorted(os.listdir(os.path.join(workdir, "runs"))) == sorted(run_ids)
+    runs = os.listdir(os.path.join(workdir, "runs"))
+    # The run folders, and TensorBoard's HParams experiment of the sweep (inception_jax/sweeps/hparams.py).
+    assert sorted(r for r in runs if not r.startswith("events.out.tfevents.")) == sorted(run_ids)
+    assert len([r for r in runs if r.endswith(".sweep_hparams")]) == 1 and len(runs) == len(run_ids) + 1
     with open(os.path.join(workdir, "results.csv")) as f:
         results = list(csv.DictReader(f))
     assert [r["run_id"] for r in results] == run_ids
@@ -72,8 +52,9 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     assert proc.stderr.count("are an earlier run's: nothing to compile") == 6
 
 
-def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir):
-    workdir, _ = tiny_sweep
+def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
     metrics = os.path.join(workdir, "runs", "w268_plain", "metrics.jsonl")
     before = os.path.getmtime(metrics)
     # An interrupted row: its checkpoint exists, its result does not.
@@ -83,6 +64,8 @@ def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, sh
     assert "w268_plain: finished earlier, skipped" in log
     assert "resumed from" in log and os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
     assert os.path.getmtime(metrics) == before
+    # The resumed run finished again: still one HParams session (TensorBoard would list a second one twice).
+    assert tensorboard_sessions(os.path.join(workdir, "runs", "w268_scale1")) == ["w268_scale1"]
 
 
 def test_one_row_rerun_alone_reproduces_the_sweeps_row(tiny_sweep, shapes_tiny_dir, tmp_path):

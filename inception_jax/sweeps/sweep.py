@@ -22,6 +22,7 @@ import ml_collections
 from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.sweeps.compile_ahead import compile_ahead
+from inception_jax.sweeps.hparams import write_run_summary, write_sweep_experiment
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import (
     SweepRow,
@@ -67,6 +68,8 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
                               "and --rerun_changed need one, or --rows_csv")
         check_workdir_writable(workdir)
         result = train_and_evaluate(config, workdir)
+        if result.status != "preempted":
+            write_run_summary(workdir)  # TensorBoard's HParams session of this run
         print(f"run {result.status}: {os.path.abspath(workdir)}")
         return EXIT_PREEMPTED if result.status == "preempted" else 0
     configs = validate_rows(config, rows)  # every row, before anything runs
@@ -126,6 +129,9 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         if result.status == "preempted":
             print(f"preempted during {row.run_id}; rerun the same command to resume")
             return EXIT_PREEMPTED
+        write_run_summary(run_dir)  # TensorBoard's HParams session of this run, in the sweep's table
+        write_sweep_experiment(os.path.join(workdir, "runs"))
+    write_sweep_experiment(os.path.join(workdir, "runs"))
     if stale_rows:  # sweep_checks.check_rows: their numbers must not be reported as this sweep's
         print(f"sweep {name}: {len(selected)} run(s) done; results.csv and the report not written: rows not run "
               f"now hold runs of another config: {'; '.join(stale_rows)}. Run them (with --rerun_changed) first")
