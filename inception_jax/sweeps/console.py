@@ -80,7 +80,7 @@ class SweepConsole:
                             "here too)")
             log.info("%s %s: %d rows to train of %d, %d lane(s), steps %s", self.what, name, len(pending), len(rows),
                      lanes, json.dumps(dict(steps)))
-        if pending:
+        if pending and self.poll_s > 0:
             self._thread = threading.Thread(target=self._poll_loop, name="sweep-console", daemon=True)
             self._thread.start()
 
@@ -175,6 +175,8 @@ class SweepConsole:
                 (f"; ETA {format_eta(eta)}" if eta is not None else ""))
 
     def _running_text(self, run_id: str, r: _Running) -> str:
+        if not r.step:
+            return f"{run_id} starting"
         loss = f" loss {r.loss:.3f}" if r.loss is not None else ""
         return f"{run_id} step {r.step}/{self.steps.get(run_id, '?')}{loss}"
 
@@ -235,13 +237,12 @@ class SweepConsole:
 
         if -1 not in self._bars:
             self._bars[-1] = tqdm(total=max(self.total, 1), file=self.stream, position=0, leave=False,
-                                  dynamic_ncols=True, mininterval=0, bar_format="{desc}|{bar}| {postfix}")
+                                  dynamic_ncols=True, mininterval=0)
         bar = self._bars[-1]
         fraction = sum(min(1.0, r.step / max(1, self.steps.get(i, 1))) for i, r in self.running.items())
         bar.n = min(self.done + fraction, bar.total)
-        bar.set_description_str(f"{self.what} {self.done}/{self.total} rows ", refresh=False)
-        bar.set_postfix_str(f"ETA {format_eta(eta)}" if eta is not None else "ETA once rows have trained a few steps",
-                            refresh=False)
+        right = f"ETA {format_eta(eta)}" if eta is not None else "ETA once rows have trained a few steps"
+        bar.bar_format = f"{self.what} {self.done}/{self.total} rows |{{bar}}| {right}"
         bar.refresh()
         lanes = {r.lane: (run_id, r) for run_id, r in self.running.items()}
         for lane in sorted(set(lanes) | {k for k in self._bars if k >= 0}):
