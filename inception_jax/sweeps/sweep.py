@@ -99,6 +99,8 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """A single run (no sweep), shown as a sweep of one row; its log is <workdir>/train.log."""
     name = os.path.basename(os.path.abspath(workdir))
     log_file = console_log.to_file(os.path.join(workdir, console_log.RUN_LOG))
+    if config.compile_only or config.eval_only:  # no training to show: these print their own one-line result
+        return train_and_evaluate(config, workdir)
     console = SweepConsole(log_file=log_file, what="run") if jax.process_index() == 0 else NullProgress()
     console.planned(name=name, rows=[name], pending=[name], lanes=1, steps={name: check_run(config).num_steps})
     console.row_started(name, workdir, 0)
