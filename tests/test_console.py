@@ -168,6 +168,9 @@ def test_the_eta_check_reports_both_half_way_estimates():
     assert check.report(100.0) == [
         "ETA at 50 % of rows (t=50 s): 55 s; actual remaining from 50 %: 50 s (error +10 %)",
         "ETA at half time (t=50 s of 100 s): 50 s; actual remaining: 50 s (error +0 %)"]
+    late = EtaCheck(total_rows=2)
+    late.sample(90.0, 10.0)
+    assert late.report(100.0) == ["no ETA at half time (t=50 s of 100 s): no row had trained yet"]
 
 
 def test_durations_read_as_people_say_them():

@@ -144,8 +144,10 @@ class EtaCheck:
             t, eta = self.at_half_rows
             lines.append(f"ETA at 50 % of rows (t={t:.0f} s): {eta:.0f} s; actual remaining from 50 %: {end - t:.0f} s "
                          f"(error {_error(eta, end - t)})")
-        if self.samples:
-            t, eta = min(self.samples, key=lambda s: abs(s[0] - end / 2))
+        t, eta = min(self.samples, key=lambda s: abs(s[0] - end / 2), default=(-end, 0.0))
+        if abs(t - end / 2) > 0.05 * end:  # no estimate then (the rows had not started, or they ended already)
+            lines.append(f"no ETA at half time (t={end / 2:.0f} s of {end:.0f} s): no row had trained yet")
+        else:
             lines.append(f"ETA at half time (t={t:.0f} s of {end:.0f} s): {eta:.0f} s; actual remaining: "
                          f"{end - t:.0f} s (error {_error(eta, end - t)})")
         return lines
