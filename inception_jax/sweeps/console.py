@@ -76,7 +76,7 @@ class SweepConsole:
             self.width = max((len(r) for r in pending), default=0)
             self._print(self._plan_line(name, rows, pending, lanes, steps))
             if self.log_file:
-                self._print(f"log: {self.log_file} (libraries' notes, each row's detail; --log_to_console shows it "
+                self._print(f"log: {self.log_file} (the details, libraries' notes; --log_to_console shows them "
                             "here too)")
             log.info("%s %s: %d rows to train of %d, %d lane(s), steps %s", self.what, name, len(pending), len(rows),
                      lanes, json.dumps(dict(steps)))
@@ -125,12 +125,12 @@ class SweepConsole:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._lock:
-            for bar in self._bars.values():
-                bar.close()
+            for key in sorted(self._bars, reverse=True):  # the lanes' lines, then the bar, which returns the cursor
+                self._bars[key].close()
             self._bars.clear()
-            if self.check is not None and self.total and self.done >= self.total:
+            if self.check is not None and self.what == "sweep" and self.total and self.done >= self.total:
                 elapsed = self.clock() - self.t0
-                log.info("%s: %d rows in %.0f s", self.what, self.done, elapsed)
+                log.info("sweep: %d rows in %.0f s", self.done, elapsed)
                 for line in self.check.report(elapsed):
                     log.info("%s", line)
             self.check = None
@@ -171,8 +171,8 @@ class SweepConsole:
         if len(self.running) > 3:
             running += f"; {len(self.running) - 3} more"
         eta = self.estimate.remaining(now) if self.estimate is not None else None
-        return (f"... {self.done}/{self.total} rows done" + (f"; {running}" if running else "") +
-                (f"; ETA {format_eta(eta)}" if eta is not None else ""))
+        parts = [running] if self.what == "run" else [f"{self.done}/{self.total} rows done", running]
+        return "... " + "; ".join(p for p in [*parts, f"ETA {format_eta(eta)}" if eta is not None else ""] if p)
 
     def _running_text(self, run_id: str, r: _Running) -> str:
         if not r.step:

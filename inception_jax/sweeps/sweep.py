@@ -173,7 +173,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         return 0
     results = write_results(workdir, all_rows, thresholds)
     report = write_report(workdir, command, thresholds)
-    print(findings_text(report.summary.read_text()))
+    print("\n" + findings_text(report.summary.read_text()))
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
     elapsed = time.time() - float(os.environ.get(COMMAND_STARTED, time.time()))
     if trained and elapsed > 0:
