@@ -70,7 +70,6 @@ class SweepConsole:
         with self._lock:
             self.t0 = self.clock()
             self.total, self.done, self.steps = len(pending), 0, dict(steps)
-            self.lanes = max(1, lanes)
             self.estimate = SweepEstimate(steps, pending, lanes)
             self.check = EtaCheck(len(pending))
             self.width = max((len(r) for r in pending), default=0)
