@@ -35,12 +35,18 @@ _PRINT_COMMANDS = flags.DEFINE_bool("print_commands", False, "Print each row's e
 _RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "Rows whose run folder holds a run of another config "
                                    "(finished or not): move the folder to <workdir>/replaced/ and run the row again "
                                    "(without it such a sweep is refused).")
+_LOG_TO_CONSOLE = flags.DEFINE_bool("log_to_console", False, "Show the whole log on the console too (libraries' "
+                                    "notes, each run's detail); it is always written to <workdir>/sweep.log (a sweep) "
+                                    "or <workdir>/train.log (a run).")
 flags.mark_flag_as_required("config")
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def main(argv) -> int:
     del argv
+    from inception_jax.sweeps import console_log
+
+    console_log.install(to_console=_LOG_TO_CONSOLE.value)  # before anything logs: the console shows warnings only
     from inception_jax.configuration import ConfigError
     from inception_jax.cpu import runtime
     from inception_jax.data.input_pipeline import DataError

@@ -47,9 +47,10 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     assert f"results table: {os.path.join(workdir, 'results.csv')}" in proc.stdout
     # Plain or residual and the scale are values: one compiled program per filter count, not per row, both
     # compiled ahead of the rows.
-    assert proc.stderr.count("compiled the train, eval") == 2
-    assert "compiled 2 program families ahead of their runs" in proc.stderr
-    assert proc.stderr.count("are an earlier run's: nothing to compile") == 6
+    log = read_text(workdir, "sweep.log")  # the console shows none of it (tests/test_console.py)
+    assert log.count("compiled the train, eval") == 2
+    assert "compiled 2 program families ahead of their runs" in log
+    assert log.count("are an earlier run's: nothing to compile") == 6
 
 
 def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir, tmp_path):
@@ -59,8 +60,8 @@ def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, sh
     before = os.path.getmtime(metrics)
     # An interrupted row: its checkpoint exists, its result does not.
     os.remove(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
-    proc = main_job(workdir=workdir, data_dir=shapes_tiny_dir)
-    log = proc.stderr
+    main_job(workdir=workdir, data_dir=shapes_tiny_dir)
+    log = read_text(workdir, "sweep.log")
     assert "w268_plain: finished earlier, skipped" in log
     assert "resumed from" in log and os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
     assert os.path.getmtime(metrics) == before
@@ -72,8 +73,9 @@ def test_one_row_rerun_alone_reproduces_the_sweeps_row(tiny_sweep, shapes_tiny_d
     """In the sweep, w1040_scale0.1 ran the program w1040_plain compiled; alone, it compiles its own. The same
     bits either way: the variant is in the values, not in the program."""
     workdir, _ = tiny_sweep
-    proc = main_job("--row=w1040_scale0.1", workdir=str(tmp_path), data_dir=shapes_tiny_dir)
-    assert "[1/1] w1040_scale0.1" in proc.stderr and "compiled the train, eval" in proc.stderr
+    main_job("--row=w1040_scale0.1", workdir=str(tmp_path), data_dir=shapes_tiny_dir)
+    log = read_text(str(tmp_path), "sweep.log")
+    assert "[1/1] w1040_scale0.1" in log and "compiled the train, eval" in log
 
     def losses(root):
         with open(os.path.join(root, "runs", "w1040_scale0.1", "metrics.jsonl")) as f:

@@ -8,11 +8,13 @@ processes sharing a data dir prepare it once. Everything else must already be pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import errno
 import fcntl
 import functools
+import io
 import logging
 import os
 import re
@@ -114,11 +116,23 @@ def _prepare_embedded_locked(builder: Any, data_dir: str) -> None:
                 return
             log.warning("Preparing the embedded dataset %s/%s in %s (once per data dir).",
                         builder.name, builder.builder_config.name, data_dir)
-            builder.download_and_prepare(
-                file_format="array_record",
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+            # TFDS prints its notes ("Downloading and preparing dataset Unknown size ...", for data generated here)
+            # and progress bars to the console; they belong in the log.
+            tfds.display_progress_bar(False)
+            with contextlib.redirect_stdout(_PrintsToLog()):
+                builder.download_and_prepare(
+                    file_format="array_record",
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _PrintsToLog(io.StringIO):
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.info("tfds: %s", re.sub(r"\x1b\[[0-9;]*m", "", line.strip()))  # without termcolor's colours
+        return len(text)
 
 
 def get_builder(name: str, data_dir: str | None, *, origin: str = "DataConfig.name") -> Any:

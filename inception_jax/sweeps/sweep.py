@@ -17,12 +17,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
 from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
+from inception_jax.sweeps import console_log
 from inception_jax.sweeps.compile_ahead import compile_ahead
+from inception_jax.sweeps.console import SweepConsole
 from inception_jax.sweeps.hparams import write_run_summary, write_sweep_experiment
+from inception_jax.sweeps.progress import NullProgress, SweepProgress
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import (
     SweepRow,
@@ -34,7 +38,7 @@ from inception_jax.sweeps.sweep_rows import (
 )
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.metrics import write_json_atomic
-from inception_jax.training.run_checks import check_workdir_writable
+from inception_jax.training.run_checks import check_run, check_workdir_writable
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again
@@ -67,9 +71,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
             raise ConfigError(f"{config_arg} defines no sweep (no get_sweep); --row, --export_csv, --print_commands "
                               "and --rerun_changed need one, or --rows_csv")
         check_workdir_writable(workdir)
-        result = train_and_evaluate(config, workdir)
-        if result.status != "preempted":
-            write_run_summary(workdir)  # TensorBoard's HParams session of this run
+        result = _run_one(config, workdir)
         print(f"run {result.status}: {os.path.abspath(workdir)}")
         return EXIT_PREEMPTED if result.status == "preempted" else 0
     configs = validate_rows(config, rows)  # every row, before anything runs
@@ -93,9 +95,39 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
     check_workdir_writable(workdir)
     stale = check_rows(list(zip(rows, configs, strict=True)), {r.run_id for r, _ in selected}, workdir,
                        rerun_changed=rerun_changed)
+    console = SweepConsole(layout=rows_layout(selected), log_file=console_log.to_file(
+        os.path.join(workdir, console_log.SWEEP_LOG))) if jax.process_index() == 0 else NullProgress()
     return run_sweep(selected, rows, workdir=workdir, name=os.path.splitext(os.path.basename(config_arg))[0],
                      command=user_command(sys.argv),
-                     thresholds=tuple(config.report.thresholds), stale_rows=stale)
+                     thresholds=tuple(config.report.thresholds), stale_rows=stale, progress=console)
+
+
+def _run_one(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """A single run (no sweep), shown as a sweep of one row; its log is <workdir>/train.log."""
+    name = os.path.basename(os.path.abspath(workdir))
+    log_file = console_log.to_file(os.path.join(workdir, console_log.RUN_LOG))
+    if config.compile_only or config.eval_only:  # no training to show: these print their own one-line result
+        return train_and_evaluate(config, workdir)
+    console = SweepConsole(log_file=log_file, what="run") if jax.process_index() == 0 else NullProgress()
+    console.planned(name=name, rows=[name], pending=[name], lanes=1, steps={name: check_run(config).num_steps})
+    console.row_started(name, workdir, 0)
+    started = time.monotonic()
+    try:
+        result = train_and_evaluate(config, workdir)
+        if result.status != "preempted":
+            write_run_summary(workdir)  # TensorBoard's HParams session of this run
+            console.row_finished(name, result.result, time.monotonic() - started)
+        return result
+    finally:
+        console.close()
+
+
+def rows_layout(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]]) -> str:
+    """`6 cells x 2 seeds`: the rows' distinct settings other than the seed, and their seeds."""
+    cells = {json.dumps({k: v for k, v in r.overrides.items() if k != "seed"}, sort_keys=True, default=str)
+             for r, _ in selected}
+    seeds = sorted({int(c.seed) for _, c in selected})
+    return f"{len(cells)} cells x {len(seeds)} seeds" if len(seeds) > 1 else f"{len(cells)} cells, seed {seeds[0]}"
 
 
 def user_command(argv: Sequence[str]) -> str:
@@ -108,7 +140,7 @@ def user_command(argv: Sequence[str]) -> str:
 
 def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], all_rows: Sequence[SweepRow], *,
               workdir: str, name: str, command: str, thresholds: Sequence[float] = (0.3, 0.4, 0.5),
-              stale_rows: Sequence[str] = ()) -> int:
+              stale_rows: Sequence[str] = (), progress: SweepProgress | None = None) -> int:
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     write_json_atomic(os.path.join(workdir, "sweep.json"), {
         "name": name, "command": command, "run_ids": [r.run_id for r in all_rows],
@@ -116,21 +148,35 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
     trained = 0.0  # seconds of training and evaluation in this command (the runs' clocks, less a resumed run's past)
     pending = [(row, config) for row, config in selected
                if not os.path.exists(os.path.join(workdir, "runs", row.run_id, "result.json"))]
-    if len(pending) > 1:
-        compile_ahead([_with_row(config, row, name) for row, config in pending])
-    for i, (row, config) in enumerate(selected, start=1):
-        run_dir = os.path.join(workdir, "runs", row.run_id)
-        if os.path.exists(os.path.join(run_dir, "result.json")):
-            log.info("[%d/%d] %s: finished earlier, skipped", i, len(selected), row.run_id)
-            continue
-        log.info("[%d/%d] %s: %s", i, len(selected), row.run_id, json.dumps(row.overrides, default=str))
-        result = train_and_evaluate(_with_row(config, row, name), run_dir)
-        trained += max(0.0, float(result.result.get("wall_time_s") or 0.0) - result.resumed_time_s)
-        if result.status == "preempted":
-            print(f"preempted during {row.run_id}; rerun the same command to resume")
-            return EXIT_PREEMPTED
-        write_run_summary(run_dir)  # TensorBoard's HParams session of this run, in the sweep's table
-        write_sweep_experiment(os.path.join(workdir, "runs"))
+    # --- progress events (console wiring; the runner rewrite sends these from its own loop) ---
+    progress = progress or NullProgress()
+    datasets: dict = {}
+    progress.planned(name=name, rows=[r.run_id for r, _ in selected], pending=[r.run_id for r, _ in pending],
+                     lanes=1, steps={r.run_id: check_run(c, datasets).num_steps for r, c in pending})
+    try:
+        if len(pending) > 1:
+            compile_ahead([_with_row(config, row, name) for row, config in pending])
+        for i, (row, config) in enumerate(selected, start=1):
+            run_dir = os.path.join(workdir, "runs", row.run_id)
+            if os.path.exists(os.path.join(run_dir, "result.json")):
+                log.info("[%d/%d] %s: finished earlier, skipped", i, len(selected), row.run_id)
+                progress.row_skipped(row.run_id, "finished earlier")
+                continue
+            log.info("[%d/%d] %s: %s", i, len(selected), row.run_id, json.dumps(row.overrides, default=str))
+            progress.row_started(row.run_id, run_dir, 0)
+            row_started = time.monotonic()
+            result = train_and_evaluate(_with_row(config, row, name), run_dir)
+            trained += max(0.0, float(result.result.get("wall_time_s") or 0.0) - result.resumed_time_s)
+            if result.status == "preempted":
+                progress.close()
+                print(f"preempted during {row.run_id}; rerun the same command to resume")
+                return EXIT_PREEMPTED
+            progress.row_finished(row.run_id, result.result, time.monotonic() - row_started)
+            write_run_summary(run_dir)  # TensorBoard's HParams session of this run, in the sweep's table
+            write_sweep_experiment(os.path.join(workdir, "runs"))
+    finally:
+        progress.close()
+    # --- end of progress events ---
     write_sweep_experiment(os.path.join(workdir, "runs"))
     if stale_rows:  # sweep_checks.check_rows: their numbers must not be reported as this sweep's
         print(f"sweep {name}: {len(selected)} run(s) done; results.csv and the report not written: rows not run "
@@ -138,7 +184,7 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
         return 0
     results = write_results(workdir, all_rows, thresholds)
     report = write_report(workdir, command, thresholds)
-    print(report.summary.read_text())
+    print("\n" + findings_text(report.summary.read_text()))
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
     elapsed = time.time() - float(os.environ.get(COMMAND_STARTED, time.time()))
     if trained and elapsed > 0:
@@ -146,7 +192,15 @@ def run_sweep(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], al
               f"({100 * trained / elapsed:.0f} %; the rest: starting up, preparing data, compiling, the report)")
     print(f"results table: {results}")
     print(f"report: {report.html}")
+    if console_log.log_path():
+        print(f"log: {console_log.log_path()}")
     return 0
+
+
+def findings_text(summary: str) -> str:
+    """summary.md without its opening paragraph (date, machine, command: in the report and summary.md)."""
+    head, _, rest = summary.strip().partition("\n\n")
+    return rest if head.startswith("Generated") and rest else summary.strip()
 
 
 def _with_row(config: ml_collections.ConfigDict, row: SweepRow, name: str) -> ml_collections.ConfigDict:

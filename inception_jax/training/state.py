@@ -72,11 +72,19 @@ def restore_or_init(run: PreparedRun, checkpoints: RunCheckpoints) -> tuple[Trai
     return fresh_state(run, shardings), shardings, None
 
 
+_TABLES_LOGGED: set[str] = set()  # a sweep's rows share a few networks: each table once per process
+
+
 def log_parameter_overview(state: Any) -> None:
     if jax.process_index() != 0:
         return
     from clu import parameter_overview
     from flax import nnx
 
-    log.info("parameters:\n%s", parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params),
-                                                                          include_stats=False))
+    table = parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
+    total = table.rstrip().rsplit("\n", 1)[-1]  # "Total: 173,068 -- 692,272 bytes"
+    if table in _TABLES_LOGGED:
+        log.info("parameters: %s (the table logged for an earlier run of this process)", total)
+        return
+    _TABLES_LOGGED.add(table)
+    log.info("parameters:\n%s", table)
