@@ -6,18 +6,22 @@ Config files in `configs/` start from `base_config()` and change what they need;
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from inception_jax import validation
 from inception_jax.cpu.codegen import CODEGENS
 from inception_jax.cpu.kernels import KERNEL_CHOICES
+from inception_jax.data.data_config import DataConfig
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
+from inception_jax.validation import closest_keys_hint
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
@@ -55,20 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
             c.model[knob] = default
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "shapes_textures"
-    c.data.data_dir = config_dict.placeholder(str)
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.image_size = 299
-    c.data.augment = "inception"
-    c.data.color_distort = False
-    c.data.area_range = (0.05, 1.0)
-    c.data.aspect_range = (0.75, 4 / 3)
-    c.data.eval_crops = "single"
-    c.data.central_fraction = 0.875
-    c.data.num_threads = 2
-    c.data.prefetch_batches = 4
-    c.data.cache_mb = 1024  # decoded images kept in memory for later reads in this process (sweeps, epochs)
+    for field in dataclasses.fields(DataConfig):  # the data defaults' one home is DataConfig
+        c.data[field.name] = config_dict.placeholder(str) if field.name == "data_dir" else field.default
     c.model.image_size = c.data.get_ref("image_size")  # the aux head's kernel follows the training size
 
     c.train = ml_collections.ConfigDict()
@@ -164,19 +156,8 @@ def num_train_steps(train_cfg: Any, steps_per_epoch: int) -> int:
     return max(1, math.ceil(value / train_cfg.batch_size))
 
 
-def check_choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
-
-
-def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r} must be {kind} {'>= 0' if allow_zero else '> 0'}")
+check_choice = functools.partial(validation.check_choice, error=ConfigError)
+check_positive = functools.partial(validation.check_number, error=ConfigError)
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
@@ -219,15 +200,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def closest_keys_hint(key: str, valid: list[str]) -> str:
-    """'; closest valid keys: [...]' for an unknown dotted key (spreadsheet columns and --config.* flags)."""
-    close = difflib.get_close_matches(key, valid, n=3)
-    if close:
-        return f"; closest valid keys: {close}"
-    sections = sorted({k.split(".")[0] for k in valid if "." in k})
-    return f"; keys start with one of {sections}, or are one of {sorted(k for k in valid if '.' not in k)}"
-
-
 def check_override_flags(argv: list[str]) -> None:
     """Every `--config.<key>=...` of a command line names a key of its `--config` file's config, else a one-line
     ConfigError naming the flag and the closest keys. (ml_collections raises a KeyError or AttributeError for an
@@ -248,6 +220,11 @@ def check_override_flags(argv: list[str]) -> None:
                                       f"{closest_keys_hint(key, valid)}")
 
 
+def key_in(key: str, keys: Sequence[str]) -> bool:
+    """Whether dotted config `key` is one of `keys`, where an entry ending in "." names a whole section."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS. A key
     the stored config lacks (a knob added to the package since) is no conflict while it has its default value,
@@ -256,7 +233,7 @@ def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     defaults = flatten(base_config().to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+        if key_in(key, RESUMABLE_KEYS):
             continue
         va, vb = a.get(key), b.get(key)
         if key not in a and key in defaults and _normalise(vb) == _normalise(defaults[key]):
@@ -288,8 +265,7 @@ def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
                     raise ConfigError(f"config argument {part!r} needs key=value; keys: {list(spec)}")
                 key, raw = next(iter(spec)), part
             if key not in spec:
-                close = difflib.get_close_matches(key, list(spec), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = validation.did_you_mean(key, list(spec), n=1)
                 raise ConfigError(f"config argument key {key!r} is unknown{hint}; valid keys: {list(spec)}")
             values[key] = _convert(key, raw, spec[key][1])
     return types.SimpleNamespace(**values)

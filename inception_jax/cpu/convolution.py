@@ -235,8 +235,8 @@ def crop_to_reachable_taps(kernel: jax.Array, in_hw: tuple[int, int], strides: t
     """The kernel without the taps that only ever meet padding, and the padding that goes with it.
 
     On small feature maps SAME padding makes many taps multiply zeros only: a 1x3 or 3x1 conv on the 1x1 grid
-    of the C blocks at 75 px (XLA rewrote those into a batch-as-feature convolution on a slow generic path, up to
-    35 ms each per Inception-v4 step), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
+    of the C blocks at 75 px (XLA rewrote those into a batch-as-feature convolution on a slow generic path:
+    docs/performance.md §6.3), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
     sum without the zero terms, and the cut taps' gradient is zero, as it is for the full kernel.
     """
     (first_h, first_w), (kept_h, kept_w), padding = reachable_cut(kernel.shape, in_hw, strides, padding)

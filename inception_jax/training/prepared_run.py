@@ -92,8 +92,7 @@ def model_facts(opts: ModelOptions) -> ModelFacts:
     """Cached: the rows of a sweep ask for the same network again and again (ModelOptions is a frozen dataclass)."""
     model = nnx.eval_shape(lambda: build_model(opts))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    widths = {"a": int(model.stem.out_channels), "b": int(model.reduction_a.mixed_channels),
-              "c": int(model.reduction_b.mixed_channels)}
+    widths = model.stage_widths()
     count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
     return ModelFacts(graphdef, params, rest, count, widths, model.stacked_counts())
 

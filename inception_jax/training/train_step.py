@@ -72,11 +72,12 @@ def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
     return graphdef, params, rest
 
 
-def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array) -> TrainState:
-    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` may be traced).
-    The EMA starts as None here and is copied from the parameters by the caller: aliased buffers must not be
-    donated (T2)."""
-    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed))))
+def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array, values: Any = None
+               ) -> TrainState:
+    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` and the block
+    `values`, network.block_values' form, may be traced). The EMA starts as None here and is copied from the
+    parameters by the caller: aliased buffers must not be donated (T2)."""
+    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed)), values=values))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                       ema_params=None)
 
