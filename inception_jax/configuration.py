@@ -17,8 +17,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from inception_jax import validation
+from inception_jax.cpu.backend import BACKEND_CHOICES
 from inception_jax.cpu.codegen import CODEGENS
-from inception_jax.cpu.kernels import KERNEL_CHOICES
 from inception_jax.data.data_config import DataConfig
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
 from inception_jax.validation import closest_keys_hint
@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu/codegen.py)
     # How the models' ops are computed: "auto" = the CPU backend's forms on CPU, stock JAX on GPU / TPU;
-    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/kernels.py).
+    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/backend.py).
     c.kernels = "auto"
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
@@ -167,7 +167,7 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
     check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     check_choice("xla_cpu_codegen", config.xla_cpu_codegen, CODEGENS)
-    check_choice("kernels", config.kernels, KERNEL_CHOICES)
+    check_choice("kernels", config.kernels, BACKEND_CHOICES)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
     for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):

@@ -99,7 +99,7 @@ def test_the_networks_do_not_know_the_cpu_backend():
 
 
 def test_the_checks_see_the_whole_package():
-    assert {"inception_jax.main", "inception_jax.models.network", "inception_jax.cpu.kernels",
+    assert {"inception_jax.main", "inception_jax.models.network", "inception_jax.cpu.backend",
             "inception_jax.training.loop", "inception_jax.sweeps.sweep", "inception_jax.data.input_pipeline",
             "inception_jax.pretrained.convert"} <= set(GRAPH)
     assert "inception_jax.training.warm_start" in GRAPH["inception_jax.training.state"]

@@ -2,7 +2,7 @@
 loops. It replaces the stock convolution of every nnx.Conv (models/layers.py `conv_general_dilated`).
 
 Which kernel gradient a convolution takes depends on two facts of the program being traced: whether it compiles for
-XLA:CPU's own convolution kernels (`xla_kernel_gradients`, set by `CpuKernels.tracing`) and whether the convolution
+XLA:CPU's own convolution kernels (`xla_kernel_gradients`, set by `CpuBackend.tracing`) and whether the convolution
 belongs to a repeated block, the blocks the scan over a stage's blocks loops over (`inside_loops`, set by the CPU
 backend's `run_branches`, blocks.py).
 """
@@ -25,7 +25,7 @@ from inception_jax.cpu.kernel_gradients import (
 )
 
 # Set while a train step compiled for XLA:CPU's own convolution kernels is traced (codegen "tuned";
-# CpuKernels.xla_kernel_gradients): the convolutions outside loops then take XLA's kernel gradient, and the
+# CpuBackend.xla_kernel_gradients): the convolutions outside loops then take XLA's kernel gradient, and the
 # stride-1 convolutions inside the repeated blocks `canonical_kernel_gradient`.
 _XLA_KERNEL_GRADIENTS = contextvars.ContextVar("xla_kernel_gradients", default=False)
 # Set while the branches of a repeated block are traced: the block may run inside the scan over blocks.

@@ -25,7 +25,7 @@ import numpy as np
 from inception_jax.configuration import flatten, key_in
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.cpu import host_memory
-from inception_jax.cpu.kernels import describe as describe_kernels
+from inception_jax.cpu.backend import describe as describe_kernels
 from inception_jax.models import VALUE_KNOBS, ModelOptions, block_values, grid_17, program_options
 from inception_jax.training import sharding
 from inception_jax.training.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
