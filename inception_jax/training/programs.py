@@ -2,7 +2,8 @@
 shared by every run of the process that needs the same program, and compiled before the run's clock starts.
 
 A sweep's rows mostly differ in values: the seed, plain or residual (a shortcut gain of 0 or 1), the residual
-scale. Those are inputs of the programs (the seed an argument, the gains and scales state), so a sweep compiles
+scale. Those are inputs of the programs (the seed and, for the init program, the gains and scales are arguments;
+the train and eval steps read the gains and scales from the state), so a sweep compiles
 once per network shape and recipe, and a later row reuses the executables without tracing anything again.
 Compiling up front (ahead of time, on the run's first real batches) keeps compile time out of the wall-time axes:
 a row that compiled and one that found its programs ready are timed alike.
@@ -32,8 +33,8 @@ from inception_jax.training.train_step import LeafStep, TrainState, batch_norm_s
 
 log = logging.getLogger(__name__)
 
-# Config keys no program reads: values passed to the programs or written into the state (the seed; plain or
-# residual and the scales, see models.program_options), what only the loop, the data reader or the bookkeeping
+# Config keys no program reads: values passed to the programs as arguments (the seed; plain or residual and the
+# scales, models.VALUE_KNOBS), what only the loop, the data reader or the bookkeeping
 # reads, and `kernels`, which enters as the kernels it resolves to. Every other key is part of a program's
 # identity, so a key forgotten here costs a compile, never a wrong program.
 NOT_PROGRAM_KEYS = (
