@@ -6,19 +6,22 @@ Config files in `configs/` start from `base_config()` and change what they need;
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
-import numpy as np
 from ml_collections import config_dict
 
+from inception_jax import validation
+from inception_jax.cpu.backend import BACKEND_CHOICES
 from inception_jax.cpu.codegen import CODEGENS
-from inception_jax.cpu.kernels import KERNEL_CHOICES
+from inception_jax.data.data_config import DataConfig
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
+from inception_jax.validation import closest_keys_hint
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
@@ -56,20 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
             c.model[knob] = default
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "shapes_textures"
-    c.data.data_dir = config_dict.placeholder(str)
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.image_size = 299
-    c.data.augment = "inception"
-    c.data.color_distort = False
-    c.data.area_range = (0.05, 1.0)
-    c.data.aspect_range = (0.75, 4 / 3)
-    c.data.eval_crops = "single"
-    c.data.central_fraction = 0.875
-    c.data.num_threads = 2
-    c.data.prefetch_batches = 4
-    c.data.cache_mb = 1024  # decoded images kept in memory for later reads in this process (sweeps, epochs)
+    for field in dataclasses.fields(DataConfig):  # the data defaults' one home is DataConfig
+        c.data[field.name] = config_dict.placeholder(str) if field.name == "data_dir" else field.default
     c.model.image_size = c.data.get_ref("image_size")  # the aux head's kernel follows the training size
 
     c.train = ml_collections.ConfigDict()
@@ -126,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu/codegen.py)
     # How the models' ops are computed: "auto" = the CPU backend's forms on CPU, stock JAX on GPU / TPU;
-    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/kernels.py).
+    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/backend.py).
     c.kernels = "auto"
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
@@ -165,32 +156,8 @@ def num_train_steps(train_cfg: Any, steps_per_epoch: int) -> int:
     return max(1, math.ceil(value / train_cfg.batch_size))
 
 
-def check_choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
-
-
-# The largest float32: the training arithmetic is float32, so a larger value (1e308 is a valid Python float) is
-# infinity by the first step.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    """A count (`integer`) or a number that feeds float32 arithmetic: finite, and within float32's range."""
-    kind = "an integer" if integer else "a number"
-    allowed = f"{kind} {'>= 0' if allow_zero else '> 0'}"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if not ok_type or isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be {allowed}")
-    limit = "" if integer else f" up to {FLOAT32_MAX:.7g} (float32's largest: training computes in float32)"
-    if not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} is not finite; it must be {allowed}{limit}")
-    if not integer and abs(value) > FLOAT32_MAX:
-        raise ConfigError(f"{key}={value!r} is not finite in float32; it must be {allowed}{limit}")
-    if not (value >= 0 if allow_zero else value > 0):
-        raise ConfigError(f"{key}={value!r} must be {allowed}")
+check_choice = functools.partial(validation.check_choice, error=ConfigError)
+check_positive = functools.partial(validation.check_number, error=ConfigError)
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
@@ -200,7 +167,7 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
     check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     check_choice("xla_cpu_codegen", config.xla_cpu_codegen, CODEGENS)
-    check_choice("kernels", config.kernels, KERNEL_CHOICES)
+    check_choice("kernels", config.kernels, BACKEND_CHOICES)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
     for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay", "lr_decay_rate",
@@ -235,15 +202,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def closest_keys_hint(key: str, valid: list[str]) -> str:
-    """'; closest valid keys: [...]' for an unknown dotted key (spreadsheet columns and --config.* flags)."""
-    close = difflib.get_close_matches(key, valid, n=3)
-    if close:
-        return f"; closest valid keys: {close}"
-    sections = sorted({k.split(".")[0] for k in valid if "." in k})
-    return f"; keys start with one of {sections}, or are one of {sorted(k for k in valid if '.' not in k)}"
-
-
 def config_spec(argv: list[str]) -> str | None:
     """The `--config=file.py[:arg]` of a command line (None if it has none)."""
     spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
@@ -270,6 +228,11 @@ def check_override_flags(argv: list[str]) -> None:
                                       f"{closest_keys_hint(key, valid)}")
 
 
+def key_in(key: str, keys: Sequence[str]) -> bool:
+    """Whether dotted config `key` is one of `keys`, where an entry ending in "." names a whole section."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS. A key
     the stored config lacks (a knob added to the package since) is no conflict while it has its default value,
@@ -278,7 +241,7 @@ def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     defaults = flatten(base_config().to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+        if key_in(key, RESUMABLE_KEYS):
             continue
         va, vb = a.get(key), b.get(key)
         if key not in a and key in defaults and _normalise(vb) == _normalise(defaults[key]):
@@ -312,8 +275,7 @@ def parse_arg(arg: str | None, **spec: tuple) -> Any:
                     raise ConfigError(f"config argument {part!r} needs key=value; keys: {list(spec)}")
                 key, raw = next(iter(spec)), part
             if key not in spec:
-                close = difflib.get_close_matches(key, list(spec), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = validation.did_you_mean(key, list(spec), n=1)
                 raise ConfigError(f"config argument key {key!r} is unknown{hint}; valid keys: {list(spec)}")
             values[key] = _convert(key, raw.strip(), *spec[key][1:])
     return types.SimpleNamespace(**values)
@@ -322,7 +284,7 @@ def parse_arg(arg: str | None, **spec: tuple) -> Any:
 def _convert(key: str, raw: str, kind: Any, minimum: float | None = None) -> Any:
     if isinstance(kind, tuple):
         if raw not in kind:
-            close = difflib.get_close_matches(raw, list(kind), n=1)
+            close = validation.close_matches(raw, kind, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key} must be one of {list(kind)} (got {raw!r}{hint})")
         return raw

@@ -58,7 +58,7 @@ def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
     return str(workdir), subprocess.CompletedProcess(**json.loads(saved.read_text()))
 
 
-# --- training fixtures (tests/test_train.py, tests/test_distributed.py) ---
+# --- training fixtures (tests/test_train.py, test_checkpointing.py, test_warm_start.py, test_distributed.py, ...) ---
 @pytest.fixture(scope="session")
 def one_device_run(shapes_tiny_dir, tmp_path_factory) -> str:
     """The reference run: the tiny config on one device, 6 steps, uninterrupted."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import errno
 import fcntl
 import functools
@@ -24,16 +23,14 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from inception_jax.data import shapes_textures  # noqa: F401  (registers the builder with tfds by name)
+from inception_jax.data.data_config import DataError
+from inception_jax.validation import close_matches
 
 log = logging.getLogger(__name__)
 _SPLIT_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)")
 
 # Datasets this package can generate on demand: the pipeline prepares them itself when a data dir lacks them.
 EMBEDDED_DATASETS: frozenset[str] = frozenset({"shapes_textures"})
-
-
-class DataError(ValueError):
-    """Bad dataset, split, size or record; the message names the value, where it came from and what is valid."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +63,7 @@ def _known_names() -> tuple[str, ...]:
 
 
 def _unknown_dataset(name: str, data_dir: str, origin: str) -> DataError:
-    close = difflib.get_close_matches(_base_name(name), _known_names(), n=3)
+    close = close_matches(_base_name(name), _known_names(), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return DataError(f"{origin}={name!r}: unknown dataset: not a registered TFDS builder and not prepared under "
                      f"{data_dir}.{hint} Embedded datasets (generated locally): {sorted(EMBEDDED_DATASETS)}; any "

@@ -7,7 +7,6 @@ Sweep workdir layout (docs/run_folder.md): sweep.json, runs/<run_id>/, results.c
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from inception_jax.sweeps.sweep_rows import (
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.metrics import write_json_atomic
 from inception_jax.training.run_checks import check_run, check_workdir_writable
+from inception_jax.validation import close_matches
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again
@@ -87,7 +87,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
     if row is not None:
         ids = [r.run_id for r in rows]
         if row not in ids:
-            close = difflib.get_close_matches(row, ids, n=3)
+            close = close_matches(row, ids, n=3)
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
         selected = [(r, c) for r, c in selected if r.run_id == row]

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from inception_jax.configuration import ConfigError, num_train_steps, resolve_model_options, validate_static
 from inception_jax.data import input_pipeline
 from inception_jax.data.input_pipeline import DataConfig
-from inception_jax.data.sources import open_split, resolve_data_dir
+from inception_jax.data.sources import open_split
 from inception_jax.models import ModelOptions
 from inception_jax.training import sharding
 from inception_jax.training.warm_start import resolve_source
@@ -59,11 +59,13 @@ def check_run(config: ml_collections.ConfigDict, datasets: dict | None = None) -
         resolve_source(config.init_from)
     info, train_examples, eval_examples = dataset_facts(data, {} if datasets is None else datasets)
     opts = resolve_model_options(config, check_num_classes(config.model.num_classes, info))
-    check_batch_fits("train.batch_size", "", t.batch_size, data, "train_split", train_examples)
+    input_pipeline.check_batch_fits(f"train.batch_size={t.batch_size}", t.batch_size,
+                                    f"data.train_split={data.train_split!r}", data, train_examples, error=ConfigError)
     # The eval stream is opened at the first evaluation, long after training started: check its split now.
-    check_batch_fits(*(("train.eval_batch_size", "") if t.eval_batch_size else
-                       ("train.batch_size", " (the eval batch too, as train.eval_batch_size is None)")),
-                     eval_batch_size, data, "eval_split", eval_examples)
+    eval_batch = (f"train.eval_batch_size={eval_batch_size}" if t.eval_batch_size else
+                  f"train.batch_size={eval_batch_size} (the eval batch too, as train.eval_batch_size is None)")
+    input_pipeline.check_batch_fits(eval_batch, eval_batch_size, f"data.eval_split={data.eval_split!r}", data,
+                                    eval_examples, error=ConfigError)
     steps_per_epoch = train_examples // t.batch_size
     num_steps = num_train_steps(t, steps_per_epoch)
     check_eval_every_steps(t, num_steps)
@@ -86,14 +88,6 @@ def dataset_facts(data: DataConfig, cache: dict) -> tuple[Any, int, int]:
                  for field, split in (("train_split", data.train_split), ("eval_split", data.eval_split))]
         cache[key] = (info, *sizes)
     return cache[key]
-
-
-def check_batch_fits(key: str, note: str, batch_size: int, data: DataConfig, split_field: str, examples: int
-                     ) -> None:
-    if batch_size > examples:
-        split = getattr(data, split_field)
-        raise ConfigError(f"{key}={batch_size}{note} is larger than data.{split_field}={split!r} of {data.name!r} "
-                          f"({examples} examples in {resolve_data_dir(data.data_dir)}); use at most {examples}")
 
 
 def check_num_classes(num_classes: Any, info: Any) -> int:
