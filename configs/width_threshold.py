@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
     c = ABLATION.get_config("preset=cpu")
     # Pinned here, not inherited: the main job's recipe may change, this sweep's results were made with these.
     c.train.lr_schedule = "constant"
+    c.train.warmup_steps = 0
     c.train.num_steps = 300
     c.train.probe_every_steps = 25
     c.train.eval_every_steps = 150

@@ -204,7 +204,7 @@ def test_print_commands_gives_each_rows_exact_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
                            f"--workdir={workdir}", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 12, proc.stderr[-3000:]  # 2 filter counts x 3 variants x 2 seeds
+    assert len(lines) == 30, proc.stderr[-3000:]  # 2 filter counts x 3 variants x 5 seeds
     assert lines[0] == (f"python -m inception_jax.main --config={CONFIG} '--workdir={workdir}' "
                         "--config.train.learning_rate=0.01 '--config.model.block_counts=(1, 1, 1)' "
                         "--row=w160_plain_seed0")
@@ -214,9 +214,9 @@ def test_print_commands_gives_each_rows_exact_command(tmp_path):
 
 
 def test_seeds_and_seed_offset_choose_the_rows_seeds():
-    """A rerun with other seeds is one argument away; the default runs 2 per cell, cpu_long 3."""
+    """A rerun with other seeds is one argument away; the default runs 5 per cell, cpu_long 3."""
     rows = config_rows(f"{CONFIG}:seed_offset=10")
-    assert {row.overrides["seed"] for row in rows} == {10, 11} and rows[0].run_id == "w160_plain_seed10"
+    assert {row.overrides["seed"] for row in rows} == set(range(10, 15)) and rows[0].run_id == "w160_plain_seed10"
     assert {row.overrides["seed"] for row in config_rows(f"{CONFIG}:preset=cpu_long")} == {0, 1, 2}
     assert len(config_rows(f"{CONFIG}:seeds=3")) == 18
 
