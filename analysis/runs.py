@@ -21,7 +21,7 @@ import numpy as np
 
 RUN_FILES = ("config.json", "metrics.jsonl", "verdict.json", "result.json")
 # Folders that live inside a sweep or run folder but are never run folders themselves.
-_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "__pycache__"})
+_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "replaced", "__pycache__"})  # replaced/: --rerun_changed
 # Config keys every analysed run needs; without them a run cannot be placed on any figure.
 REQUIRED_CONFIG_KEYS = ("model.name", "data.name", "derived.deepest_width", "derived.variant")
 
