@@ -72,6 +72,7 @@ class _Lane:
     began: float = 0.0
     families: set = dataclasses.field(default_factory=set)
     alive: bool = True
+    ready: bool = False  # its signal handlers are in place: it may be given a row, and told to stop
 
 
 def lane_cores(count: int, threads: int, usable: Sequence[int]) -> list[tuple[int, ...]]:
@@ -136,7 +137,7 @@ class _Runner:
         """SIGTERM to every lane with a row: its checkpoint manager saves after the current step."""
         self.last_forward = time.monotonic()
         for lane in self.pool:
-            if lane.alive and lane.task is not None and lane.process.pid:
+            if lane.alive and lane.ready and lane.task is not None and lane.process.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(lane.process.pid, signal.SIGTERM)
 
@@ -167,7 +168,7 @@ class _Runner:
 
     def dispatch(self) -> None:
         for lane in self.pool:
-            while lane.alive and lane.task is None and not self.stopping:
+            while lane.alive and lane.ready and lane.task is None and not self.stopping:
                 task = self.pick(lane)
                 if task is None:
                     break
@@ -190,12 +191,16 @@ class _Runner:
         """The lane's next row: its own family's, a family nobody compiled, one compiled elsewhere; a family
         another lane is compiling only when no cache can hand it over."""
         rules = (lambda f: f in lane.families, lambda f: f not in self.compiling and f not in self.compiled,
-                 lambda f: f in self.compiled, lambda f: not self.cache_shared)
+                 lambda f: f in self.compiled, lambda f: not self.cache_shared or not self.being_compiled(f))
         for rule in rules:
             task = next((t for t in self.pending if rule(t.family)), None)
             if task is not None:
                 return task
         return None
+
+    def being_compiled(self, family: str) -> bool:
+        return family in self.compiling and any(lane.alive and lane.task is not None and lane.task.family == family
+                                                for lane in self.pool)
 
     def receive(self, lane: _Lane) -> None:
         while lane.alive and lane.conn.poll():
@@ -204,7 +209,9 @@ class _Runner:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "started":
+            if kind == "ready":
+                lane.ready = True
+            elif kind == "started":
                 self.started(lane.task, lane.index)
             elif kind == "compiled":
                 self.compiled.add(message[1])
@@ -224,8 +231,8 @@ class _Runner:
         self.receive(lane)  # whatever it sent before it ended
         lane.alive = False
         lane.process.join(timeout=1)
-        if lane.task is None and self.stopping:
-            return  # stopped between rows (Ctrl-C reaches every process of the terminal)
+        if lane.task is None and (self.stopping or not self.pending):
+            return  # stopped between rows (Ctrl-C reaches every process of the terminal), or nothing left
         code = lane.process.exitcode
         how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 and
                -code in signal.Signals._value2member_map_ else f"exit status {code}")
@@ -270,6 +277,7 @@ def _lane_main(index: int, cores: tuple[int, ...], conn: Any, log_path: str, set
         signal.signal(s, lambda signum, frame: _STOP.set())
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conn.send(("ready",))
     from inception_jax.cpu import runtime
 
     runtime.setup(setup_config)
@@ -290,6 +298,9 @@ def _lane_main(index: int, cores: tuple[int, ...], conn: Any, log_path: str, set
         log.info("lane %d: %s", index, task.label)
         conn.send(("started",))
         try:
+            if _STOP.is_set():
+                conn.send(("ended", "preempted", 0, {"status": "preempted", "steps": 0}))
+                continue
             if task.family not in families:
                 compile_ahead([task.config])  # before the row: the parent can send this family elsewhere now
                 families.add(task.family)

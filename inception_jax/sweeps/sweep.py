@@ -246,7 +246,14 @@ def _run_lanes(rows, checked, workdir, threads, lanes, rerun_changed, progress, 
         log.info("[%d/%d] %s: finished earlier, skipped", i, len(rows), row.run_id)
         progress.row_skipped(row.run_id, "finished earlier")
 
-    return run_in_lanes(tasks, lanes=lanes, threads=threads, usable=runtime.usable_cores(), workdir=workdir,
+    for task in [t for t in tasks if os.path.exists(os.path.join(t.run_dir, "result.json"))]:
+        if claim(task):  # finished now: skipped (checked under its lock) before any lane starts
+            skipped(task)
+            tasks.remove(task)
+    if not tasks:
+        return []
+    return run_in_lanes(tasks, lanes=min(lanes, len(tasks)), threads=threads, usable=runtime.usable_cores(),
+                        workdir=workdir,
                         setup_config=rows[0][1], claim=claim, cache_shared=bool(runtime.compilation_cache_dir()),
                         started=lambda task, lane: progress.row_started(task.run_id, task.run_dir, lane),
                         skipped=skipped, ended=lambda end: finished(end.run_id, end.result, end.seconds))
