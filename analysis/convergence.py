@@ -62,7 +62,7 @@ def convergence_figure(group: Group, width: int, *, window: int = SMOOTHING_WIND
                                      error_percent=panel.error_percent) for run in curve.runs]
                 band = seed_band(series)
                 if band.has_data():
-                    plot_band(ax, band, x, colours[curve.label], curve.label)
+                    plot_band(ax, band, x, colours[curve.label], curve.name)
                     drawn += 1
                 if panel.key == "loss":
                     mark_divergences(ax, curve.runs, x, colours[curve.label])

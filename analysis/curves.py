@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis.runs import Run
+from analysis.runs import RunRecord
 
 SMOOTHING_WINDOW = 10  # log lines; docs/dying.md's K (and its "10-step-mean loss" when logging every step)
 
@@ -63,7 +63,7 @@ class RunSeries:
     values: np.ndarray
 
 
-def run_series(run: Run, split: str, key: str, *, smooth: int | None = None, full_windows_only: bool = False,
+def run_series(run: RunRecord, split: str, key: str, *, smooth: int | None = None, full_windows_only: bool = False,
                block: int | str | None = None, error_percent: bool = False) -> RunSeries:
     """One metric of one run. `smooth`: moving-mean window in log lines. `block`: for per-block list keys
     (`block_ratio/c`), the block index, or "max" for the largest block at each line. `error_percent`: plot an

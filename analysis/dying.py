@@ -59,7 +59,7 @@ def dying_figure(group: Group, *, window: int = SMOOTHING_WINDOW) -> Figure:
             for curve in group.curves_at(width):
                 band = seed_band([run_series(run, "train", key, smooth=smooth) for run in curve.runs])
                 if band.has_data():
-                    plot_band(ax, band, "step", colours[curve.label], curve.label)
+                    plot_band(ax, band, "step", colours[curve.label], curve.name)
                     drawn += 1
                 if key == "loss":
                     mark_divergences(ax, curve.runs, "step", colours[curve.label])
@@ -101,7 +101,7 @@ def verdict_heatmap(group: Group, cells: pd.DataFrame) -> Figure:
     ax.set_yticks(np.arange(len(widths) + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="white", linewidth=2)
     ax.tick_params(which="minor", length=0)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_xticks(range(len(labels)), [group.name_of(label) for label in labels], rotation=30, ha="right")
     ax.set_yticks(range(len(widths)), [str(w) for w in widths])
     ax.set_xlabel("variant (residual scale)")
     ax.set_ylabel("filter count (deepest width)")
@@ -138,7 +138,7 @@ def block_ratio_figure(group: Group) -> Figure | None:
                 band = seed_band([run_series(run, "train", f"block_ratio/{stage}", block="max")
                                   for run in curve.runs])
                 if band.has_data():
-                    plot_band(ax, band, "step", colours[curve.label], curve.label)
+                    plot_band(ax, band, "step", colours[curve.label], curve.name)
                     lowest.append(np.nanmin(band.low))
             if lowest and min(lowest) > 0:
                 log_scale(ax)  # dying blocks climb from ~0.1 to ~100: only a log axis shows both
@@ -163,7 +163,7 @@ def learnable_scale_figure(group: Group, label: str) -> Figure:
     curves = learnable_curves(group)[label]
     names = stages(group, "residual_scale")
     figure, axes = new_figure(len(names), len(curves))
-    figure.suptitle(f"Learnable residual scales, {label}\n{group.key.label}", fontsize=10)
+    figure.suptitle(f"Learnable residual scales ({group.name_of(label)})\n{group.key.label}", fontsize=10)
     for column, curve in enumerate(curves):
         for row, stage in enumerate(names):
             ax = axes[row, column]

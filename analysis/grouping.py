@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from analysis.runs import Run
-from inception_jax.models.variants import order_key
+from analysis.runs import RunRecord
+from inception_jax.models.variants import display_name, order_key
 
 # (config key, how the value reads in a label). Changing one of these changes what "comparable" means.
 GROUP_FIELDS = (
@@ -61,15 +61,16 @@ class Curve:
     width: int
     variant: str
     is_residual: bool
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     label: str  # the variant, prefixed by the model when the group holds several models
     warnings: tuple[str, ...] = ()
+    name: str = ""  # the label in a reader's words ("residual, scale 0.3"): figure legends, the report's tables
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
     key: GroupKey
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     curves: tuple[Curve, ...]  # by width, then model, then variant_order
     warnings: tuple[str, ...]
 
@@ -81,6 +82,10 @@ class Group:
     def labels(self) -> list[str]:
         """Curve labels in display order, each once: the heatmap's columns and the colour order."""
         return list(dict.fromkeys(curve.label for curve in sorted(self.curves, key=_label_order)))
+
+    def name_of(self, label: str) -> str:
+        """A curve label in a reader's words (Curve.name)."""
+        return next((curve.name for curve in self.curves if curve.label == label), label)
 
     def curves_at(self, width: int) -> list[Curve]:
         return [curve for curve in self.curves if curve.width == width]
@@ -94,12 +99,12 @@ class Group:
         return candidates[0] if len(candidates) == 1 else None
 
 
-def run_seed(run: Run) -> Any:
+def run_seed(run: RunRecord) -> Any:
     """The run's seed (its label when the config has none): what pairs a residual run with its plain twin."""
     return run.seed if run.seed is not None else run.label
 
 
-def paired_runs(curve: Curve, reference: Curve) -> list[tuple[Run, Run]]:
+def paired_runs(curve: Curve, reference: Curve) -> list[tuple[RunRecord, RunRecord]]:
     """(run of `curve`, run of `reference`) with the same seed: same data order, same initial weights where the
     shapes agree, so a per-seed ratio compares like with like."""
     twins = {run_seed(run): run for run in reference.runs}
@@ -127,7 +132,7 @@ def _is_bookkeeping(key: str) -> bool:
             or last.endswith(("dir", "path")))
 
 
-def config_differences(runs: Iterable[Run], ignore_prefixes: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def config_differences(runs: Iterable[RunRecord], ignore_prefixes: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Config leaves (dotted keys) whose values differ among `runs`, with the distinct values; bookkeeping and
     `ignore_prefixes` are left out. A key absent from some runs counts as the value '(absent)'."""
     flat = [_flatten(run.config) for run in runs]
@@ -153,24 +158,26 @@ def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
 
 
-def group_runs(runs: Iterable[Run]) -> list[Group]:
+def group_runs(runs: Iterable[RunRecord]) -> list[Group]:
     """Runs split into groups (sorted by label) and curves; see the module docstring."""
-    by_key: dict[GroupKey, list[Run]] = {}
+    by_key: dict[GroupKey, list[RunRecord]] = {}
     for run in runs:
         key = GroupKey(tuple((field, _hashable(run.get(field))) for field, _ in GROUP_FIELDS))
         by_key.setdefault(key, []).append(run)
     groups = []
     for key, members in by_key.items():
         several_models = len({run.model for run in members}) > 1
-        by_curve: dict[tuple[str, int, str, bool], list[Run]] = {}
+        by_curve: dict[tuple[str, int, str, bool], list[RunRecord]] = {}
         for run in members:
             by_curve.setdefault((run.model, run.deepest_width, run.variant, run.is_residual), []).append(run)
         curves = []
         for (model, width, variant, is_residual), seeds in by_curve.items():
             seeds.sort(key=lambda run: (run.seed if isinstance(run.seed, int) else 0, run.label))
             label = f"{model} {variant}" if several_models else variant
+            name = display_name(variant, is_residual)
             warnings = tuple(f"{label} at width {width}: " + text for text in _describe(config_differences(seeds)))
-            curves.append(Curve(model, width, variant, is_residual, tuple(seeds), label, warnings))
+            curves.append(Curve(model, width, variant, is_residual, tuple(seeds), label, warnings,
+                                f"{model} {name}" if several_models else name))
         curves.sort(key=lambda c: (c.width, *_label_order(c)))
         group_warnings = _describe(config_differences(members, _CURVE_DEFINING_PREFIXES))
         group_warnings += [text for curve in curves for text in curve.warnings]

@@ -1,12 +1,14 @@
 """Build the report (HTML, PNG, SVG, CSV) from run folders alone.
 
-    python -m analysis.report --runs=<sweep_dir | runs dir | folder of sweeps> [--out=<dir>] \\
+    python -m analysis.report [--runs=]<sweep_dir | runs dir | folder of sweeps> [--out=<dir>] \\
         [--thresholds=0.3,0.4,0.5] [--smooth=10]
 
 The main job calls `generate_report(sweep_dir, command=...)` when it ends. The output goes to `<runs>/report/`
-(`<sweep_dir>/report/` when given a sweep's runs/ folder) unless --out says otherwise: report.html
-(self-contained), every figure as .png and .svg, every table as .csv, and manifest.json (the files written, so a
-rerun removes figures of groups that no longer exist). Missing, partial and broken runs are listed, never fatal.
+(`<sweep_dir>/report/` when given a sweep's runs/ folder) unless --out says otherwise: report.html (inline CSS,
+no script, the figures by relative path), every figure as .png and .svg, every table as .csv, and manifest.json
+(the files written). The report is written into a folder beside it and swapped in whole, so an interrupted run
+leaves the previous report as it was; files a user added to the old folder are carried over. Missing, partial and
+broken runs are listed, never fatal; a folder with no run folder at all is an error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from analysis.curves import SMOOTHING_WINDOW
 from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, learnable_scale_figure, verdict_heatmap
 from analysis.findings import Finding, group_findings
 from analysis.grouping import GROUP_FIELDS, Group, group_runs
-from analysis.html import FigureFile, Provenance, render_report
 from analysis.plotting import save_figure
-from analysis.runs import Run, SkippedRun, load_runs
+from analysis.report_folder import replaced_whole, unusable_reason, write_manifest
+from analysis.report_html import FigureFile, Provenance, render_report
+from analysis.runs import RunRecord, RunSet, SkippedRun, load_runs
+from analysis.statistics import METHODS as CLAIM_METHODS
 from analysis.tables import (
     DEFAULT_THRESHOLDS,
     SOURCE_EVAL,
@@ -81,12 +85,15 @@ def methods(thresholds: Sequence[float], window: int) -> list[str]:
         "mean, counted only once a full window exists). A curve's value is the median over its seeds, a seed that "
         "never reached counting as infinitely late; ratio = residual / plain at the same filter count, only when "
         "both reached.",
-        "Verdicts are read from verdict.json (else result.json), never recomputed. A heatmap cell's colour is the "
+        "Verdicts are read from verdict.json (else result.json), never recomputed from the history; a stored "
+        "verdict is read under training's final-evaluation rule (docs/dying.md §3), so a death never recovered from, "
+        "at chance-level eval top-1, is died and no run at chance is healthy. A heatmap cell's colour is the "
         f"majority verdict over its seeds, a tie going to the more severe one ({' < '.join(VERDICTS)}); the cell "
         "lists every verdict's count and the mean final eval top-1 (train accuracy when a seed has no eval; "
         "diverged seeds are left out of the mean).",
         "Runs used: those with result.json, and diverged runs (verdict.json 'diverged') even without it. Runs "
         "without result.json are partial (unfinished or still running): listed under Skipped runs, never plotted.",
+        *CLAIM_METHODS,
     ]
 
 
@@ -117,18 +124,8 @@ def _unique_slugs(groups: Sequence[Group]) -> dict[str, str]:
     return slugs
 
 
-def _remove_stale(out_dir: Path, written: set[str]) -> None:
-    """Delete files a previous run of the report wrote (its manifest) that this run did not write again."""
-    manifest = out_dir / "manifest.json"
-    try:
-        previous = json.loads(manifest.read_text()).get("files", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
-        previous = []
-    for name in previous:
-        path = out_dir / str(name)
-        if str(name) not in written and path.parent == out_dir and path.is_file():
-            path.unlink()
-    manifest.write_text(json.dumps({"files": sorted(written)}, indent=1))
+class ReportError(ValueError):
+    """Nothing can be reported (no run folder) or written (an output folder that is not a report's)."""
 
 
 def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, command: str | None = None,
@@ -146,8 +143,19 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
     if any(not 0.0 < t <= 1.0 for t in thresholds):
         raise ValueError(f"thresholds={list(thresholds)}: each must be an accuracy in (0, 1]")
     run_set = load_runs(runs_dir)
+    if not run_set.runs and all(skipped.status == "missing" for skipped in run_set.skipped):
+        raise ReportError(f"{runs_dir} holds no run folders (a run folder has config.json and metrics.jsonl)")
+    problem = unusable_reason(out_dir)
+    if problem:
+        raise ReportError(problem)
+    with replaced_whole(out_dir) as work:  # an interrupted report leaves the previous one as it was
+        return _write_report(run_set, runs_dir, work, out_dir, command, thresholds, window)
+
+
+def _write_report(run_set: RunSet, runs_dir: Path, work: Path, out_dir: Path, command: str | None,
+                  thresholds: Sequence[float], window: int) -> ReportResult:
+    """Every file of the report into `work`; the paths returned are those they will have in `out_dir`."""
     groups = group_runs(run_set.runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     slugs = _unique_slugs(groups)
 
     figures: list[FigureFile] = []
@@ -162,56 +170,74 @@ def generate_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, 
                     continue
                 title = figure.get_suptitle() or (figure.axes[0].get_title() if figure.axes else name)
                 title = title.replace("\n", ": ")
-                png, svg = save_figure(figure, out_dir, name)
+                png, svg = save_figure(figure, work, name)
             except Exception as error:  # one broken figure must not cost the whole report at the end of a job
                 errors.append(f"{name}: {type(error).__name__}: {error}")
                 traceback.print_exc(file=sys.stderr)
                 continue
-            figures.append(FigureFile(name, title, kind, group.key.label, png, svg))
+            figures.append(FigureFile(name, title, kind, group.key.label, out_dir / png.name, out_dir / svg.name))
 
     findings = {group.key.label: tuple(group_findings(group, thresholds)) for group in groups}
     group_tables = [thresholds_table(groups, thresholds, window), verdicts_table(groups)]
     tables = [runs_table(groups), skipped_table(run_set.skipped)]
     csv_paths = {}
     for table in (*group_tables, *tables):
+        table.data.to_csv(work / f"{table.name}.csv", index=False)
         csv_paths[table.name] = out_dir / f"{table.name}.csv"
-        table.data.to_csv(csv_paths[table.name], index=False)
 
     regenerate = (f"python -m analysis.report --runs={shlex.quote(str(runs_dir))} "
                   f"--out={shlex.quote(str(out_dir))} --thresholds={','.join(f'{t:g}' for t in thresholds)} "
                   f"--smooth={window}")
+    root = runs_dir.resolve()
     provenance = Provenance(command=command or f"analysis.report.generate_report({str(runs_dir)!r})",
-                            regenerate=regenerate, root=runs_dir.resolve(), sweeps=run_set.sweeps,
-                            generated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+                            regenerate=regenerate, root=root, sweeps=run_set.sweeps,
+                            generated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                            machines=tuple(sorted({str(run.get("derived.machine")) for run in run_set.runs
+                                                   if run.get("derived.machine")})),
+                            train_seconds=sum(t for t in (final_values(run)["wall_time_s"] for run in run_set.runs)
+                                              if math.isfinite(t)),
+                            run_dates=_finish_dates(run_set.runs),
+                            logdir=root / "runs" if (root / "runs").is_dir() else root)
     methods_text = methods(thresholds, window) + [f"Figure not drawn: {e}" for e in errors]
     page = render_report(provenance=provenance, groups=groups, figures=figures, group_tables=group_tables,
-                         tables=tables, runs=run_set.runs, methods=methods_text, findings=findings)
-    html_path = out_dir / "report.html"
-    html_path.write_text(page, encoding="utf-8")
-    findings_path = out_dir / "findings.json"
-    findings_path.write_text(json.dumps({label: [dataclasses.asdict(f) for f in items]
-                                         for label, items in findings.items()}, indent=1, default=str))
-    summary_path = out_dir / "summary.md"
-    summary_path.write_text(summary_markdown(provenance, run_set.runs, findings), encoding="utf-8")
-
-    written = {html_path.name, findings_path.name, summary_path.name, *(p.name for p in csv_paths.values())}
-    written |= {p.name for f in figures for p in (f.png, f.svg)}
-    _remove_stale(out_dir, written)
-    return ReportResult(html=html_path, out_dir=out_dir, figures=tuple(figures), findings=findings,
-                        summary=summary_path, tables=csv_paths,
+                         tables=tables, runs=run_set.runs, methods=methods_text, findings=findings, out_dir=out_dir)
+    (work / "report.html").write_text(page, encoding="utf-8")
+    (work / "findings.json").write_text(json.dumps({label: [dataclasses.asdict(f) for f in items]
+                                                   for label, items in findings.items()}, indent=1, default=str))
+    (work / "summary.md").write_text(summary_markdown(provenance, run_set.runs, findings), encoding="utf-8")
+    write_manifest(work)
+    return ReportResult(html=out_dir / "report.html", out_dir=out_dir, figures=tuple(figures), findings=findings,
+                        summary=out_dir / "summary.md", tables=csv_paths,
                         frames={t.name: t.data for t in (*group_tables, *tables)},
                         runs_used=tuple(run.label for run in run_set.runs), runs_skipped=run_set.skipped,
                         groups=tuple(group.key.label for group in groups), errors=tuple(errors))
 
 
-def summary_markdown(provenance: Provenance, runs: Sequence[Run], findings: dict[str, tuple[Finding, ...]]) -> str:
+def _finish_dates(runs: Sequence[RunRecord]) -> str:
+    """When the runs finished (their result.json / verdict.json times), as a UTC range."""
+    times = []
+    for run in runs:
+        for name in ("result.json", "verdict.json"):
+            try:
+                times.append((run.path / name).stat().st_mtime)
+                break
+            except OSError:
+                continue
+    if not times:
+        return ""
+    first, last = (datetime.datetime.fromtimestamp(t, datetime.UTC) for t in (min(times), max(times)))
+    end = last.strftime("%H:%M" if first.date() == last.date() else "%Y-%m-%d %H:%M")
+    return f"{first:%Y-%m-%d %H:%M} to {end} UTC" if end != f"{first:%H:%M}" else f"{first:%Y-%m-%d %H:%M} UTC"
+
+
+def summary_markdown(provenance: Provenance, runs: Sequence[RunRecord],
+                     findings: dict[str, tuple[Finding, ...]]) -> str:
     """The findings as a short text (README's main-job section quotes one): when, on what, by which command."""
-    machines = sorted({str(run.get("derived.machine")) for run in runs if run.get("derived.machine")})
-    seconds = sum(t for t in (final_values(run)["wall_time_s"] for run in runs) if math.isfinite(t))
-    lines = [f"Generated {provenance.generated} from {len(runs)} runs ({seconds:.0f} s of training and evaluation) "
-             f"on {'; '.join(machines) or 'an unrecorded machine'}, by `{provenance.command}`.", ""]
+    lines = [f"Generated {provenance.generated} from {len(runs)} runs ({provenance.train_seconds:.0f} s of training "
+             f"and evaluation) on {'; '.join(provenance.machines) or 'an unrecorded machine'}, by "
+             f"`{provenance.command}`.", ""]
     for label, items in findings.items():
-        lines += [f"**{label}**", ""] + [f"- {finding.text}" for finding in items] + [""]
+        lines += [f"**{label}**", ""] + [f"- **{f.text}**" if f.headline else f"- {f.text}" for f in items] + [""]
     return "\n".join(lines)
 
 
@@ -227,7 +253,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", required=True, help="a sweep folder, its runs/ folder, a folder of sweeps or a run")
+    parser.add_argument("runs_dir", nargs="?", help="the same as --runs")
+    parser.add_argument("--runs", help="a sweep folder, its runs/ folder, a folder of sweeps or a run")
     parser.add_argument("--out", default=None, help="output folder (default: <runs>/report, or <sweep>/report for a "
                                                     "sweep's runs/ folder)")
     parser.add_argument("--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS,
@@ -235,14 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smooth", type=int, default=SMOOTHING_WINDOW,
                         help="train-metric moving mean, in log lines (default 10)")
     args = parser.parse_args(argv)
+    if (args.runs is None) == (args.runs_dir is None):
+        parser.error("give the folder to report on once: python -m analysis.report <dir> (or --runs=<dir>)")
     if args.smooth < 1:
         parser.error(f"--smooth={args.smooth}: must be a positive number of log lines")
     command = "python -m analysis.report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
                                                                               else argv))
     try:
-        result = generate_report(args.runs, args.out, command=command, thresholds=args.thresholds,
+        result = generate_report(args.runs or args.runs_dir, args.out, command=command, thresholds=args.thresholds,
                                  window=args.smooth)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ReportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"report: {result.html}")

@@ -4,7 +4,9 @@ A run folder is any directory holding one of the files of docs/run_folder.md, or
 `runs/` directory. A run is used when its config is usable and it has finished: it has result.json, or its
 verdict.json says it diverged (training stops on a non-finite loss and may write no result.json). Every other
 folder becomes a `SkippedRun` with the reason; nothing here raises on a bad run. This module must not import the
-training code or compute verdicts: it reads what the runs wrote.
+training code or compute verdicts from histories: it reads what the runs wrote, with one exception kept in training's
+rules (analysis.verdicts.current_verdict): a stored verdict is brought under the final-evaluation rule of
+docs/dying.md §3, with a warning, so a run written before that rule reads like one written after it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from analysis.verdicts import current_verdict
+
 RUN_FILES = ("config.json", "metrics.jsonl", "verdict.json", "result.json")
 # Folders that live inside a sweep or run folder but are never run folders themselves.
-_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "replaced", "__pycache__"})  # replaced/: --rerun_changed
+# replaced/ holds run folders of another config that --rerun_changed moved aside (docs/run_folder.md: never read).
+_NOT_RUN_DIRS = frozenset({"checkpoints", "report", "replaced", "__pycache__"})
 # Config keys every analysed run needs; without them a run cannot be placed on any figure.
 REQUIRED_CONFIG_KEYS = ("model.name", "data.name", "derived.deepest_width", "derived.variant")
 
@@ -91,7 +96,7 @@ class MetricLog:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunRecord:
     """A finished run: its config, its metrics per split, and what it wrote at the end."""
 
     label: str  # unique within a RunSet: the run_id, or the relative path when run_ids collide
@@ -163,12 +168,13 @@ class SkippedRun:
     path: Path
     status: str
     reason: str
+    config: dict[str, Any] | None = None  # config.json when it could be read
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSet:
     root: Path
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
     skipped: tuple[SkippedRun, ...]
     sweeps: tuple[dict[str, Any], ...]  # every sweep.json found, with "path" added
 
@@ -220,30 +226,46 @@ def read_metrics(path: Path) -> tuple[dict[str, MetricLog], list[str]]:
     return {split: MetricLog(split, tuple(records)) for split, records in logs.items()}, warnings
 
 
-def load_run(path: Path, label: str) -> Run | SkippedRun:
-    """One run folder as a Run, or a SkippedRun saying why it cannot be used."""
+def _judged_with_evaluation(verdict: dict[str, Any], result: dict[str, Any], eval_log: MetricLog,
+                            config: dict[str, Any]) -> dict[str, Any]:
+    """verdict.json under the final-evaluation rule: the final eval top-1 from result.json (else the last eval
+    line), the eval set's size from the last eval line; unchanged when either is missing."""
+    last = eval_log.records[-1] if eval_log.records else {}
+    top1 = as_float(result.get("eval_top1"))
+    if math.isnan(top1):
+        top1 = as_float(last.get("top1"))
+    num_examples = last.get("num_examples")
+    if not isinstance(num_examples, int):
+        num_examples = None
+    return current_verdict(verdict, top1, num_examples, config_value(config, "derived.num_classes"))
+
+
+def load_run(path: Path, label: str) -> RunRecord | SkippedRun:
+    """One run folder as a RunRecord, or a SkippedRun saying why it cannot be used."""
     config, problem = _read_json(path / "config.json")
     if config is None:
         return SkippedRun(label, path, "invalid", problem or "no config.json")
     missing = [key for key in REQUIRED_CONFIG_KEYS if config_value(config, key) is None]
     if missing:
-        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)")
+        return SkippedRun(label, path, "invalid", f"config.json lacks {', '.join(missing)} (docs/run_folder.md)",
+                          config)
     try:
         int(config_value(config, "derived.deepest_width"))
     except (TypeError, ValueError):
         width = config_value(config, "derived.deepest_width")
-        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer")
+        return SkippedRun(label, path, "invalid", f"config.json derived.deepest_width={width!r} is not an integer",
+                          config)
     # Before the first log line a run that has not finished is just starting: partial, not broken.
     not_started = "invalid" if (path / "result.json").is_file() else "partial"
     metrics_path = path / "metrics.jsonl"
     if not metrics_path.is_file():
-        return SkippedRun(label, path, not_started, "no metrics.jsonl")
+        return SkippedRun(label, path, not_started, "no metrics.jsonl", config)
     try:
         logs, warnings = read_metrics(metrics_path)
     except OSError as error:
-        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})")
+        return SkippedRun(label, path, "invalid", f"metrics.jsonl unreadable ({error})", config)
     if not logs:
-        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line")
+        return SkippedRun(label, path, not_started, "metrics.jsonl has no complete log line", config)
     verdict, verdict_problem = _read_json(path / "verdict.json")
     result, result_problem = _read_json(path / "result.json")
     diverged = verdict is not None and verdict.get("verdict") == "diverged"
@@ -252,11 +274,16 @@ def load_run(path: Path, label: str) -> Run | SkippedRun:
         planned = config_value(config, "train.num_steps")
         of_planned = f" of {planned}" if planned is not None else ""
         why = "unfinished or still running" if result_problem == "no result.json" else result_problem
-        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}")
+        return SkippedRun(label, path, "partial", f"{why}: last logged step {last_step}{of_planned}", config)
+    empty = MetricLog("", ())
     if verdict is None:
         warnings.append(verdict_problem or "no verdict.json")
-    empty = MetricLog("", ())
-    return Run(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
+    else:
+        verdict = _judged_with_evaluation(verdict, result or {}, logs.get("eval", empty), config)
+        if "stored_verdict" in verdict:
+            warnings.append(f"verdict.json says {verdict['stored_verdict']}; read as {verdict['verdict']} under "
+                            f"docs/dying.md §3 (final eval top-1 {verdict['final_eval_top1']:.3f})")
+    return RunRecord(label=label, run_id=str(config.get("run_id") or path.name), path=path, config=config,
                train=logs.get("train", empty), eval=logs.get("eval", empty), probe=logs.get("probe", empty),
                verdict=verdict, result=result, warnings=tuple(warnings))
 
@@ -293,7 +320,7 @@ def load_runs(root: str | Path) -> RunSet:
 
     loaded = [load_run(path, relative(path)) for path in run_dirs]
     skipped = [item for item in loaded if isinstance(item, SkippedRun)]
-    runs = [item for item in loaded if isinstance(item, Run)]
+    runs = [item for item in loaded if isinstance(item, RunRecord)]
     # Short labels (run ids) unless two runs share one, as when several sweeps reuse row names.
     id_counts = Counter(run.run_id for run in runs)
     runs = [dataclasses.replace(run, label=run.run_id) if id_counts[run.run_id] == 1 else run for run in runs]

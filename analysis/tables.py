@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.curves import SMOOTHING_WINDOW, Crossing, first_crossing, run_series
 from analysis.grouping import Curve, Group, paired_runs
-from analysis.runs import MetricLog, Run, SkippedRun, as_float
+from analysis.runs import MetricLog, RunRecord, SkippedRun, as_float
 from analysis.verdicts import UNKNOWN, VERDICTS, combine_verdicts, format_counts
 
 SOURCE_EVAL = "eval top-1"
@@ -45,7 +45,7 @@ def _last_logged(log: MetricLog, key: str) -> float:
     return next((as_float(record[key]) for record in reversed(log.records) if key in record), math.nan)
 
 
-def final_values(run: Run) -> dict[str, Any]:
+def final_values(run: RunRecord) -> dict[str, Any]:
     """A run's end-of-run numbers: result.json's, else the last logged value (a diverged run may have no
     result.json); the verdict fields from verdict.json, else from result.json."""
     result = run.result or {}
@@ -75,13 +75,24 @@ def threshold_source(curves: Iterable[Curve]) -> str:
     return SOURCE_EVAL if runs and has_eval else SOURCE_TRAIN
 
 
-def run_crossings(run: Run, source: str, thresholds: Sequence[float], window: int = SMOOTHING_WINDOW
+def run_crossings(run: RunRecord, source: str, thresholds: Sequence[float], window: int = SMOOTHING_WINDOW
                   ) -> dict[float, Crossing]:
     if source == SOURCE_EVAL:
         series = run_series(run, "eval", "top1")
     else:
         series = run_series(run, "train", "accuracy", smooth=window, full_windows_only=True)
     return {t: first_crossing(series.steps, series.times, series.values, t) for t in thresholds}
+
+
+def threshold_columns(run: RunRecord, thresholds: Sequence[float]) -> dict[str, int | float | None]:
+    """One run's steps and seconds to each threshold, by train accuracy and by eval top-1, as results.csv names
+    them (`steps_to_train_acc_0.3`, `seconds_to_eval_top1_0.3`, ...; None: not reached)."""
+    columns: dict[str, int | float | None] = {}
+    for source, name in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
+        for t, crossing in run_crossings(run, source, thresholds).items():
+            columns[f"steps_to_{name}_{t:g}"] = crossing.step
+            columns[f"seconds_to_{name}_{t:g}"] = None if crossing.seconds is None else round(crossing.seconds, 2)
+    return columns
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     `logs=False` times a step that does not log (most of a run's steps: the default config logs every 10th after
     the first 200), which skips the global norms of the logged metrics (train_step.py). `codegen` is the config's
     `xla_cpu_codegen` (cpu/codegen.py) and `kernels` its `kernels` ("auto": the CPU backend's on CPU, stock JAX
-    elsewhere; cpu/kernels.py), as the training loop compiles with them. Single-device steps run inline on CPU, as
+    elsewhere; cpu/backend.py), as the training loop compiles with them. Single-device steps run inline on CPU, as
     in the main job (host_memory.run_cpu_steps_inline), when this is the process's first use of JAX.
     """
     host_memory.run_cpu_steps_inline()  # as the main job runs its steps (runtime.setup); before JAX's backends exist
@@ -33,7 +33,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     import optax
     from flax import nnx
 
-    from inception_jax.cpu.kernels import kernels_for
+    from inception_jax.cpu.backend import backend_for
     from inception_jax.models import build_model, grid_17, model_options
     from inception_jax.training.optim import make_optimizer
     from inception_jax.training.train_step import StepConfig, init_state, train_step
@@ -48,7 +48,7 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=schedule, num_classes=num_classes, label_smoothing=0.0,
                      aux_loss_weight=0.0, ema_decay=0.0, diagnostics=diagnostics, learnable_scales=False,
                      log_schedule=(0, 1, 0) if logs else (0, 2**31 - 1, -1),
-                     kernels=kernels_for(kernels, jax.devices()[0].platform, codegen))
+                     kernels=backend_for(kernels, jax.devices()[0].platform, codegen))
     state = jax.jit(lambda: init_state(opts, tx, 0))()
     rng = np.random.default_rng(0)
     data = jax.device_put({"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),

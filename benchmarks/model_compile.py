@@ -7,7 +7,7 @@ Prints, per model: parameter count, compile time of jit(value_and_grad(loss)) an
 of --repeats after a warm-up), for both block layouts, and the ratios scanned / unrolled. The persistent
 compilation cache is disabled so that compile times are real. Targets (issue #2): the scanned IR-v2 compiles in
 <= 20 s and <= 1/5 of the unrolled compile; the scanned step runs within 10 % of the unrolled one. The programs
-are traced with the kernels a run on this platform gets (`--kernels`, inception_jax/cpu/kernels.py).
+are traced with the kernels a run on this platform gets (`--kernels`, inception_jax/cpu/backend.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from inception_jax.cpu.kernels import KERNEL_CHOICES, kernels_for
+from inception_jax.cpu.backend import BACKEND_CHOICES, backend_for
 from inception_jax.models import MODEL_NAMES, count_params, create_model, model_options
 
 jax.config.update("jax_enable_compilation_cache", False)
@@ -49,7 +49,7 @@ def grad_fn(model, kernels):
 
 def measure(name: str, scan: bool, args) -> dict:
     model = create_model(name, scan_blocks=scan, num_classes=1000, **args.knobs)
-    fn, params, rest = grad_fn(model, kernels_for(args.kernels, jax.devices()[0].platform))
+    fn, params, rest = grad_fn(model, backend_for(args.kernels, jax.devices()[0].platform))
     x = jax.random.uniform(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3), minval=-1, maxval=1)
     y = jnp.zeros((args.batch,), jnp.int32)
     begin = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--width_multiplier", type=float, default=1.0)
-    parser.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES)
+    parser.add_argument("--kernels", default="auto", choices=BACKEND_CHOICES)
     args = parser.parse_args()
     args.knobs = {"width_multiplier": args.width_multiplier}
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "

@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--codegen", default="tuned", choices=cpu_codegen.CODEGENS,
                         help="XLA:CPU code generation (inception_jax/cpu/codegen.py)")
     parser.add_argument("--kernels", default="auto", choices=("auto", "stock", "cpu"),
-                        help="the models' kernels: the CPU backend's or stock JAX (inception_jax/cpu/kernels.py)")
+                        help="the models' kernels: the CPU backend's or stock JAX (inception_jax/cpu/backend.py)")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax

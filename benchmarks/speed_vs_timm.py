@@ -185,7 +185,7 @@ def main() -> None:
                         help="our step's XLA:CPU code generation (inception_jax/cpu/codegen.py)")
     parser.add_argument("--kernels", default="auto", choices=("auto", "stock", "cpu"),
                         help="our models' kernels: auto = the CPU backend's on CPU, stock JAX on GPU "
-                             "(inception_jax/cpu/kernels.py)")
+                             "(inception_jax/cpu/backend.py)")
     parser.add_argument("--cpu_dispatch", default="inline", choices=host_memory.DISPATCH_MODES,
                         help="how our side runs its steps on CPU (host_memory.run_cpu_steps_inline)")
     args = parser.parse_args()

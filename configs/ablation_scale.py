@@ -20,21 +20,21 @@ narrowest and past the paper's 1000; plain, scale 1.0, 0.3, 0.1 and a learnable 
 steps; timed in README.md), `gpu` and `imagenet` (the paper's recipe at 299 px), `tiny` (tests). At this
 learning rate unscaled networks are damaged or die at every CPU-scale width; configs/width_threshold.py maps where
 the threshold sits at lower ones.
-Arguments: preset, seeds (an int; default per preset), seed_offset (the first seed; default 0).
+Arguments: preset, seeds (an integer >= 1; default per preset), seed_offset (the first seed; default 0).
 """
 
-from inception_jax.configuration import base_config, parse_arg
+import functools
+
+from inception_jax.configuration import base_config, model_knobs, parse_arg
+from inception_jax.models import model_options, stage_widths
 
 MODEL = "inception_resnet_v2_paper"
 PRESETS = ("cpu", "cpu_long", "gpu", "imagenet", "tiny")
-SCALES = (1.0, 0.3, 0.1)
 
 
 def _args(arg):
-    args = parse_arg(arg, preset=("cpu", str), seeds=(0, int), seed_offset=(0, int))
-    if args.preset not in PRESETS:
-        raise ValueError(f"configs/ablation_scale.py: preset={args.preset!r} is not one of {list(PRESETS)}")
-    return args
+    # seeds: None takes the preset's count.
+    return parse_arg(arg, preset=("cpu", PRESETS), seeds=(None, int, 1), seed_offset=(0, int))
 
 
 def get_config(arg: str | None = None):
@@ -50,13 +50,12 @@ def get_config(arg: str | None = None):
     c.data.image_size = 75  # the smallest input the networks take: grids 7 / 3 / 1
     c.data.eval_split = "validation[:500]"  # evaluated often: convergence curves at a CPU price
     # Precise BN: statistics recomputed from 8 training batches before each evaluation. The running averages lag
-    # weights that move this fast: a wide scaled network at 66 % train accuracy evaluated at chance without it.
+    # weights that move this fast (docs/dying.md §5, "The main job's budget").
     c.train.precise_bn_batches = 8
     c.report.thresholds = (0.2, 0.3, 0.4, 0.5, 0.6)
-    # docs/dying.md: the effect shows with plain SGD-momentum, no warm-up, no gradient clipping (clipping the
-    # global norm at 2.0, the paper's recipe, kept an unscaled 640-filter network alive: 87 % at 500 steps). The
-    # cosine decay lets the scaled networks converge within the CPU budget (69 % eval top-1 at 500 steps at 640
-    # filters, where a constant 0.05 gave 43 % at 400) while the unscaled ones still die in their first 100 steps.
+    # The effect shows with plain SGD-momentum, no warm-up, no gradient clipping (the paper's clipping hides it);
+    # the cosine decay lets the scaled networks converge within the CPU budget while the unscaled ones still die
+    # early (docs/dying.md §5).
     c.train.optimizer = "sgd"
     c.train.momentum = 0.9
     c.train.learning_rate = 0.05
@@ -65,9 +64,8 @@ def get_config(arg: str | None = None):
     c.train.grad_clip_norm = 0.0
     c.train.label_smoothing = 0.0
     c.train.batch_size = 32
-    # 600 steps: the budget of 12 runs in 10 minutes (650 steps took 10 min 46 s cold). Scale 0.3 at 160 filters
-    # reached 78 % in one seed and 29 % in another: a seed can stall for hundreds of steps, hence 2 seeds and the
-    # report's k-of-n wording.
+    # 600 steps: what 12 runs fit in 10 minutes; a seed can stall for hundreds of steps, hence 2 seeds and the
+    # report's k-of-n wording (docs/dying.md §5, "The main job's budget").
     c.train.num_steps = 600
     c.train.ema_decay = 0.0
     c.train.eval_batch_size = 500
@@ -121,7 +119,8 @@ def get_config(arg: str | None = None):
 def deepest_width_filters(width: int, preset: str) -> tuple | None:
     """Reduction-B's conv branch widths that make the C stage `width` wide (None: the network's own width), as
     (key, filters) pairs: config values cannot be dicts with dotted keys."""
-    b_width, own = (144, 268) if preset not in ("gpu", "imagenet") else (1152, 2144)
+    widths = _stage_widths(preset)
+    b_width, own = widths["b"], widths["c"]
     if width == own:
         return None
     extra = width - b_width
@@ -131,10 +130,16 @@ def deepest_width_filters(width: int, preset: str) -> tuple | None:
     return (("reduction_b.b0_1", third), ("reduction_b.b1_1", third), ("reduction_b.b2_2", extra - 2 * third))
 
 
+@functools.cache
+def _stage_widths(preset: str) -> dict[str, int]:
+    """The preset's network's own stage widths (B / C: 144 / 268 on CPU, 1152 / 2144 at full width)."""
+    model = get_config(f"preset={preset}").model
+    return stage_widths(model_options(model.name, **model_knobs(model)))
+
+
 # The variants each preset runs. The default keeps what the 10-minute CPU budget allows: plain, unscaled, and the
 # paper's scaling (0.3) at two filter counts; scale 0.1, the learnable scale and 1280 filters come with
-# cpu_long. (Three filter counts at 450 steps took 11 min 37 s cold, 74 % of it training, and scale 0.3 reached
-# only 36-43 % top-1.)
+# cpu_long (docs/dying.md §5, "The main job's budget").
 VARIANTS = {
     "plain": {"model.use_residual": False},
     "scale1": {"model.residual_scale": 1.0},

@@ -13,7 +13,7 @@ from inception_jax.configuration import base_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, size=("default", str))
+    args = parse_arg(arg, size=("default", ("default", "tiny")))
     c = base_config()
     c.model.name = "inception_resnet_v2_paper"
     c.model.width_multiplier = 0.125
@@ -33,6 +33,4 @@ def get_config(arg: str | None = None):
         c.train.probe_every_steps = 10
         c.train.checkpoint_every_steps = 10
         c.train.eval_batch_size = 64
-    elif args.size != "default":
-        raise ValueError(f"configs/default.py: size={args.size!r} is not one of ['default', 'tiny']")
     return c

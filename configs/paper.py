@@ -26,18 +26,10 @@ images (we evaluate on all 50,000: the paper says the subset gives ~0.3 % lower 
 from inception_jax.configuration import base_config, parse_arg
 from inception_jax.models import MODEL_NAMES
 
-PUBLISHED = {  # (single, 12-crop, 144-crop) top-1 error %, docs/architecture.md §6.5
-    "inception_v4": (20.0, 18.7, 17.7),
-    "inception_resnet_v1": (21.3, 19.8, 18.8),
-    "inception_resnet_v2_paper": (19.9, 18.7, 17.8),
-    "inception_resnet_v2": (19.9, 18.7, 17.8),
-}
-
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, model=("inception_resnet_v2", str), eval_only=(False, bool), batch=(1024, int))
-    if args.model not in MODEL_NAMES:
-        raise ValueError(f"configs/paper.py: model={args.model!r} is not one of {list(MODEL_NAMES)}")
+    args = parse_arg(arg, model=("inception_resnet_v2", MODEL_NAMES), eval_only=(False, bool),
+                     batch=(1024, int, 1))
     c = base_config()  # the paper's recipe is the library default
     c.model.name = args.model
     c.model.dtype = "bfloat16"

@@ -25,7 +25,7 @@ SCALES = (1.0, 0.1)
 
 
 def _args(arg):
-    return parse_arg(arg, seeds=(2, int), seed_offset=(0, int))
+    return parse_arg(arg, seeds=(2, int, 1), seed_offset=(0, int))
 
 
 def get_config(arg: str | None = None):

@@ -6,18 +6,22 @@ Config files in `configs/` start from `base_config()` and change what they need;
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from inception_jax import validation
+from inception_jax.cpu.backend import BACKEND_CHOICES
 from inception_jax.cpu.codegen import CODEGENS
-from inception_jax.cpu.kernels import KERNEL_CHOICES
+from inception_jax.data.data_config import DataConfig
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
+from inception_jax.validation import closest_keys_hint
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
@@ -55,20 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
             c.model[knob] = default
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "shapes_textures"
-    c.data.data_dir = config_dict.placeholder(str)
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.image_size = 299
-    c.data.augment = "inception"
-    c.data.color_distort = False
-    c.data.area_range = (0.05, 1.0)
-    c.data.aspect_range = (0.75, 4 / 3)
-    c.data.eval_crops = "single"
-    c.data.central_fraction = 0.875
-    c.data.num_threads = 2
-    c.data.prefetch_batches = 4
-    c.data.cache_mb = 1024  # decoded images kept in memory for later reads in this process (sweeps, epochs)
+    for field in dataclasses.fields(DataConfig):  # the data defaults' one home is DataConfig
+        c.data[field.name] = config_dict.placeholder(str) if field.name == "data_dir" else field.default
     c.model.image_size = c.data.get_ref("image_size")  # the aux head's kernel follows the training size
 
     c.train = ml_collections.ConfigDict()
@@ -125,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = "~/.cache/inception_jax/xla"
     c.xla_cpu_codegen = "tuned"  # CPU: convolutions on XLA's kernels; or "xla_default" (cpu/codegen.py)
     # How the models' ops are computed: "auto" = the CPU backend's forms on CPU, stock JAX on GPU / TPU;
-    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/kernels.py).
+    # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/backend.py).
     c.kernels = "auto"
     # XLA:CPU's threads for this run's computations: N pins the process to N of the cores it may use before JAX
     # starts (XLA sizes its thread pool from them); 0: every core the process may use. Part of the run's identity:
@@ -171,19 +163,8 @@ def num_train_steps(train_cfg: Any, steps_per_epoch: int) -> int:
     return max(1, math.ceil(value / train_cfg.batch_size))
 
 
-def check_choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}{hint}")
-
-
-def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r} must be {kind} {'>= 0' if allow_zero else '> 0'}")
+check_choice = functools.partial(validation.check_choice, error=ConfigError)
+check_positive = functools.partial(validation.check_number, error=ConfigError)
 
 
 def validate_static(config: ml_collections.ConfigDict) -> None:
@@ -193,12 +174,14 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
     check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     check_choice("xla_cpu_codegen", config.xla_cpu_codegen, CODEGENS)
-    check_choice("kernels", config.kernels, KERNEL_CHOICES)
+    check_choice("kernels", config.kernels, BACKEND_CHOICES)
     check_positive("cpu_threads", config.cpu_threads, integer=True, allow_zero=True)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
-    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay"):
+    for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay", "lr_decay_rate",
+                "rmsprop_decay", "rmsprop_momentum", "rmsprop_eps", "momentum", "adamw_b1", "adamw_b2", "adamw_eps"):
         check_positive(f"train.{key}", t[key], allow_zero=True)
+    check_positive("train.lr_decay_epochs", t.lr_decay_epochs)
     for key in ("warmup_steps", "stop_when_dead_windows", "precise_bn_batches"):
         check_positive(f"train.{key}", t[key], integer=True, allow_zero=True)
     for key in ("log_every_steps", "probe_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
@@ -227,22 +210,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def closest_keys_hint(key: str, valid: list[str]) -> str:
-    """'; closest valid keys: [...]' for an unknown dotted key (spreadsheet columns and --config.* flags)."""
-    close = difflib.get_close_matches(key, valid, n=3)
-    if close:
-        return f"; closest valid keys: {close}"
-    sections = sorted({k.split(".")[0] for k in valid if "." in k})
-    return f"; keys start with one of {sections}, or are one of {sorted(k for k in valid if '.' not in k)}"
+def config_spec(argv: list[str]) -> str | None:
+    """The `--config=file.py[:arg]` of a command line (None if it has none)."""
+    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    return spec
 
 
 def check_override_flags(argv: list[str]) -> None:
     """Every `--config.<key>=...` of a command line names a key of its `--config` file's config, else a one-line
     ConfigError naming the flag and the closest keys. (ml_collections raises a KeyError or AttributeError for an
     unknown key while absl parses flags, which absl does not catch: a 35-line traceback.)"""
-    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
-    if spec is None and "--config" in argv[:-1]:
-        spec = argv[argv.index("--config") + 1]
+    spec = config_spec(argv)
     if not spec:
         return
     valid = list(flatten(load_config(spec).to_dict()))
@@ -256,6 +236,11 @@ def check_override_flags(argv: list[str]) -> None:
                                       f"{closest_keys_hint(key, valid)}")
 
 
+def key_in(key: str, keys: Sequence[str]) -> bool:
+    """Whether dotted config `key` is one of `keys`, where an entry ending in "." names a whole section."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between a stored run's config and this one, other than RESUMABLE_KEYS. A key
     the stored config lacks (a knob added to the package since) is no conflict while it has its default value,
@@ -264,7 +249,7 @@ def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> l
     defaults = flatten(base_config().to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+        if key_in(key, RESUMABLE_KEYS):
             continue
         va, vb = a.get(key), b.get(key)
         if key not in a and key in defaults and _normalise(vb) == _normalise(defaults[key]):
@@ -282,12 +267,14 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
+def parse_arg(arg: str | None, **spec: tuple) -> Any:
     """The `:arg` of `--config=file.py:arg`, parsed strictly (big_vision `parse_arg`): 'preset=imagenet,seeds=3',
-    or a bare word for the first key ('tiny' == 'size=tiny'). `spec` maps key -> (default, type)."""
+    or a bare word for the first key ('tiny' == 'size=tiny'). `spec` maps key -> (default, kind) or
+    (default, kind, minimum): kind is bool, int, float, str or a tuple of the allowed strings; a number below
+    `minimum` is refused. Errors name the key, the value and what is allowed (`load_config` adds the file)."""
     import types
 
-    values = {k: default for k, (default, _) in spec.items()}
+    values = {k: s[0] for k, s in spec.items()}
     if arg:
         for i, part in enumerate(p.strip() for p in arg.split(",") if p.strip()):
             key, sep, raw = part.partition("=")
@@ -296,43 +283,78 @@ def parse_arg(arg: str | None, **spec: tuple[Any, type]) -> Any:
                     raise ConfigError(f"config argument {part!r} needs key=value; keys: {list(spec)}")
                 key, raw = next(iter(spec)), part
             if key not in spec:
-                close = difflib.get_close_matches(key, list(spec), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = validation.did_you_mean(key, list(spec), n=1)
                 raise ConfigError(f"config argument key {key!r} is unknown{hint}; valid keys: {list(spec)}")
-            values[key] = _convert(key, raw, spec[key][1])
+            values[key] = _convert(key, raw.strip(), *spec[key][1:])
     return types.SimpleNamespace(**values)
 
 
-def _convert(key: str, raw: str, kind: type) -> Any:
+def _convert(key: str, raw: str, kind: Any, minimum: float | None = None) -> Any:
+    if isinstance(kind, tuple):
+        if raw not in kind:
+            close = validation.close_matches(raw, kind, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key} must be one of {list(kind)} (got {raw!r}{hint})")
+        return raw
     if kind is bool:
         if raw.lower() in ("1", "true", "yes"):
             return True
         if raw.lower() in ("0", "false", "no"):
             return False
-        raise ConfigError(f"config argument {key}={raw!r} must be true or false")
+        raise ConfigError(f"{key} must be true or false (got {raw!r})")
+    if kind is str:
+        return raw
+    what = {int: "an integer", float: "a number"}[kind] + ("" if minimum is None else f" >= {minimum}")
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"config argument {key}={raw!r} must be a {kind.__name__}") from None
+        raise ConfigError(f"{key} must be {what} (got {raw!r})") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ConfigError(f"{key} must be {what} (got {raw!r})")
+    return value
 
 
 def config_module(path: str) -> Any:
     """The config file at `path` as a module (config files are loaded by path, not imported as a package; one
-    config building on another loads it this way too)."""
+    config building on another loads it this way too). A missing file names the config files there are; a syntax
+    error is one line with its line number."""
     import importlib.util
 
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such file; config files: {config_files(path)}")
     module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
-    if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found")
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"{path}: not a Python config file; config files: {config_files(path)}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        text = f" ({e.text.strip()})" if e.text and e.text.strip() else ""
+        raise ConfigError(f"{path} line {e.lineno}: {e.msg}{text}") from None
     return module
 
 
+def config_files(path: str) -> list[str]:
+    """The config files to choose from: those in `path`'s folder, or where that does not exist, the repository's."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder or "."):
+        folder = os.path.relpath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    try:
+        names = sorted(n for n in os.listdir(folder or ".") if n.endswith(".py") and not n.startswith("_"))
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names]
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools)."""
+    """`path/to/config.py[:arg]` -> its get_config(arg), as `--config=` would load it (for tests and tools). A bad
+    argument is a ConfigError naming the whole spec."""
     path, _, arg = spec.partition(":")
-    return config_module(path).get_config(arg or None)
+    module = config_module(path)
+    try:
+        return module.get_config(arg or None)
+    except ConfigError as e:
+        raise ConfigError(f"{spec}: {e}") from None
 
 
 def resolve_model_options(config: ml_collections.ConfigDict, num_classes: int) -> ModelOptions:

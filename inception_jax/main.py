@@ -39,12 +39,18 @@ _RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "A run folder holding
 _PARALLEL_ROWS = flags.DEFINE_integer("parallel_rows", 0, "Rows trained side by side, each in its own process on "
                                       "config.cpu_threads cores (0: as many as the cores allow; only on CPU with "
                                       "cpu_threads > 0, else one row at a time).")
+_LOG_TO_CONSOLE = flags.DEFINE_bool("log_to_console", False, "Show the whole log on the console too (libraries' "
+                                    "notes, each run's detail); it is always written to <workdir>/sweep.log (a sweep) "
+                                    "or <workdir>/train.log (a run).")
 flags.mark_flag_as_required("config")
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def main(argv) -> int:
     del argv
+    from inception_jax.sweeps import console_log
+
+    console_log.install(to_console=_LOG_TO_CONSOLE.value)  # before anything logs: the console shows warnings only
     from inception_jax.configuration import ConfigError
     from inception_jax.cpu import runtime
     from inception_jax.data.input_pipeline import DataError
@@ -80,13 +86,22 @@ def _run(sweep) -> int:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that an override of a key the config lacks (`--config.train.nonexistent=1`)
-    is one line naming the closest keys, not ml_collections' uncaught KeyError."""
+    """absl's flag parsing, except that a config mistake is one line and exit status 2, not a traceback: a
+    `--config` file that is missing or does not parse, a bad `:arg` (absl would load the file itself and print
+    the error inside its own traceback, or defer a missing file's to the first use), and an override of a key the
+    config lacks (`--config.train.nonexistent=1`: ml_collections' uncaught KeyError)."""
+    from inception_jax.configuration import ConfigError, check_override_flags, config_spec, load_config
+
+    try:
+        spec = config_spec(argv)
+        if spec:
+            load_config(spec)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return app.parse_flags_with_usage(argv)
     except (KeyError, AttributeError):
-        from inception_jax.configuration import ConfigError, check_override_flags
-
         try:
             check_override_flags(argv)
         except ConfigError as e:

@@ -35,7 +35,30 @@ def shapes_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(data_dir)
 
 
-# --- training fixtures (tests/test_train.py, tests/test_distributed.py) ---
+@pytest.fixture(scope="session")
+def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
+    """The main job's tiny sweep (6 runs, about 2 minutes on 2 cores) run once per test session, as
+    (workdir, the command's CompletedProcess); treat it as read-only (copy it to change it). Under pytest-xdist
+    the workers share it: the first one to take the lock runs it, the others read its saved output."""
+    import fcntl
+    import json
+    import subprocess
+
+    from tests.training_helpers import main_job
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    workdir, saved = shared / "tiny_sweep", shared / "tiny_sweep.command.json"
+    with open(shared / "tiny_sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not saved.exists():
+            proc = main_job("--parallel_rows=2", workdir=str(workdir), data_dir=shapes_tiny_dir)  # 2 lanes
+            saved.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout,
+                                         "stderr": proc.stderr}))
+    return str(workdir), subprocess.CompletedProcess(**json.loads(saved.read_text()))
+
+
+# --- training fixtures (tests/test_train.py, test_checkpointing.py, test_warm_start.py, test_distributed.py, ...) ---
 @pytest.fixture(scope="session")
 def one_device_run(shapes_tiny_dir, tmp_path_factory) -> str:
     """The reference run: the tiny config on one device, 6 steps, uninterrupted."""

@@ -1,6 +1,6 @@
 """The figures as matplotlib objects: panels, titles, series and their points (analysis.convergence/dying).
 
-Synthetic runs from analysis.testing.example_specs: 60 train lines per run (0.5 s per step), so each curve has 60
+Synthetic runs from analysis.synthetic_runs.example_specs: 60 train lines per run (0.5 s per step), so each curve has 60
 points; imagenet2012 runs log eval every 10 steps.
 """
 
@@ -16,8 +16,8 @@ from analysis.dying import block_ratio_figure, dying_figure, learnable_curves, l
 from analysis.grouping import group_runs
 from analysis.plotting import VERDICT_COLOURS
 from analysis.runs import load_runs
+from analysis.synthetic_runs import SyntheticRun, example_specs, write_sweep
 from analysis.tables import verdict_cells
-from analysis.testing import SyntheticRun, example_specs, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def test_convergence_without_eval_has_train_panels_against_step_and_wall_time(gr
     assert "filter count 64" in figure.get_suptitle()
     for ax in figure.axes:
         lines = lines_by_label(ax)
-        assert list(lines) == ["plain", "scale=0.1 (2 seeds)", "scale=1.0", "learnable"]
+        assert list(lines) == ["plain", "residual, scale 0.1 (2 seeds)", "residual, unscaled",
+                               "residual, learnable scale"]
         assert all(len(line.get_xdata()) == 60 for line in lines.values())
         assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 1  # one band: the 2-seed curve
     error = lines_by_label(figure.axes[1])["plain"]
@@ -65,12 +66,12 @@ def test_convergence_with_eval_adds_top1_and_top5_error_panels(groups):
     assert len(figure.axes) == 8
     by_title = {ax.get_title(): ax for ax in figure.axes}
     top1 = lines_by_label(by_title["eval top-1 error vs step"])
-    assert list(top1) == ["plain", "scale=0.1"]
+    assert list(top1) == ["plain", "residual, scale 0.1"]
     assert top1["plain"].get_xdata().tolist() == [10, 20, 30, 40, 50, 60]
     assert top1["plain"].get_ydata().tolist() == pytest.approx([90, 90, 90, 25, 25, 25])
     top5 = lines_by_label(by_title["eval top-5 error vs wall time"])
-    assert top5["scale=0.1"].get_xdata().tolist() == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
-    assert top5["scale=0.1"].get_ydata().tolist() == pytest.approx([70, 5, 5, 5, 5, 5])
+    assert top5["residual, scale 0.1"].get_xdata().tolist() == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert top5["residual, scale 0.1"].get_ydata().tolist() == pytest.approx([70, 5, 5, 5, 5, 5])
 
 
 def test_dying_figure_has_one_column_per_filter_count_and_one_line_per_variant(groups):
@@ -81,18 +82,18 @@ def test_dying_figure_has_one_column_per_filter_count_and_one_line_per_variant(g
         for metric in ("pre-pool zero fraction", "dead-channel fraction", "train loss (mean of 10 lines)"):
             assert f"{metric}, filter count {width}" in titles
     zero_256 = lines_by_label(figure.axes[1])
-    assert list(zero_256) == ["plain", "scale=0.1", "scale=0.3", "scale=1.0 (3 seeds)", "learnable",
-                              "z = 0.99 (dead)"]
-    dying = zero_256["scale=1.0 (3 seeds)"].get_ydata()
+    assert list(zero_256) == ["plain", "residual, scale 0.1", "residual, scale 0.3", "residual, unscaled (3 seeds)",
+                              "residual, learnable scale", "z = 0.99 (dead)"]
+    dying = zero_256["residual, unscaled (3 seeds)"].get_ydata()
     assert dying[9] == 0.5  # step 10: all alive
     assert dying[19] == pytest.approx((0.999 + 0.999 + 0.5) / 3)  # step 20: two seeds dead, one alive
     assert dying[-1] == 0.999  # step 60: the diverged seed stopped at 30, the dead ones remain
     assert figure.axes[1].get_ylim() == (-0.02, 1.02)
-    assert list(lines_by_label(figure.axes[0])) == ["plain", "scale=0.1 (2 seeds)", "scale=1.0", "learnable",
-                                                    "z = 0.99 (dead)"]
+    assert list(lines_by_label(figure.axes[0])) == ["plain", "residual, scale 0.1 (2 seeds)", "residual, unscaled",
+                                                    "residual, learnable scale", "z = 0.99 (dead)"]
     loss_256 = lines_by_label(figure.axes[5])
     assert loss_256["ln C = 2.303"].get_ydata()[0] == pytest.approx(math.log(10))
-    diverged_mean = loss_256["scale=1.0 (3 seeds)"].get_ydata()
+    diverged_mean = loss_256["residual, unscaled (3 seeds)"].get_ydata()
     assert np.isfinite(diverged_mean).all()  # the NaN seed is left out where it has no finite value
 
 
@@ -100,8 +101,8 @@ def test_heatmap_colours_each_cell_by_verdict_and_annotates_it(groups):
     group = groups["shapes"]
     figure = verdict_heatmap(group, verdict_cells(group))
     (ax,) = figure.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["plain", "scale=0.1", "scale=0.3", "scale=1.0",
-                                                            "learnable"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["plain", "residual, scale 0.1", "residual, scale 0.3",
+                                                            "residual, unscaled", "residual, learnable scale"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["64", "256"]
     image = np.asarray(ax.images[0].get_array())
     assert image.shape == (2, 5, 4)
@@ -122,7 +123,7 @@ def test_block_ratio_figure_has_a_panel_per_stage_and_filter_count(groups, tmp_p
     stage_c_256 = figure.axes[5]
     lines = lines_by_label(stage_c_256)
     assert "plain" not in lines and len(lines) == 4
-    assert lines["scale=1.0 (3 seeds)"].get_ydata()[-1] == 50.0  # the dead seeds' last block
+    assert lines["residual, unscaled (3 seeds)"].get_ydata()[-1] == 50.0  # the dead seeds' last block
     assert stage_c_256.get_yscale() == "log"
     (plain_only,) = group_runs(load_runs(write_sweep(tmp_path, [SyntheticRun("p", 64, "plain")])).runs)
     assert block_ratio_figure(plain_only) is None and learnable_curves(plain_only) == {}

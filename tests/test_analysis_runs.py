@@ -9,7 +9,7 @@ import pytest
 from analysis.curves import Crossing, RunSeries, first_crossing, moving_mean, run_series, seed_band
 from analysis.grouping import group_runs, variant_order
 from analysis.runs import load_runs, read_metrics
-from analysis.testing import SyntheticRun, example_specs, write_run, write_sweep
+from analysis.synthetic_runs import SyntheticRun, example_specs, write_run, write_sweep
 from analysis.verdicts import combine_verdicts, format_counts
 
 

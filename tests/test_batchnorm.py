@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from inception_jax.cpu.backend import CpuBackend
 from inception_jax.cpu.batchnorm import batch_norm_relu
-from inception_jax.cpu.kernels import CpuKernels
 from inception_jax.models import batchnorm
 from inception_jax.models.batchnorm import BatchNorm
 from tests.numerics import relative_error
@@ -87,7 +87,7 @@ def test_fused_training_path_is_bit_identical_to_batchnorm_then_relu(group_size)
     BatchNorm then ReLU; gradients agree with its autodiff."""
     x = jnp.asarray(np.random.default_rng(1).normal(0.5, 1.0, (8, 4, 4, 16)), jnp.float32)
     fused, unfused = _module(group_size=group_size), _module(group_size=group_size)
-    with CpuKernels().tracing():
+    with CpuBackend().tracing():
         y_fused = fused(x, train=True, relu=True)
     y_unfused = jax.nn.relu(unfused(x, train=True))
     assert jnp.array_equal(y_fused, y_unfused)
@@ -98,7 +98,7 @@ def test_fused_training_path_is_bit_identical_to_batchnorm_then_relu(group_size)
         y = bn(x, train=True, relu=True) if relu_inside else jax.nn.relu(bn(x, train=True))
         return jnp.sum(jnp.sin(y))
 
-    with CpuKernels().tracing():
+    with CpuBackend().tracing():
         fused_grad = jax.grad(loss)(x, True)
     assert relative_error(fused_grad, jax.grad(loss)(x, False)) < 1e-5
 
@@ -157,7 +157,7 @@ def test_the_fused_step_runs_under_jit_on_split_module_state():
     @jax.jit
     def step(state, x):
         module = nnx.merge(graphdef, state)
-        with CpuKernels().tracing():
+        with CpuBackend().tracing():
             y = module(x, train=True, relu=True)
         return nnx.state(module), y
 

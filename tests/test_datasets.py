@@ -95,6 +95,20 @@ def test_prepare_is_once_per_data_dir(shapes_tiny_dir):
     assert os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json")) == stamp
 
 
+def test_a_data_dir_that_cannot_be_written_names_both_remedies(monkeypatch):
+    """The default data dir under a read-only HOME said only "[Errno 30] Read-only file system: ..." (exit 1).
+    /sys refuses new folders even to root (EPERM; EACCES or EROFS elsewhere: the same line)."""
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", "/sys/inception_jax_home")
+    with pytest.raises(DataError) as refused:
+        get_builder(TINY, None)
+    message = str(refused.value)
+    assert message.startswith(f"cannot prepare the embedded dataset {TINY} in /sys/inception_jax_home/"
+                              "tensorflow_datasets ([Errno ")
+    assert message.endswith("): point data.data_dir (--config.data.data_dir=DIR) or $TFDS_DATA_DIR (used when "
+                            "data.data_dir is unset) at a writable folder")
+
+
 def test_unknown_dataset_names_suggestions(tmp_path):
     with pytest.raises(DataError, match=r"DataConfig.name='cifar100x'.*unknown dataset.*Did you mean 'cifar100'"):
         get_builder("cifar100x", str(tmp_path))

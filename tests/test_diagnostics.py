@@ -10,7 +10,7 @@ from flax import nnx
 
 from inception_jax.models import create_model
 from inception_jax.training.diagnostics import activation_stats
-from inception_jax.training.verdicts import chance_top1, dead_windows_at_end, judge, with_evaluation
+from inception_jax.training.verdicts import Verdict, chance_top1, dead_windows_at_end, judge, with_evaluation
 
 LN10 = math.log(10)
 
@@ -90,3 +90,42 @@ def test_an_alive_run_at_chance_is_not_learning_never_healthy():
     assert with_evaluation(dead, 0.1, 500, 10).verdict == "died"  # the dying verdicts stand
     record = with_evaluation(healthy, 0.13, 500, 10).to_json()
     assert record["final_eval_top1"] == 0.13 and record["chance_top1"] == pytest.approx(0.1402, abs=1e-4)
+
+
+def dead_then_limping(final_z=0.982, final_loss=2.255):
+    """Issue #30's unscaled 640-filter runs: dead from step 5 to 99, then the zero fraction dips under 0.99
+    while the loss stays at chance level, to step 600."""
+    steps = list(range(1, 601))
+    z = [0.3 if s < 5 else 0.999 if s < 100 else final_z for s in steps]
+    loss = [1.5 if s < 5 else LN10 if s < 100 else final_loss for s in steps]
+    return steps, z, loss
+
+
+@pytest.mark.parametrize("final_top1", [0.142, 0.094])  # the two seeds' final eval top-1 (500 examples)
+def test_a_death_never_recovered_from_at_chance_is_died_not_transient(final_top1):
+    """docs/dying.md §3: loss 2.255 >= 0.95 ln 10 = 2.187 and an eval top-1 within max(chance bound, 1.5/C) =
+    0.15: the run had died and has not recovered, whatever its zero fraction does."""
+    judged = judge(*dead_then_limping(), 10)
+    assert (judged.verdict, judged.t_death, judged.t_last_death) == ("transient_death", None, 5)
+    final = with_evaluation(judged, final_top1, 500, 10)
+    assert (final.verdict, final.t_death) == ("died", 5)
+    assert with_evaluation(final, final_top1, 500, 10) == final  # applying it again changes nothing
+    assert Verdict.from_json(final.to_json()) == final
+
+
+def test_a_death_recovered_from_stays_transient_and_recovery_means_learning():
+    judged = judge(*dead_then_limping(), 10)
+    assert with_evaluation(judged, 0.30, 500, 10).verdict == "transient_death"  # eval top-1 well above chance
+    alive_again = judge(*dead_then_limping(final_z=0.5, final_loss=1.0), 10)
+    assert with_evaluation(alive_again, 0.60, 500, 10).verdict == "transient_death"
+    # Its loss left the dead band but its eval top-1 is at chance: alive again, nothing learned.
+    assert with_evaluation(alive_again, 0.11, 500, 10).verdict == "not_learning"
+    assert with_evaluation(judged, None, 0, 10).verdict == "transient_death"  # no evaluation: nothing to judge by
+
+
+def test_a_verdict_json_written_before_the_rule_reads_back():
+    """analysis/verdicts.py re-judges stored runs: an older verdict.json has no t_last_death field."""
+    stored = {"verdict": "transient_death", "t_death": None, "final_zero_frac": 0.982, "final_loss": 2.255,
+              "window": 10, "definition": "older text"}
+    final = with_evaluation(Verdict.from_json(stored), 0.142, 500, 10)
+    assert (final.verdict, final.t_death) == ("died", None)

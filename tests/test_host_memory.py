@@ -88,7 +88,8 @@ def test_the_users_tunables_are_kept_and_opting_out_keeps_glibc_defaults():
 def test_the_main_command_runs_with_huge_pages_and_says_so():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", "--config=configs/ablation_scale.py",
-                           "--print_commands"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           "--print_commands", "--log_to_console"],  # the log, which --print_commands writes nowhere
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "host allocator: transparent huge pages, pages kept across steps (glibc.malloc.hugetlb=1" in proc.stderr
     assert "XLA:CPU dispatch: inline, single-device steps run in the calling thread" in proc.stderr  # runtime.py

@@ -35,7 +35,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_defaults_and_from_config():
-    assert DataConfig().name == "shapes_textures" and DataConfig().image_size == 96
+    assert DataConfig().name == "shapes_textures" and DataConfig().image_size == 299
     data = ml_collections.ConfigDict({"name": "cifar10", "image_size": 128, "area_range": [0.25, 1.0]})
     cfg = DataConfig.from_config(data)
     assert cfg.name == "cifar10" and cfg.image_size == 128 and cfg.area_range == (0.25, 1.0)

@@ -1,4 +1,4 @@
-"""Which kernels a program is traced with (inception_jax/cpu/kernels.py), and what that makes of the train step
+"""Which kernels a program is traced with (inception_jax/cpu/backend.py), and what that makes of the train step
 exported for each platform: GPUs and TPUs get stock programs (XLA's own convolution and pooling gradients, which
 cuDNN and the TPU compiler implement), CPUs the CPU backend's tuned one. `jax.export` lowers for any platform on
 this CPU-only machine; nothing here needs a GPU or TPU.
@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from inception_jax.configuration import ConfigError, base_config, validate_static
-from inception_jax.cpu.kernels import CpuKernels, kernels_for
+from inception_jax.cpu.backend import CpuBackend, backend_for
 from inception_jax.models import build_model, model_options
 from inception_jax.models.ops import STOCK
 from inception_jax.training.prepared_run import prepare_run
@@ -31,13 +31,13 @@ OPS = ("convolution", "dot_general", "reduce_window", "select_and_scatter", "cus
 @functools.cache
 def exported_train_step(platform: str, dtype: str = "float32", kernels: str = "auto") -> str:
     """The StableHLO of the train step of KNOBS' network, exported for `platform` ("cpu", "cuda", "tpu") with the
-    kernels `kernels_for` picks for it."""
+    kernels `backend_for` picks for it."""
     opts = model_options("inception_resnet_v2", dtype=dtype, **KNOBS)
     tx = optax.sgd(0.1)
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(opts)), nnx.Param, ...)[0]
     cfg = StepConfig(graphdef=graphdef, tx=tx, schedule=optax.constant_schedule(0.1), num_classes=10,
                      label_smoothing=0.0, aux_loss_weight=0.0, ema_decay=0.0, diagnostics=False,
-                     learnable_scales=False, kernels=kernels_for(kernels, platform, "tuned"))
+                     learnable_scales=False, kernels=backend_for(kernels, platform, "tuned"))
     state = jax.eval_shape(lambda: init_state(opts, tx, 0))
     batch = {"image": jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32),
              "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
@@ -88,14 +88,14 @@ def test_a_bfloat16_gpu_train_step_is_stock_and_convolves_in_bfloat16():
 
 
 def test_auto_is_the_cpu_kernels_on_cpu_only_and_either_can_be_forced():
-    assert kernels_for("auto", "cpu", "tuned") == CpuKernels(xla_kernel_gradients=True)
-    assert kernels_for("auto", "cpu", "xla_default") == CpuKernels(xla_kernel_gradients=False)
+    assert backend_for("auto", "cpu", "tuned") == CpuBackend(xla_kernel_gradients=True)
+    assert backend_for("auto", "cpu", "xla_default") == CpuBackend(xla_kernel_gradients=False)
     for platform in ("gpu", "cuda", "rocm", "tpu"):
-        assert kernels_for("auto", platform) is STOCK
-        assert kernels_for("cpu", platform) == CpuKernels(xla_kernel_gradients=False)  # no XLA:CPU codegen there
-    assert kernels_for("stock", "cpu") is STOCK
+        assert backend_for("auto", platform) is STOCK
+        assert backend_for("cpu", platform) == CpuBackend(xla_kernel_gradients=False)  # no XLA:CPU codegen there
+    assert backend_for("stock", "cpu") is STOCK
     with pytest.raises(ValueError, match=r"kernels='fast' is not one of \['auto', 'stock', 'cpu'\]"):
-        kernels_for("fast", "cpu")
+        backend_for("fast", "cpu")
 
 
 def test_a_model_outside_our_train_step_runs_stock():
@@ -116,9 +116,9 @@ def test_a_run_traces_its_programs_with_the_kernels_of_its_platform_or_config(sh
         config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, **overrides})
         return prepare_run(config, str(tmp_path)).step_cfg.kernels
 
-    assert kernels() == CpuKernels(xla_kernel_gradients=True)
+    assert kernels() == CpuBackend(xla_kernel_gradients=True)
     assert kernels(kernels="stock") is STOCK
-    assert kernels(kernels="cpu", xla_cpu_codegen="xla_default") == CpuKernels(xla_kernel_gradients=False)
+    assert kernels(kernels="cpu", xla_cpu_codegen="xla_default") == CpuBackend(xla_kernel_gradients=False)
     config = base_config()
     config.kernels = "gpu"
     with pytest.raises(ConfigError, match=r"kernels='gpu' is not one of \['auto', 'stock', 'cpu'\]"):

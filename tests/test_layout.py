@@ -1,6 +1,7 @@
 """The package's layout is its design: subpackages by job, and dependencies that only point one way.
 
-    models/      the networks, stock JAX / Flax           imports nothing else of the package
+    validation   the shared checks and error hints        imports nothing of the package (all parts may import it)
+    models/      the networks, stock JAX / Flax           imports nothing else of the package but validation
     cpu/         the CPU backend: replaces models' ops     imports models only
     data/        TFDS sources, pipeline, preprocessing     imports models (image sizes) at most
     training/    loop, steps, programs, checkpoints        no sweeps
@@ -18,13 +19,14 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "inception_jax"
 
 ALLOWED = {  # subpackage -> the parts of the package it may import (besides itself)
-    "models": set(),
-    "cpu": {"models"},
-    "data": {"models"},
-    "pretrained": {"models", "data", "configuration"},
-    "training": {"models", "cpu", "data", "pretrained", "configuration"},
-    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration"},
-    "configuration": {"models", "cpu"},
+    "validation": set(),
+    "models": {"validation"},
+    "cpu": {"models", "validation"},
+    "data": {"models", "validation"},
+    "pretrained": {"models", "data", "configuration", "validation"},
+    "training": {"models", "cpu", "data", "pretrained", "configuration", "validation"},
+    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration", "validation"},
+    "configuration": {"models", "cpu", "data", "validation"},
 }
 
 
@@ -93,11 +95,11 @@ def test_each_part_imports_only_the_parts_below_it(subpackage):
 
 def test_the_networks_do_not_know_the_cpu_backend():
     """models/ is stock JAX: the CPU forms replace its ops from outside (models/ops.py), never the reverse."""
-    assert all(part(t) == "models" for m, ts in GRAPH.items() if part(m) == "models" for t in ts)
+    assert all(part(t) in {"models", "validation"} for m, ts in GRAPH.items() if part(m) == "models" for t in ts)
 
 
 def test_the_checks_see_the_whole_package():
-    assert {"inception_jax.main", "inception_jax.models.network", "inception_jax.cpu.kernels",
+    assert {"inception_jax.main", "inception_jax.models.network", "inception_jax.cpu.backend",
             "inception_jax.training.loop", "inception_jax.sweeps.sweep", "inception_jax.data.input_pipeline",
             "inception_jax.pretrained.convert"} <= set(GRAPH)
     assert "inception_jax.training.warm_start" in GRAPH["inception_jax.training.state"]

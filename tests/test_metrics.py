@@ -5,7 +5,7 @@ from clu.metric_writers import SummaryWriter
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from inception_jax.training.metrics import RunWriter
+from inception_jax.training.metrics import RunWriter, tensorboard_tag
 
 
 def tensorboard_scalars(logdir: str) -> dict:
@@ -23,8 +23,8 @@ def test_one_event_per_log_step_reads_back_like_clus_one_op_per_scalar_writer(tm
     clus = SummaryWriter(str(tmp_path / "clu"))
     for step, values in steps.items():
         ours.write(step, "train", values, lr=0.05, nonfinite=float("nan"))
-        clus.write_scalars(step, {"train/loss": values["loss"], "train/block_ratio/c/0": values["block_ratio/c"][0],
-                                  "train/block_ratio/c/1": values["block_ratio/c"][1], "train/lr": 0.05})
+        clus.write_scalars(step, {"train/loss": values["loss"], "dying/block_ratio/c/0": values["block_ratio/c"][0],
+                                  "dying/block_ratio/c/1": values["block_ratio/c"][1], "optim/lr": 0.05})
     ours.close()
     clus.close()
     seen = tensorboard_scalars(str(tmp_path / "ours"))
@@ -32,3 +32,18 @@ def test_one_event_per_log_step_reads_back_like_clus_one_op_per_scalar_writer(tm
     assert seen["train/loss"] == ("scalars", [(3, 1.5), (4, 1.25)])  # NaN stays in metrics.jsonl, not in TensorBoard
     rows = [r for r in ours.history() if r["split"] == "train"]
     assert [r["step"] for r in rows] == [3, 4] and np.isnan(rows[0]["nonfinite"])
+
+
+def test_tensorboard_groups_scalars_by_what_a_reader_looks_for():
+    """metrics.jsonl keys stay as analysis reads them; only the TensorBoard tags are grouped (docs/run_folder.md)."""
+    assert [tensorboard_tag("train", k) for k in ("loss", "accuracy", "images_per_sec", "time", "epoch")] == [
+        "train/loss", "train/accuracy", "train/images_per_sec", "train/time", "train/epoch"]
+    assert [tensorboard_tag("train", k) for k in ("lr", "grad_norm", "update_norm", "param_norm")] == [
+        "optim/lr", "optim/grad_norm", "optim/update_norm", "optim/param_norm"]
+    assert [tensorboard_tag("train", k) for k in ("prepool_zero_frac", "logit_std", "block_zero_frac/a",
+                                                  "block_ratio/c", "residual_scale/b")] == [
+        "dying/prepool_zero_frac", "dying/logit_std", "dying/block_zero_frac/a", "dying/block_ratio/c",
+        "dying/residual_scale/b"]
+    assert [tensorboard_tag("eval", k) for k in ("top1", "ema_top5", "bn_batch_top1", "time", "epoch")] == [
+        "eval/top1", "eval/ema_top5", "eval/bn_batch_top1", None, None]
+    assert tensorboard_tag("probe", "prepool_zero_frac") == "probe/prepool_zero_frac"

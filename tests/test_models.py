@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 
 from inception_jax.cpu import convolution
+from inception_jax.cpu.backend import CpuBackend
 from inception_jax.cpu.blocks import fused_openings
-from inception_jax.cpu.kernels import CpuKernels
 from inception_jax.models import (
     MODEL_NAMES,
     convert_layout,
@@ -159,7 +159,7 @@ def test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written(name):
                 y, _ = nnx.merge(graphdef, p, rest)(x_, train=False)
             return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
 
-        (_, y_fused), g_fused = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, CpuKernels())
+        (_, y_fused), g_fused = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, CpuBackend())
         (_, y_written), g_written = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, STOCK)
         np.testing.assert_allclose(y_fused, y_written, rtol=1e-5, atol=1e-5)
         for got, want in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_written), strict=True):
@@ -200,7 +200,7 @@ def test_only_convolutions_outside_the_repeated_blocks_may_take_xlas_kernel_grad
         traced = nnx.merge(graphdef, state)
         where.update({id(m): "blocks" if str(path[0]).startswith("blocks_") else "elsewhere"
                       for path, m in nnx.iter_graph(traced) if isinstance(m, layers.ConvBN)})
-        with CpuKernels().tracing():
+        with CpuBackend().tracing():
             return traced.forward(x, train=True, dropout_key=jax.random.key(0)).logits
 
     jax.eval_shape(forward, state, jax.ShapeDtypeStruct((2, 107, 107, 3), jnp.float32))
@@ -303,7 +303,7 @@ def test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_ma
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):
-            with CpuKernels().tracing():
+            with CpuBackend().tracing():
                 return jnp.mean(nnx.merge(graphdef, p, rest, copy=True)(x, train=True) ** 2)
 
         return jax.jit(jax.grad(loss)), params
@@ -341,7 +341,7 @@ def test_stock_and_cpu_kernels_compute_the_same_network(name):
         return jax.jit(lambda p: (forward(p, False)[1][0], train(p, True)))(params)
 
     (eval_logits, ((_, (logits, stats)), grads)) = run(STOCK)
-    (cpu_eval_logits, ((_, (cpu_logits, cpu_stats)), cpu_grads)) = run(CpuKernels(xla_kernel_gradients=True))
+    (cpu_eval_logits, ((_, (cpu_logits, cpu_stats)), cpu_grads)) = run(CpuBackend(xla_kernel_gradients=True))
     assert relative_error(cpu_eval_logits, eval_logits) < 1e-5
     assert relative_error(cpu_logits, logits) < 1e-4
     assert_trees_close_to_scale(nnx.to_pure_dict(cpu_stats), nnx.to_pure_dict(stats), 1e-4)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from inception_jax.cpu import codegen as cpu_codegen
-from inception_jax.cpu.kernels import kernels_for
+from inception_jax.cpu.backend import backend_for
 from inception_jax.pretrained.importers import ImportMismatchError, import_keras, parity
 
 keras = pytest.importorskip("keras", reason="keras ships with tensorflow, a project dependency")
@@ -46,7 +46,7 @@ def test_keras_inception_resnet_v2_matches_ours_at_every_stage():
     tuned = cpu_codegen.compiler_options("tuned", "cpu", xla_flags="")
     for height, width in SIZES:
         images = rng.uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
-        assert_parity(parity.forward_stages(ours, images, compiler_options=tuned, kernels=kernels_for("cpu", "cpu")),
+        assert_parity(parity.forward_stages(ours, images, compiler_options=tuned, kernels=backend_for("cpu", "cpu")),
                       parity.keras_forward_stages(reference, images, flexible=flexible),
                       f"Keras vs ours (scanned, CPU kernels, tuned XLA:CPU codegen), {height}x{width}")
 

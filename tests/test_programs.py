@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.models import build_model, model_options, program_options
+from inception_jax.models import block_values, build_model, model_options, program_options
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.evaluation import precise_statistics
 from inception_jax.training.prepared_run import prepare_run
@@ -41,8 +41,7 @@ def test_plain_and_scaled_variants_are_values_written_into_one_network(name, sca
     assert len({program_options(o) for o in opts.values()}) == 1
     assert len({nnx.graphdef(build_model(program_options(o))) for o in opts.values()}) == 1
     for label, variant in opts.items():
-        shared = build_model(program_options(variant), rngs=nnx.Rngs(3))
-        shared.set_block_values(variant)
+        shared = build_model(program_options(variant), rngs=nnx.Rngs(3), values=block_values(variant))
         direct = build_model(variant, rngs=nnx.Rngs(3))
         np.testing.assert_array_equal(shared(IMAGES), direct(IMAGES), err_msg=label)
         for (_, block, linear), (_, twin, _) in zip(shared.residual_blocks(), direct.residual_blocks(), strict=True):

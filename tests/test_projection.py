@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from inception_jax.cpu import projection
-from inception_jax.cpu.kernels import CpuKernels
+from inception_jax.cpu.backend import CpuBackend
 from inception_jax.cpu.projection import folds_scale, scaled_projection
 from tests.numerics import relative_error
 
@@ -70,7 +70,7 @@ def test_a_residual_block_computes_the_same_in_either_form(monkeypatch, residual
     results = []
     for fold in (True, False):
         monkeypatch.setattr("inception_jax.cpu.projection.folds_scale", lambda *_, fold=fold: fold)
-        with CpuKernels().tracing():
+        with CpuBackend().tracing():
             results.append(jax.value_and_grad(loss, has_aux=True)(params))
     results.append(jax.value_and_grad(loss, has_aux=True)(params))  # stock
     ((_, y_folded), g_folded), *others = results

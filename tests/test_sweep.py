@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,29 +17,11 @@ from inception_jax.sweeps.sweep import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
 from inception_jax.training.run_folder import config_record
-from tests.training_helpers import ROOT, read_json, read_text
-
-CONFIG = "configs/ablation_scale.py"
-
-
-def main_job(*args, workdir, data_dir, check=True, popen=False):
-    """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
-    # The plain machine a user has (one device), compiling without LLVM's optimisations as the whole suite does
-    # (tests/conftest.py).
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
-           f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
-    if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+from tests.training_helpers import CONFIG, ROOT, main_job, read_json, read_text, tensorboard_sessions
 
 
 def run_logs(workdir, *run_ids):
-    """The rows' train.log files (a lane's process logs there, not to the sweep's console), joined."""
+    """The rows' train.log files (a lane's process logs there, not to the sweep's log), joined."""
     return "".join(read_text(workdir, "runs", run_id, "train.log") for run_id in run_ids)
 
 
@@ -50,20 +33,15 @@ def final_numbers(run_dir):
     return {k: result[k] for k in ("eval_top1", "eval_loss", "final_train_loss")}, losses
 
 
-@pytest.fixture(scope="module")
-def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
-    """The tiny main job in 2 lanes (cpu_threads=1: one core each)."""
-    workdir = str(tmp_path_factory.mktemp("sweep"))
-    proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir)
-    return workdir, proc
-
-
 def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     workdir, proc = tiny_sweep
     run_ids = [row.run_id for row in config_rows(f"{CONFIG}:preset=tiny")]
     assert run_ids == ["w268_plain", "w268_scale1", "w268_scale0.1", "w1040_plain", "w1040_scale1",
                        "w1040_scale0.1"]
-    assert sorted(os.listdir(os.path.join(workdir, "runs"))) == sorted(run_ids)
+    runs = os.listdir(os.path.join(workdir, "runs"))
+    # The run folders, and TensorBoard's HParams experiment of the sweep (inception_jax/sweeps/hparams.py).
+    assert sorted(r for r in runs if not r.startswith("events.out.tfevents.")) == sorted(run_ids)
+    assert len([r for r in runs if r.endswith(".sweep_hparams")]) == 1 and len(runs) == len(run_ids) + 1
     with open(os.path.join(workdir, "results.csv")) as f:
         results = list(csv.DictReader(f))
     assert [r["run_id"] for r in results] == run_ids
@@ -85,24 +63,29 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     # Two lanes of one core; plain or residual and the scale are values: one program family per filter count,
     # compiled by a lane before its first row of it, which the lane's later rows reuse (a lane that takes the
     # other family later loads it from the cache another lane warmed).
-    assert "2 lane(s) of 1 core(s) each" in proc.stderr
+    log = read_text(workdir, "sweep.log")  # the console shows none of it (tests/test_console.py)
+    assert "2 lane(s) of 1 core(s) each" in log
     logs = run_logs(workdir, *run_ids)
     assert 2 <= logs.count("program families ahead of their runs") <= 4
     assert logs.count("are an earlier run's: nothing to compile") == 6
-    assert "compiled the train" not in proc.stderr  # the lanes' lines go to the rows' train.log
+    assert "compiled the train" not in log  # the lanes' lines go to the rows' train.log
 
 
-def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir):
-    workdir, _ = tiny_sweep
+def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir, tmp_path):
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
     metrics = os.path.join(workdir, "runs", "w268_plain", "metrics.jsonl")
     before = os.path.getmtime(metrics)
     # An interrupted row: its checkpoint exists, its result does not.
     os.remove(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
-    proc = main_job(workdir=workdir, data_dir=shapes_tiny_dir)
-    assert "w268_plain: finished earlier, skipped" in proc.stderr
+    main_job(workdir=workdir, data_dir=shapes_tiny_dir)
+    log = read_text(workdir, "sweep.log")
+    assert "w268_plain: finished earlier, skipped" in log
     assert "resumed from" in run_logs(workdir, "w268_scale1")
     assert os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
     assert os.path.getmtime(metrics) == before
+    # The resumed run finished again: still one HParams session (TensorBoard would list a second one twice).
+    assert tensorboard_sessions(os.path.join(workdir, "runs", "w268_scale1")) == ["w268_scale1"]
 
 
 def test_a_row_gives_the_same_numbers_alone_or_beside_others_whatever_the_cache_holds(tiny_sweep, shapes_tiny_dir,
@@ -113,11 +96,12 @@ def test_a_row_gives_the_same_numbers_alone_or_beside_others_whatever_the_cache_
     wherever it runs, and a pinned process loads only programs compiled on as many threads."""
     workdir, _ = tiny_sweep
     cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's (tests/conftest.py), the sweep's too
-    two_cores = main_job("--row=w1040_scale0.1", "--config.cpu_threads=0", workdir=str(tmp_path / "two_cores"),
+    main_job("--row=w1040_scale0.1", "--config.cpu_threads=0", workdir=str(tmp_path / "two_cores"),
                          data_dir=shapes_tiny_dir)
-    assert "lane" not in two_cores.stderr  # cpu_threads=0: trained in the command's own process
-    alone = main_job("--row=w1040_scale0.1", workdir=str(tmp_path / "alone"), data_dir=shapes_tiny_dir)
-    assert "[1/1] w1040_scale0.1: " in alone.stderr and "1 lane(s) of 1 core(s) each" in alone.stderr
+    assert "lane(s) of" not in read_text(str(tmp_path / "two_cores"), "sweep.log")  # trained in its own process
+    main_job("--row=w1040_scale0.1", workdir=str(tmp_path / "alone"), data_dir=shapes_tiny_dir)
+    log = read_text(str(tmp_path / "alone"), "sweep.log")
+    assert "[1/1] w1040_scale0.1: " in log and "1 lane(s) of 1 core(s) each" in log
     # The 2-core run's programs are in the cache's top folder; pinned processes keep theirs in cpu_threads-1/.
     assert os.listdir(os.path.join(cache, "cpu_threads-1")) and len(os.listdir(cache)) > 1
     numbers, losses = final_numbers(os.path.join(workdir, "runs", "w1040_scale0.1"))
@@ -232,15 +216,18 @@ def test_sigterm_to_a_parallel_sweep_checkpoints_its_lanes_exits_75_and_a_rerun_
         shutil.rmtree(os.path.join(workdir, "runs", run_id))
     os.remove(os.path.join(workdir, "results.csv"))
 
-    def when_both_lanes_have_rows(proc):
+    def when_both_lanes_have_rows(proc, log_from):
+        """This command's lines of sweep.log once it has handed a row to each lane."""
         seen, deadline = "", time.monotonic() + 600
-        while seen.count("(lane ") < 2 and time.monotonic() < deadline:
-            seen += proc.stderr.readline()
-        assert seen.count("(lane ") == 2, seen[-3000:]
+        while seen.count(") (lane ") < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            with open(os.path.join(workdir, "sweep.log")) as f:
+                seen = f.read()[log_from:]
+        assert seen.count(") (lane ") == 2, seen[-3000:]
         return seen
 
     proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir, popen=True)
-    when_both_lanes_have_rows(proc)
+    when_both_lanes_have_rows(proc, len(read_text(workdir, "sweep.log")))
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 75, err[-3000:]
@@ -248,8 +235,9 @@ def test_sigterm_to_a_parallel_sweep_checkpoints_its_lanes_exits_75_and_a_rerun_
                      r"resume", out), out
     assert not os.path.exists(os.path.join(workdir, "results.csv"))
 
+    log_from = len(read_text(workdir, "sweep.log"))
     proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir, popen=True)
-    seen = when_both_lanes_have_rows(proc)
+    seen = when_both_lanes_have_rows(proc, log_from)
     pid = int(re.search(r"lane 1 on core\(s\) \[\d+\] \(pid (\d+)\)", seen).group(1))
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
@@ -331,11 +319,18 @@ def test_a_workdir_that_cannot_be_written_is_one_line(shapes_tiny_dir):
 
 
 def test_print_commands_gives_each_rows_exact_command(tmp_path):
+    workdir = str(tmp_path / "my runs")  # pasted unquoted, a space made it write to ./my and exit 0
+    overrides = ["--config.train.learning_rate=0.01", "--config.model.block_counts=(1, 1, 1)"]
     proc = subprocess.run([sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}", "--print_commands",
-                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                           f"--workdir={workdir}", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 12  # 2 filter counts x 3 variants x 2 seeds
-    assert lines[0] == f"python -m inception_jax.main --config={CONFIG} --workdir={tmp_path} --row=w160_plain_seed0"
+    assert len(lines) == 12, proc.stderr[-3000:]  # 2 filter counts x 3 variants x 2 seeds
+    assert lines[0] == (f"python -m inception_jax.main --config={CONFIG} '--workdir={workdir}' "
+                        "--config.train.learning_rate=0.01 '--config.model.block_counts=(1, 1, 1)' "
+                        "--row=w160_plain_seed0")
+    # What a shell makes of the line is the command that ran (the command-line overrides were dropped).
+    assert shlex.split(lines[0]) == ["python", "-m", "inception_jax.main", f"--config={CONFIG}",
+                                     f"--workdir={workdir}", *overrides, "--row=w160_plain_seed0"]
 
 
 def test_seeds_and_seed_offset_choose_the_rows_seeds():
@@ -429,3 +424,26 @@ def test_the_report_names_the_command_as_the_user_typed_it():
     assert user_command([main_py, "--config=configs/ablation_scale.py", "--row=a b"]) == \
         "python -m inception_jax.main --config=configs/ablation_scale.py '--row=a b'"
     assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"
+
+
+def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys):
+    """A row resumed after a kill -9 reports the training of both commands in its wall_time_s; the line said "97 s
+    of training in the 87 s since the command started (112 %)"."""
+    from inception_jax import COMMAND_STARTED
+    from inception_jax.sweeps import sweep
+    from inception_jax.training.modes import RunResult
+
+    def resumed_row(config, run_dir):
+        os.makedirs(run_dir)
+        return RunResult("finished", 4, {"wall_time_s": 97.0}, resumed_time_s=60.0)
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", resumed_row)
+    monkeypatch.setattr(sweep, "write_results", lambda *a: "results.csv")
+    monkeypatch.setattr(sweep, "write_report", lambda *a: type("R", (), {"summary": tmp_path / "s.md", "html": "r"}))
+    (tmp_path / "s.md").write_text("summary")
+    monkeypatch.setenv(COMMAND_STARTED, repr(__import__("time").time() - 87.0))
+    row = SweepRow("a", {})
+    config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
+    assert sweep.run_sweep([(row, config)], [row], workdir=str(tmp_path / "w"), name="t", command="c") == 0
+    assert re.search(r"time: 37 s of training and evaluation in the 8[78] s since the command started \(4[23] %",
+                     capsys.readouterr().out)

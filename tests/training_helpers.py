@@ -1,7 +1,9 @@
-"""Shared by the training tests: the tiny run config and readers of a run folder."""
+"""Shared by the training tests: the tiny run config, the main job as a command, and readers of a run folder."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,6 +13,23 @@ from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/ablation_scale.py"  # the main job
+
+
+def main_job(*args, workdir, data_dir, check=True, popen=False):
+    """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
+    # The plain machine a user has (one device), compiling without LLVM's optimisations as the whole suite does
+    # (tests/conftest.py).
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
+           f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
+    if popen:  # started, not waited for
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 def tiny_config(data_dir, **overrides):
@@ -68,3 +87,20 @@ def read_json(*path):
 def read_text(*path):
     with open(os.path.join(*path)) as f:
         return f.read()
+
+
+def tensorboard_sessions(run_dir):
+    """The HParams sessions a run folder's event files hold, as their group names (one per session written)."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    names = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    content = value.metadata.plugin_data.content
+                    names.append(metadata.parse_session_start_info_plugin_data(content).group_name)
+    return names

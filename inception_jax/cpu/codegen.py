@@ -5,14 +5,10 @@ defaults ("xla_default").
 (and, in steps whose repeated blocks have large matmuls, dots too: see below).
 This jaxlib hands every dot, convolution and large reduction to YNNPACK (`xla_cpu_experimental_ynn_fusion_type`
 defaults to INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE); its convolutions were the slow part of our steps on
-this project's AVX-512 VMs. Alone, forward and backward through our `conv2d`: the stem's 3x3 convs at 299 px
-0.56x / 0.75x / 0.79x the time, a 3x3 256 -> 256 conv at 35 x 35 0.96x, a scan of twenty 7x1 convs 0.85x. The
-whole IR-v2 train step at 299 px, batch 8, both programs interleaved in one process: 0.939x (docs/performance.md
-§3.7). Reductions stay on YNNPACK: without them XLA computes BatchNorm's statistics as slow reduce-window
-trees (1.12x the step time). Dots stay on YNNPACK unless the repeated blocks' matmuls are large (`matmul_rows`, the
-pixels times examples per device of the B blocks' 1x1 convolutions, at least XLA_DOTS_MIN_ROWS): there XLA's own
-dots are faster. The step at 299 px, batch 8 (2,312 rows) with XLA's dots: 0.982x / 0.984x (IR-v2, two A/Bs in one
-process) and 0.986x (v4); at 75 px, batch 32 (288 rows): 1.069x (docs/performance.md §3.7).
+this project's AVX-512 VMs. Reductions stay on YNNPACK: without them XLA computes BatchNorm's statistics as slow
+reduce-window trees. Dots stay on YNNPACK unless the repeated blocks' matmuls are large (`matmul_rows`, the pixels
+times examples per device of the B blocks' 1x1 convolutions, at least XLA_DOTS_MIN_ROWS): there XLA's own dots are
+faster, and below it slower. The measurements: docs/performance.md §3.7 and §6.3.
 
 There is no fast-math choice: XLA:CPU's `xla_cpu_enable_fast_math` (even honouring NaN, inf, division and the
 math functions) made the gradients of a small IR-v2 3-13 % off XLA's defaults once a residual block multiplied its
@@ -35,9 +31,9 @@ TUNED_OPTIONS: dict[str, bool | int | str] = {
     YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
 _OPTIONS = {"tuned": TUNED_OPTIONS, "xla_default": {}}
-# From this many rows in the blocks' matmuls, "tuned" leaves dots to XLA too. One 1x1 convolution's three
-# matmuls in a scan, XLA's time over YNNPACK's: 1.10-1.16x at 288 rows, ~1.0 at 800, 0.97-1.04 at 1,152, 0.89-1.03
-# at 1,600-2,312; the steps were measured at 288 and 2,312 only, hence a threshold in between on the safe side.
+# From this many rows in the blocks' matmuls, "tuned" leaves dots to XLA too: XLA's matmuls overtake YNNPACK's
+# somewhere past 1,000 rows, and whole steps were timed at 288 and 2,312 only, so the threshold sits between them
+# on the safe side (docs/performance.md §6.3).
 XLA_DOTS_MIN_ROWS = 2048
 LARGE_MATMUL_YNN_FUSION_TYPE = "LIBRARY_FUSION_TYPE_REDUCE"
 

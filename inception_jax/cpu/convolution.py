@@ -2,7 +2,7 @@
 loops. It replaces the stock convolution of every nnx.Conv (models/layers.py `conv_general_dilated`).
 
 Which kernel gradient a convolution takes depends on two facts of the program being traced: whether it compiles for
-XLA:CPU's own convolution kernels (`xla_kernel_gradients`, set by `CpuKernels.tracing`) and whether the convolution
+XLA:CPU's own convolution kernels (`xla_kernel_gradients`, set by `CpuBackend.tracing`) and whether the convolution
 belongs to a repeated block, the blocks the scan over a stage's blocks loops over (`inside_loops`, set by the CPU
 backend's `run_branches`, blocks.py).
 """
@@ -25,7 +25,7 @@ from inception_jax.cpu.kernel_gradients import (
 )
 
 # Set while a train step compiled for XLA:CPU's own convolution kernels is traced (codegen "tuned";
-# CpuKernels.xla_kernel_gradients): the convolutions outside loops then take XLA's kernel gradient, and the
+# CpuBackend.xla_kernel_gradients): the convolutions outside loops then take XLA's kernel gradient, and the
 # stride-1 convolutions inside the repeated blocks `canonical_kernel_gradient`.
 _XLA_KERNEL_GRADIENTS = contextvars.ContextVar("xla_kernel_gradients", default=False)
 # Set while the branches of a repeated block are traced: the block may run inside the scan over blocks.
@@ -235,8 +235,8 @@ def crop_to_reachable_taps(kernel: jax.Array, in_hw: tuple[int, int], strides: t
     """The kernel without the taps that only ever meet padding, and the padding that goes with it.
 
     On small feature maps SAME padding makes many taps multiply zeros only: a 1x3 or 3x1 conv on the 1x1 grid
-    of the C blocks at 75 px (XLA rewrote those into a batch-as-feature convolution on a slow generic path, up to
-    35 ms each per Inception-v4 step), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
+    of the C blocks at 75 px (XLA rewrote those into a batch-as-feature convolution on a slow generic path:
+    docs/performance.md §6.3), a 1x7 conv on a 3-wide grid (5 of 7 taps reach it). The output is the same
     sum without the zero terms, and the cut taps' gradient is zero, as it is for the full kernel.
     """
     (first_h, first_w), (kept_h, kept_w), padding = reachable_cut(kernel.shape, in_hw, strides, padding)

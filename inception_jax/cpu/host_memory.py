@@ -145,11 +145,9 @@ def run_cpu_steps_inline() -> str:
     Dispatched asynchronously, a step runs on PjRt's client thread, whose glibc arena frees its heaps when a step
     ends, so the next step's temporaries fault fresh pages in again (IR-v2 at 75 px, batch 32: 600-800 page
     faults and 0.13-0.16 cores of kernel time per step). Inline, they come from the caller's main-arena heap,
-    which the huge-page allocator keeps (above): 50-130 faults, 0.02-0.03 cores. Step time, inline /
-    async, processes alternated, 2026-12-06: IR-v2 0.93x / 0.96x / 0.94x at 75 px, 1.00x / 1.01x at 299 px; v4
-    0.99x / 0.91x / 1.02x at 75 px, 0.94x / 0.97x at 299 px (docs/performance.md §3.8). The main job's loop lost
-    nothing by waiting for each step (its input pipeline prefetches in its own threads): benchmarks/train_loop.py,
-    inline against async, 1.01x / 0.99x the images/s (images decoded / cached), its train step 1.05x.
+    which the huge-page allocator keeps (above): 50-130 faults, 0.02-0.03 cores. Inline steps were as fast or
+    faster, and the main job's loop lost nothing by waiting for each step (its input pipeline prefetches in its
+    own threads): docs/performance.md §3.8 and §6.3.
 
     Must run before JAX creates its CPU client (the first computation or device query); after that it changes
     nothing and says so.

@@ -17,10 +17,9 @@ def pixel_contraction(x: jax.Array, dy: jax.Array, *, per_example: bool = False)
 
     Written as a dot of the NHWC arrays flattened to (pixels, channels), contracting their leading dimension,
     not as an einsum over b, h, w: XLA:CPU hands that transposed operand to the matmul as it is, where the
-    einsum's form made it first copy the input to channel-major, element by element (a 1x1 kernel gradient
-    inside the scan over blocks: 16.4 -> 8.2 ms per v4 B block, 18.4 -> 8.2 ms per A block at 299 px, batch 8).
-    Per example on small grids (IR-v2's A blocks at 75 px: 7 x 7) the flattened form was the slower one, 1.035x
-    the step time, so under 256 pixels the einsum stays.
+    einsum's form made it first copy the input to channel-major, element by element (half the time of a 1x1
+    kernel gradient inside the scan over blocks). Per example on small grids (IR-v2's A blocks at 75 px: 7 x 7)
+    the flattened form was the slower one, so under 256 pixels the einsum stays (docs/performance.md §6.3).
     """
     if per_example and x.shape[1] * x.shape[2] < 256:
         return jnp.einsum("bhwc,bhwd->bcd", x, dy, preferred_element_type=jnp.float32)
@@ -48,9 +47,8 @@ def tap_span(strides: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, in
 # A kernel gradient whose taps' input windows are larger than this copies them one at a time (a loop over the
 # taps): unrolled, XLA:CPU schedules every tap's window copy before the matmuls, so all are alive at once (the
 # stem's 3x3 convs at 299 px, batch 8: 9 windows of 21 MiB each). Smaller windows (the scanned blocks' convs)
-# stay unrolled: looped inside the scan they made the step 1.02-1.04x slower. XLA's step temporaries, IR-v2 / v4:
-# 2247 -> 1740 / 2131 -> 1304 MiB at 299 px, batch 8; 566 -> 490 / 535 -> 459 MiB at 75 px, batch 32 (the step
-# 0.99-1.01x the time, benchmarks/bench_step.py programs interleaved in one process, 2026-12-04).
+# stay unrolled: looped inside the scan they made the step slower. The loop cut the step's temporaries by a
+# quarter to a third at no cost in time (docs/performance.md §6.3).
 UNROLLED_WINDOW_MAX_BYTES = 4 << 20
 
 
@@ -85,11 +83,9 @@ def xla_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ..
                         padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """d loss / d kernel as XLA computes it: the transpose of the convolution in the kernel.
 
-    On XLA:CPU's own convolution kernels (codegen "tuned") and outside loops it beats `kernel_gradient`:
-    0.52x the time for the stem's 3x3 32 -> 64 at 147 x 147 (batch 8), 0.59x for a 3x3 256 -> 256 at 35 x 35,
-    0.76x for the 80 -> 192 at 73 x 73; the step 0.981x (IR-v2, v4 at 299 px), 0.937x (IR-v2 at 75 px). Inside
-    a while loop it is ~200x slower (a scan of ten 3x3 64 -> 96 at 35 x 35: 19.7 s against 89 ms), and with
-    YNNPACK's convolutions 2.3x slower at the stem: hence `convolution.conv2d`'s two conditions.
+    On XLA:CPU's own convolution kernels (codegen "tuned") and outside loops it beats `kernel_gradient`. Inside
+    a while loop it is ~200x slower, and with YNNPACK's convolutions slower at the stem: hence
+    `convolution.conv2d`'s two conditions (the figures: docs/performance.md §6.3).
     """
     transpose = jax.linear_transpose(
         lambda k: jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DIMENSIONS),
@@ -105,14 +101,9 @@ def canonical_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[i
     the input transposed to (Cin, H, W, N) as the batch-major, feature-minor "images" and the output gradient to
     (h, w, N, Cout) as an HWIO "kernel", it is a plain NHWC x HWIO VALID convolution whose (Cin, kh, kw, Cout)
     output is the gradient, transposed. XLA makes the same convolution for `xla_kernel_gradient`, but there from
-    dimension numbers it rewrites itself, which inside a while loop leaves a generic path ~100x slower (a scan of
-    ten 3x3 32 -> 48 convs at 35 x 35, batch 8: 229 ms per block); written out like this it is not: 2.02 ms
-    against 2.69 for the per-tap matmuls of `kernel_gradient`, 2.96 vs 4.60 for a 1x7 128 -> 160 at 17 x 17,
-    3.94 vs 4.51 for a 7x1 160 -> 192 (IR-v2's A and B blocks at 299 px), and 0.34-1.13 vs 0.76-1.63 ms for the
-    A and B blocks' convolutions at 75 px, batch 32. Outside loops XLA's own was as fast or faster, so it stays.
-    The stages of blocks of IR-v2 at 299 px, forward and backward: A 0.95-0.98x, B 0.94-0.95x, C 1.02x the time.
-    The train step, against the per-tap matmuls: v4 at 75 px 0.96x (programs interleaved in one process, 8
-    rounds), 0.98-1.00x and IR-v2 at 75 px 0.97-1.00x (processes alternating), IR-v2 at 299 px 0.95-1.005x.
+    dimension numbers it rewrites itself, which inside a while loop leaves a generic path ~100x slower; written
+    out like this it is not, and it beats the per-tap matmuls of `kernel_gradient` on the blocks' convolutions.
+    Outside loops XLA's own was as fast or faster, so it stays (the figures: docs/performance.md §6.3).
     """
     if strides != (1, 1):
         raise ValueError(f"canonical_kernel_gradient: stride-1 convolutions only, got strides={strides}")

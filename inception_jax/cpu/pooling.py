@@ -54,8 +54,8 @@ max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 def box_sum_3x3(x: jax.Array) -> jax.Array:
     """Sums over each pixel's 3x3 neighbourhood inside the grid (zero padding), as shifted adds: rows, then columns.
 
-    XLA:CPU's reduce-window emitter ran a 3x3 window 4-6x slower than these fused adds (8x17x17x1024: 3.9 ms
-    against 0.6 ms).
+    XLA:CPU's reduce-window emitter ran a 3x3 window several times slower than these fused adds
+    (docs/performance.md §3.2, §6.3).
     """
     height, width = x.shape[1], x.shape[2]
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))

@@ -16,7 +16,6 @@ This module must not touch the network or start device work (the training code p
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -25,88 +24,17 @@ from typing import Any
 import grain
 import numpy as np
 
-from inception_jax.data import eval_crops, image_cache, preprocessing
-from inception_jax.data.sources import DataError, DatasetInfo, get_builder, open_split, resolve_data_dir
+from inception_jax.data import image_cache, preprocessing
+from inception_jax.data.data_config import DataConfig, DataError
+from inception_jax.data.sources import DatasetInfo, get_builder, open_split, resolve_data_dir
 from inception_jax.data.sources import dataset_info as _source_info
-from inception_jax.models.architecture import MIN_IMAGE_SIZE
 
-__all__ = ["DataConfig", "DataError", "DatasetInfo", "EvalStream", "TrainStream", "create_eval_stream",
-           "create_train_stream", "dataset_info", "make_global_batch"]
+__all__ = ["DataConfig", "DataError", "DatasetInfo", "EvalStream", "TrainStream", "check_batch_fits",
+           "create_eval_stream", "create_train_stream", "dataset_info", "make_global_batch"]
 
 # Leading words of the seed sequences, so that permutations and augmentations never share a random stream.
 _PERMUTATION_STREAM, _AUGMENT_STREAM, _FLIP_STREAM = 1, 2, 3
 _EVAL_PREFETCH_BYTES = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """What to read and how to preprocess it. Every field is validated on construction."""
-
-    name: str = "shapes_textures"  # TFDS name ('name/config:version' allowed); the embedded one is generated
-    data_dir: str | None = None  # None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    train_split: str = "train"  # TFDS split spec; slices such as 'train[:90%]' work
-    eval_split: str = "validation"
-    image_size: int = 96  # model input side (square); >= 75, the smallest input the networks accept
-    augment: str = "inception"  # "inception" (distorted box crop + flip) | "flip" | "none"
-    color_distort: bool = False  # slim distort_color (brightness, saturation, hue, contrast)
-    area_range: tuple[float, float] = (0.05, 1.0)  # distorted box: fraction of the image area
-    aspect_range: tuple[float, float] = (0.75, 1.333)  # distorted box: width / height
-    eval_crops: str = "single"  # "single" | "12" | "144" (docs/architecture.md §6.4)
-    central_fraction: float = 0.875  # single crop: fraction of each side kept; 12 crops: S / fraction scale
-    num_threads: int = 2  # threads preparing batches in the background
-    prefetch_batches: int = 4  # batches prepared ahead of the consumer
-    cache_mb: int = 1024  # decoded images kept for later reads in this process, per split (image_cache); 0: off
-
-    def __post_init__(self) -> None:
-        def bad(field: str, why: str) -> DataError:
-            return DataError(f"DataConfig.{field}={getattr(self, field)!r} (config key data.{field}) {why}")
-
-        if not isinstance(self.name, str) or not self.name:
-            raise bad("name", "must be a TFDS dataset name such as 'shapes_textures', 'imagenet2012', 'cifar10'")
-        for field in ("train_split", "eval_split"):
-            if not isinstance(getattr(self, field), str) or not getattr(self, field):
-                raise bad(field, "must be a split name such as 'train' or 'validation'")
-        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool):
-            raise bad("image_size", "must be an int")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise bad("image_size", f"is below {MIN_IMAGE_SIZE}, the smallest input the Inception networks accept "
-                                    f"(docs/architecture.md §1.3)")
-        if self.augment not in preprocessing.AUGMENTATIONS:
-            raise bad("augment", f"is not one of {list(preprocessing.AUGMENTATIONS)}")
-        if self.eval_crops not in eval_crops.PROTOCOLS:
-            raise bad("eval_crops", f"is not one of {list(eval_crops.PROTOCOLS)}")
-        for field, low, high in (("area_range", 0.0, 1.0), ("aspect_range", 0.0, float("inf"))):
-            value = getattr(self, field)
-            if (not isinstance(value, tuple) or len(value) != 2
-                    or not all(isinstance(v, int | float) for v in value)
-                    or not low < value[0] <= value[1] <= high):
-                raise bad(field, f"must be (min, max) with {low} < min <= max <= {high}")
-        if not isinstance(self.central_fraction, int | float) or not 0.0 < self.central_fraction <= 1.0:
-            raise bad("central_fraction", "must be in (0, 1]")
-        for field, low in (("num_threads", 1), ("prefetch_batches", 1), ("cache_mb", 0)):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise bad(field, f"must be an int >= {low}")
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> DataConfig:
-        """From an ml_collections ConfigDict (or mapping): `config.data`, or a whole config that has `data`."""
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if "data" in values and isinstance(values["data"], Mapping) and not fields & set(values):
-            values = dict(values["data"])
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise DataError(f"unknown config key(s) {['data.' + k for k in unknown]}; DataConfig fields: "
-                            f"{sorted(fields)}")
-        for key in ("area_range", "aspect_range"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-    @property
-    def num_eval_crops(self) -> int:
-        return eval_crops.NUM_CROPS[self.eval_crops]
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
@@ -133,11 +61,14 @@ def _check_processes(global_batch_size: int, process_index: int, process_count: 
     return global_batch_size // process_count
 
 
-def _check_batch_fits(global_batch_size: int, num_examples: int, cfg: DataConfig, split: str) -> None:
-    if global_batch_size > num_examples:
-        raise DataError(f"global_batch_size={global_batch_size} is larger than split {split!r} of {cfg.name!r} "
-                        f"({num_examples} examples, in {resolve_data_dir(cfg.data_dir)}); use at most "
-                        f"{num_examples}")
+def check_batch_fits(batch: str, batch_size: int, split: str, cfg: DataConfig, num_examples: int, *,
+                     error: type[Exception] = DataError) -> None:
+    """The one check that a global batch fits its split, for the streams here and for the run's checks before
+    anything starts (training/run_checks.py). `batch` and `split` are how the caller names them: the config keys
+    ("train.batch_size=64", "data.eval_split='validation'") or this module's arguments."""
+    if batch_size > num_examples:
+        raise error(f"{batch} is larger than {split} of {cfg.name!r} ({num_examples} examples in "
+                    f"{resolve_data_dir(cfg.data_dir)}); use at most {num_examples}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -214,7 +145,8 @@ class TrainStream:
         self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
         self.global_batch_size = global_batch_size
         self.num_examples = len(source)
-        _check_batch_fits(global_batch_size, self.num_examples, cfg, cfg.train_split)
+        check_batch_fits(f"global_batch_size={global_batch_size}", global_batch_size, f"split {cfg.train_split!r}", cfg,
+                         self.num_examples)
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise DataError(f"seed={seed!r} must be an int >= 0 (it seeds the epoch permutations and augmentations)")
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
@@ -285,7 +217,8 @@ class EvalStream:
         self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
         self.global_batch_size = global_batch_size
         self.num_examples = len(source)
-        _check_batch_fits(global_batch_size, self.num_examples, cfg, cfg.eval_split)
+        check_batch_fits(f"global_batch_size={global_batch_size}", global_batch_size, f"split {cfg.eval_split!r}", cfg,
+                         self.num_examples)
         self.process_index = process_index
         self.num_batches = -(-self.num_examples // global_batch_size)
         self.num_crops = cfg.num_eval_crops

@@ -8,10 +8,12 @@ processes sharing a data dir prepare it once. Everything else must already be pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
+import errno
 import fcntl
 import functools
+import io
 import logging
 import os
 import re
@@ -21,16 +23,14 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from inception_jax.data import shapes_textures  # noqa: F401  (registers the builder with tfds by name)
+from inception_jax.data.data_config import DataError
+from inception_jax.validation import close_matches
 
 log = logging.getLogger(__name__)
 _SPLIT_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)")
 
 # Datasets this package can generate on demand: the pipeline prepares them itself when a data dir lacks them.
 EMBEDDED_DATASETS: frozenset[str] = frozenset({"shapes_textures"})
-
-
-class DataError(ValueError):
-    """Bad dataset, split, size or record; the message names the value, where it came from and what is valid."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _known_names() -> tuple[str, ...]:
 
 
 def _unknown_dataset(name: str, data_dir: str, origin: str) -> DataError:
-    close = difflib.get_close_matches(_base_name(name), _known_names(), n=3)
+    close = close_matches(_base_name(name), _known_names(), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return DataError(f"{origin}={name!r}: unknown dataset: not a registered TFDS builder and not prepared under "
                      f"{data_dir}.{hint} Embedded datasets (generated locally): {sorted(EMBEDDED_DATASETS)}; any "
@@ -91,7 +91,19 @@ def _convert_command(builder: Any) -> str:
 
 
 def _prepare_embedded(builder: Any, data_dir: str) -> None:
-    """Generate an embedded dataset once per data dir; concurrent processes wait on the lock, then reuse it."""
+    """Generate an embedded dataset once per data dir; concurrent processes wait on the lock, then reuse it. A data
+    dir that cannot be written (the default one under a read-only HOME, say) is a DataError naming the remedy."""
+    try:
+        _prepare_embedded_locked(builder, data_dir)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DataError(f"cannot prepare the embedded dataset {builder.name}/{builder.builder_config.name} in "
+                        f"{data_dir} ({e}): point data.data_dir (--config.data.data_dir=DIR) or $TFDS_DATA_DIR (used "
+                        "when data.data_dir is unset) at a writable folder") from None
+
+
+def _prepare_embedded_locked(builder: Any, data_dir: str) -> None:
     os.makedirs(data_dir, exist_ok=True)
     lock_path = os.path.join(data_dir, f".{builder.name}.prepare.lock")
     with open(lock_path, "w") as lock:
@@ -101,11 +113,23 @@ def _prepare_embedded(builder: Any, data_dir: str) -> None:
                 return
             log.warning("Preparing the embedded dataset %s/%s in %s (once per data dir).",
                         builder.name, builder.builder_config.name, data_dir)
-            builder.download_and_prepare(
-                file_format="array_record",
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+            # TFDS prints its notes ("Downloading and preparing dataset Unknown size ...", for data generated here)
+            # and progress bars to the console; they belong in the log.
+            tfds.display_progress_bar(False)
+            with contextlib.redirect_stdout(_PrintsToLog()):
+                builder.download_and_prepare(
+                    file_format="array_record",
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _PrintsToLog(io.StringIO):
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.info("tfds: %s", re.sub(r"\x1b\[[0-9;]*m", "", line.strip()))  # without termcolor's colours
+        return len(text)
 
 
 def get_builder(name: str, data_dir: str | None, *, origin: str = "DataConfig.name") -> Any:

@@ -138,7 +138,9 @@ class Mixed(nnx.Module):
 
 @replaceable
 def run_branches(module: Mixed, x: jax.Array, *, train: bool) -> list[jax.Array]:
-    """Each branch of a multi-branch module on the module's input x."""
+    """Each branch of a multi-branch module on the module's input x. CPU twin: cpu/blocks.py `run_branches` (the
+    opening 1x1 convolutions fused); they agree:
+    tests/test_models.py::test_blocks_with_fused_1x1_heads_equal_the_blocks_as_written."""
     return [module.run_branch(branch, x, train=train) for branch in module.branches]
 
 
@@ -215,14 +217,19 @@ class ResidualBlock(Mixed):
 
 @replaceable
 def scaled_up_projection(up: nnx.Conv, h: jax.Array, scale: jax.Array) -> jax.Array:
-    """scale * UP(h): the residual branch of a block, its concatenation projected back to the block's width."""
+    """scale * UP(h): the residual branch of a block, its concatenation projected back to the block's width. CPU
+    twin: cpu/projection.py `scaled_up_projection` (the scale folded into the kernel); they agree:
+    tests/test_projection.py::test_folded_projection_matches_the_formula_and_its_gradients and
+    ::test_a_residual_block_computes_the_same_in_either_form."""
     r = up(h)
     return r * scale.astype(r.dtype)
 
 
 @replaceable
 def block_relu(y: jax.Array) -> jax.Array:
-    """The ReLU that ends a residual block (`act`; the released IR-v2's last block has none)."""
+    """The ReLU that ends a residual block (`act`; the released IR-v2's last block has none). CPU twin:
+    cpu/blocks.py `block_relu` (its mask applied downstream); they agree:
+    tests/test_layers.py::test_a_relu_whose_mask_is_applied_downstream_has_the_relus_gradient."""
     return jax.nn.relu(y)
 
 

@@ -47,7 +47,8 @@ def scaled_initializer(name: str, scale: float = 1.0) -> Initializer:
 @replaceable
 def conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
     """`jax.lax.conv_general_dilated`: the convolution of every nnx.Conv of the networks (their one hook object,
-    so graphdefs compare equal)."""
+    so graphdefs compare equal). CPU twin: cpu/convolution.py `conv_general_dilated`; they agree:
+    tests/test_layers.py::test_outputs_and_both_gradients_equal_xla_convolution."""
     return jax.lax.conv_general_dilated(*args, **kwargs)
 
 
@@ -83,7 +84,8 @@ class ConvBN(nnx.Module):
 
 @replaceable
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """MaxPool(3, 2, VALID): every stride-2 pooling of the five networks."""
+    """MaxPool(3, 2, VALID): every stride-2 pooling of the five networks. CPU twin: cpu/pooling.py
+    `max_pool_3x3_s2`; they agree: tests/test_layers.py::test_max_pool_gradient_equals_xlas_first_maximum_rule."""
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
 
 
@@ -97,7 +99,9 @@ def same_pool_counts(height: int, width: int) -> np.ndarray:
 
 @replaceable
 def avg_pool_3x3_same(x: jax.Array) -> jax.Array:
-    """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4)."""
+    """AvgPool(3, 1, SAME) with padded positions excluded from the divisor (TF semantics, §1.4). CPU twin:
+    cpu/pooling.py `avg_pool_3x3_same`; they agree:
+    tests/test_layers.py::test_average_pool_and_its_gradient_equal_tf_semantics_reduce_window."""
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
     return total / jnp.asarray(same_pool_counts(x.shape[1], x.shape[2]), x.dtype)
 

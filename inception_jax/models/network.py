@@ -7,6 +7,7 @@ activation and per-block zero fractions and residual / shortcut RMS; and the sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
@@ -41,13 +42,18 @@ class ModelOutput:
     stages: dict[str, jax.Array] | None = None
 
 
-def block_values(opts: ModelOptions, stage: str, *, linear: bool = False) -> tuple[float, float]:
-    """(shortcut gain, scale) of a residual-family block, y = act(gain * x + scale * UP(branches)): gain 1 and the
-    stage's residual scale; the plain network (use_residual=False, §1.10) gain 0 and `plain_scale`. The released
-    IR-v2's linear last block keeps scale 1.0 in every scale mode (§1.6)."""
+def block_values(opts: ModelOptions) -> dict[str, tuple[float, float]]:
+    """(shortcut gain, scale) of the residual-family blocks, y = act(gain * x + scale * UP(branches)), per stage
+    ('a', 'b', 'c') and for the released IR-v2's linear last block ('linear'): gain 1 and the stage's residual
+    scale; the plain network (use_residual=False, §1.10) gain 0 and `plain_scale`. The linear last block keeps
+    scale 1.0 in every scale mode (§1.6).
+
+    Values, not structure: a run's programs build the network of `program_options` and take these as an argument
+    of the init program (training/programs.py), so every variant of one shape is one compiled program."""
     if not opts.use_residual:
-        return 0.0, opts.plain_scale
-    return 1.0, 1.0 if linear else opts.residual_scale[STAGES.index(stage)]
+        return {key: (0.0, opts.plain_scale) for key in (*STAGES, "linear")}
+    return {**{stage: (1.0, scale) for stage, scale in zip(STAGES, opts.residual_scale, strict=True)},
+            "linear": (1.0, 1.0)}
 
 
 def layer_context(opts: ModelOptions) -> LayerContext:
@@ -61,22 +67,26 @@ def layer_context(opts: ModelOptions) -> LayerContext:
 class InceptionNet(nnx.Module):
     """Inception-v4 / Inception-ResNet-v1 / -v2 as selected by `arch`; see docs/architecture.md §0.4 for the tree."""
 
-    def __init__(self, arch: Architecture, opts: ModelOptions, *, rngs: nnx.Rngs):
+    def __init__(self, arch: Architecture, opts: ModelOptions, *, rngs: nnx.Rngs,
+                 values: Mapping[str, tuple[Any, Any]] | None = None):
+        """`values`: the blocks' shortcut gains and scales (block_values' form, arrays allowed, traced ones too);
+        None takes `opts`' own."""
+        values = block_values(opts) if values is None else values
         self.options = opts
         self.residual_family = arch.residual
         filters = opts.filter_table
         ctx = layer_context(opts)
         self.stem = Stem(arch.stem, sub_filters(filters, "stem"), ctx=ctx, rngs=rngs)
         c = self.stem.out_channels
-        c = self._build_stage("a", arch.block_a, c, filters, ctx, rngs)
+        c = self._build_stage("a", arch.block_a, c, filters, values, ctx, rngs)
         self.reduction_a = Mixed(c, arch.reduction_a, sub_filters(filters, "reduction_a"), ctx=ctx, rngs=rngs)
         c = self.reduction_a.mixed_channels
-        c = self._build_stage("b", arch.block_b, c, filters, ctx, rngs)
+        c = self._build_stage("b", arch.block_b, c, filters, values, ctx, rngs)
         self.aux = (AuxHead(c, filters["aux.conv1"], filters["aux.conv2"], aux_kernel_size(opts.image_size),
                             opts.num_classes, ctx=ctx, rngs=rngs) if opts.aux_head else None)
         self.reduction_b = Mixed(c, arch.reduction_b, sub_filters(filters, "reduction_b"), ctx=ctx, rngs=rngs)
         c = self.reduction_b.mixed_channels
-        c = self._build_stage("c", arch.block_c, c, filters, ctx, rngs)
+        c = self._build_stage("c", arch.block_c, c, filters, values, ctx, rngs)
         self.final_conv = (ConvBN(c, filters["final_conv"], (1, 1), ctx=ctx, rngs=rngs)
                            if arch.final_conv else None)
         self.num_features = filters["final_conv"] if arch.final_conv else c
@@ -91,11 +101,11 @@ class InceptionNet(nnx.Module):
         counts = dict(zip(STAGES, self.options.block_counts, strict=True))
         return {f"blocks_{s}": counts[s] - int(self._linear_last(s)) for s in STAGES}
 
-    def _make_block(self, stage: str, branches, c: int, filters, ctx, rngs, *, linear: bool = False):
+    def _make_block(self, stage: str, branches, c: int, filters, values, ctx, rngs, *, linear: bool = False):
         f = sub_filters(filters, f"block_{stage}")
         if not self.residual_family:
             return InceptionBlock(c, branches, f, ctx=ctx, rngs=rngs)
-        shortcut, scale = block_values(self.options, stage, linear=linear)
+        shortcut, scale = values["linear" if linear else stage]
         return ResidualBlock(c, branches, f, shortcut=shortcut, scale=scale, activation=not linear, ctx=ctx,
                              rngs=rngs, scale_mode="constant" if linear else self.options.residual_scale_mode)
 
@@ -111,18 +121,15 @@ class InceptionNet(nnx.Module):
                     found.append((stage, block, not block.activation))
         return found
 
-    def set_block_values(self, opts: ModelOptions) -> None:
-        """Write `opts`' shortcut gains and scales (block_values) into the blocks, keeping each array's shape,
-        dtype and sharding: how one initialised network becomes another variant of the same program."""
-        for stage, block, linear in self.residual_blocks():
-            shortcut, scale = block_values(opts, stage, linear=linear)
-            for variable, value in ((block.shortcut, shortcut), (block.residual_scale, scale)):
-                current = variable[...]
-                variable[...] = jax.device_put(jnp.full(current.shape, value, current.dtype), current.sharding)
+    def stage_widths(self) -> dict[str, int]:
+        """The residual-stream (block input) width of each stage: what the stem, Reduction-A and Reduction-B put
+        out."""
+        return {"a": int(self.stem.out_channels), "b": int(self.reduction_a.mixed_channels),
+                "c": int(self.reduction_b.mixed_channels)}
 
-    def _build_stage(self, stage: str, branches, c: int, filters, ctx, rngs) -> int:
+    def _build_stage(self, stage: str, branches, c: int, filters, values, ctx, rngs) -> int:
         n_identical = self.stacked_counts()[f"blocks_{stage}"]
-        blocks = [self._make_block(stage, branches, c, filters, ctx, rngs) for _ in range(n_identical)]
+        blocks = [self._make_block(stage, branches, c, filters, values, ctx, rngs) for _ in range(n_identical)]
         if self.options.scan_blocks and blocks:
             setattr(self, f"blocks_{stage}", stack_modules(blocks))
         else:
@@ -130,7 +137,7 @@ class InceptionNet(nnx.Module):
                 setattr(self, f"blocks_{stage}_{i}", block)
         if self._linear_last(stage):
             setattr(self, f"blocks_{stage}_{n_identical}",
-                    self._make_block(stage, branches, c, filters, ctx, rngs, linear=True))
+                    self._make_block(stage, branches, c, filters, values, ctx, rngs, linear=True))
         if blocks and not self.residual_family:
             return blocks[0].mixed_channels
         return c

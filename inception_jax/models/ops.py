@@ -3,7 +3,7 @@
 The networks are written with stock JAX and Flax: XLA's convolution, pooling and BatchNorm gradients through plain
 autodiff, which is what GPUs and TPUs run. A few operations are marked `replaceable`: the convolution of every
 `nnx.Conv`, BatchNorm + ReLU in training, the two poolings, a module's branches, the residual blocks' scaled
-up-projection and final ReLU, and the scan over a stage's blocks. A backend (`inception_jax/cpu`) is a `Kernels`
+up-projection and final ReLU, and the scan over a stage's blocks. A backend (`inception_jax/cpu`) is a `Backend`
 whose `replacements` map some of them to forms tuned for its platform; a program traced inside
 `kernels.tracing()` uses those forms, every other program the stock ones. A replacement computes the same function
 (outputs and gradients equal up to float rounding): it may change how, never what.
@@ -42,7 +42,7 @@ def replaceable(stock: F) -> F:
 
 
 @dataclasses.dataclass(frozen=True)
-class Kernels:
+class Backend:
     """How a program computes the replaceable operations: this class, the stock forms; a backend subclasses it.
 
     Frozen and comparable, so a step's configuration can hold one and two equal choices are one program.
@@ -65,4 +65,4 @@ class Kernels:
             _REPLACEMENTS.reset(token)
 
 
-STOCK = Kernels()
+STOCK = Backend()

@@ -7,7 +7,6 @@ what would be valid.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 from inception_jax.models.architecture import Architecture, min_image_size
 from inception_jax.models.blocks import SCALE_MODES
 from inception_jax.models.layers import INITIALIZERS
+from inception_jax.validation import check_choice, did_you_mean
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 RESIDUAL_KNOBS = ("use_residual", "residual_scale", "residual_scale_mode", "plain_scale", "final_block_linear")
@@ -88,11 +88,6 @@ class ModelOptions:
         return min_image_size(self.aux_head)
 
 
-def _closest(name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=3)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
 def _where(arch: Architecture, knob: str) -> str:
     return f"create_model({arch.name!r}): {knob}"
 
@@ -111,9 +106,7 @@ def _finite_number(arch: Architecture, knob: str, value: Any, *, low: float = 0.
 
 
 def _choice(arch: Architecture, knob: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{_where(arch, knob)}={value!r} is not one of {list(allowed)}")
-    return value
+    return check_choice(_where(arch, knob), value, allowed)
 
 
 def _bool(arch: Architecture, knob: str, value: Any) -> bool:
@@ -186,7 +179,7 @@ def _filters(arch: Architecture, multiplier: float, overrides: Any, aux_head: bo
     # A mapping, or (key, count) pairs (the form configs and spreadsheets hold).
     for key, value in dict(overrides or {}).items():
         if key not in defaults:
-            hint = _closest(key, list(defaults))
+            hint = did_you_mean(key, list(defaults))
             raise ValueError(f"{_where(arch, 'filters')} has unknown entry {key!r}{hint}; the entries of "
                              f"{arch.name} are {sorted(defaults)}")
         table[key] = _positive_int(arch, f"filters[{key!r}]", value)
@@ -198,7 +191,7 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
     unknown = [k for k in knobs if k not in KNOB_DEFAULTS]
     if unknown:
         k = unknown[0]
-        raise TypeError(f"create_model({arch.name!r}) got an unknown knob {k!r}{_closest(k, list(KNOB_DEFAULTS))}; "
+        raise TypeError(f"create_model({arch.name!r}) got an unknown knob {k!r}{did_you_mean(k, list(KNOB_DEFAULTS))}; "
                         f"valid knobs: {sorted(KNOB_DEFAULTS)}")
     v = {**KNOB_DEFAULTS, **knobs}
     if not arch.residual:
@@ -256,13 +249,13 @@ def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -
 
 
 # Knobs that are values of the network, not its structure: the shortcut gain (plain = 0), the residual scales and
-# the plain scale live in the blocks' state (network.block_values), so they never change the compiled program.
+# the plain scale are the blocks' state (network.block_values), so they never change the compiled program.
 VALUE_KNOBS = {"use_residual": True, "residual_scale": (1.0, 1.0, 1.0), "plain_scale": 1.0}
 
 
 def program_options(opts: ModelOptions) -> ModelOptions:
     """`opts` with every value knob at one fixed value: two networks whose program options are equal are one
-    compiled program (the values are written into the state, `InceptionNet.set_block_values`)."""
+    compiled program (the values are an argument of its init program: training/programs.py)."""
     return dataclasses.replace(opts, **VALUE_KNOBS)
 
 

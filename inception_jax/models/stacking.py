@@ -56,7 +56,9 @@ def scan_stacked(stacked: nnx.Module, carry: jax.Array, fn: Callable[..., tuple[
 def scan_blocks(stacked: nnx.Module, x: jax.Array, apply: Callable[[nnx.Module, jax.Array], tuple[jax.Array, Any]],
                 *, remat: bool) -> tuple[jax.Array, Any]:
     """A stage's stacked blocks applied in turn, `apply(block, h) -> (h, per-block outputs)`: (the stage's output,
-    the per-block outputs stacked)."""
+    the per-block outputs stacked). CPU twin: cpu/blocks.py `scan_blocks` (the deferred ReLU mask); they agree:
+    tests/test_models.py::
+    test_scanned_residual_blocks_have_the_unrolled_gradients_and_keep_no_relu_mask_per_block."""
     return scan_stacked(stacked, x, apply, remat=remat)
 
 

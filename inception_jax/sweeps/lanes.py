@@ -60,6 +60,7 @@ class RowEnd:
     steps: int
     result: dict
     seconds: float  # this command's wall time for the row, compiling included
+    resumed_time_s: float = 0.0  # of result["wall_time_s"], what earlier commands trained (RunResult's)
 
 
 @dataclasses.dataclass
@@ -217,12 +218,13 @@ class _Runner:
                 self.compiled.add(message[1])
                 self.compiling.discard(message[1])
             elif kind == "ended":
-                _, status, steps, result = message
+                _, status, steps, result, resumed_time_s = message
                 task, lane.task = lane.task, None
                 if status == "preempted":
                     self.preempted.append(task.run_id)
                     self.stopping = True
-                self.ended(RowEnd(task.run_id, status, steps, result, time.perf_counter() - lane.began))
+                self.ended(RowEnd(task.run_id, status, steps, result, time.perf_counter() - lane.began,
+                                  resumed_time_s))
             elif kind == "error":
                 lane.task = None
                 self.fail(message[1])
@@ -299,18 +301,18 @@ def _lane_main(index: int, cores: tuple[int, ...], conn: Any, log_path: str, set
         conn.send(("started",))
         try:
             if _STOP.is_set():
-                conn.send(("ended", "preempted", 0, {"status": "preempted", "steps": 0}))
+                conn.send(("ended", "preempted", 0, {"status": "preempted", "steps": 0}, 0.0))
                 continue
             if task.family not in families:
                 compile_ahead([task.config])  # before the row: the parent can send this family elsewhere now
                 families.add(task.family)
                 conn.send(("compiled", task.family))
             if _STOP.is_set():
-                conn.send(("ended", "preempted", 0, {"status": "preempted", "steps": 0}))
+                conn.send(("ended", "preempted", 0, {"status": "preempted", "steps": 0}, 0.0))
             else:
                 result = train_and_evaluate(task.config, task.run_dir)
                 conn.send(("ended", result.status, result.steps,
-                           result.result or {"status": result.status, "steps": result.steps}))
+                           result.result or {"status": result.status, "steps": result.steps}, result.resumed_time_s))
         except BaseException as e:
             log.exception("lane %d: %s failed", index, task.run_id)
             conn.send(("error", _portable(e, task.run_id, index)))

@@ -8,7 +8,6 @@ Sweep workdir layout (docs/run_folder.md): sweep.json, runs/<run_id>/, results.c
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import logging
 import os
@@ -16,24 +15,36 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from inception_jax import COMMAND_STARTED
 from inception_jax.configuration import ConfigError, config_module
 from inception_jax.cpu import runtime
+from inception_jax.sweeps import console_log
 from inception_jax.sweeps.compile_ahead import compile_ahead
+from inception_jax.sweeps.console import SweepConsole
+from inception_jax.sweeps.hparams import write_run_summary, write_sweep_experiment
 from inception_jax.sweeps.lanes import RowTask, run_in_lanes
 from inception_jax.sweeps.progress import NullProgress, SweepProgress
 from inception_jax.sweeps.sweep_checks import check_rows, claim_row, row_differences
-from inception_jax.sweeps.sweep_rows import SweepRow, describe_row, read_csv, row_command, validate_rows, write_csv
+from inception_jax.sweeps.sweep_rows import (
+    SweepRow,
+    describe_row,
+    override_args,
+    read_csv,
+    row_command,
+    validate_rows,
+    write_csv,
+)
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.metrics import write_json_atomic
 from inception_jax.training.programs import program_config
 from inception_jax.training.run_checks import check_run, check_workdir_writable
 from inception_jax.training.run_folder import config_record, replace_changed_run
+from inception_jax.validation import close_matches
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again
@@ -72,7 +83,7 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
             current = config_record(config, run_id=os.path.basename(os.path.abspath(workdir)),
                                     num_classes=checked.opts.num_classes)
             replace_changed_run(os.path.abspath(workdir), current, checked.num_steps)
-        result = train_and_evaluate(config, workdir)
+        result = _run_one(config, workdir)
         print(f"run {result.status}: {os.path.abspath(workdir)}")
         return EXIT_PREEMPTED if result.status == "preempted" else 0
     configs = validate_rows(config, rows)  # every row, before anything runs
@@ -82,13 +93,13 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
         return 0
     if print_commands:
         for r in rows:
-            print(row_command(config_arg, r.run_id, workdir, rows_csv))
+            print(row_command(config_arg, r.run_id, workdir, rows_csv, overrides=override_args(sys.argv[1:])))
         return 0
     selected = list(zip(rows, configs, strict=True))
     if row is not None:
         ids = [r.run_id for r in rows]
         if row not in ids:
-            close = difflib.get_close_matches(row, ids, n=3)
+            close = close_matches(row, ids, n=3)
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"--row={row!r} is not a run_id of this sweep{hint}; run ids: {ids}")
         selected = [(r, c) for r, c in selected if r.run_id == row]
@@ -96,10 +107,40 @@ def run_from_flags(config: ml_collections.ConfigDict, *, config_arg: str, workdi
     check_workdir_writable(workdir)
     check_rows(list(zip(rows, configs, strict=True)), {r.run_id for r, _ in selected}, workdir,
                rerun_changed=rerun_changed)
+    console = SweepConsole(layout=rows_layout(selected), log_file=console_log.to_file(
+        os.path.join(workdir, console_log.SWEEP_LOG))) if jax.process_index() == 0 else NullProgress()
     return run_sweep(selected, list(zip(rows, configs, strict=True)), workdir=workdir,
                      name=os.path.splitext(os.path.basename(config_arg))[0], command=user_command(sys.argv),
                      thresholds=tuple(config.report.thresholds), rerun_changed=rerun_changed,
-                     parallel_rows=parallel_rows)
+                     parallel_rows=parallel_rows, progress=console)
+
+
+def _run_one(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """A single run (no sweep), shown as a sweep of one row; its log is <workdir>/train.log."""
+    name = os.path.basename(os.path.abspath(workdir))
+    log_file = console_log.to_file(os.path.join(workdir, console_log.RUN_LOG))
+    if config.compile_only or config.eval_only:  # no training to show: these print their own one-line result
+        return train_and_evaluate(config, workdir)
+    console = SweepConsole(log_file=log_file, what="run") if jax.process_index() == 0 else NullProgress()
+    console.planned(name=name, rows=[name], pending=[name], lanes=1, steps={name: check_run(config).num_steps})
+    console.row_started(name, workdir, 0)
+    started = time.monotonic()
+    try:
+        result = train_and_evaluate(config, workdir)
+        if result.status != "preempted":
+            write_run_summary(workdir)  # TensorBoard's HParams session of this run
+            console.row_finished(name, result.result, time.monotonic() - started)
+        return result
+    finally:
+        console.close()
+
+
+def rows_layout(selected: Sequence[tuple[SweepRow, ml_collections.ConfigDict]]) -> str:
+    """`6 cells x 2 seeds`: the rows' distinct settings other than the seed, and their seeds."""
+    cells = {json.dumps({k: v for k, v in r.overrides.items() if k != "seed"}, sort_keys=True, default=str)
+             for r, _ in selected}
+    seeds = sorted({int(c.seed) for _, c in selected})
+    return f"{len(cells)} cells x {len(seeds)} seeds" if len(seeds) > 1 else f"{len(cells)} cells, seed {seeds[0]}"
 
 
 def user_command(argv: Sequence[str]) -> str:
@@ -139,10 +180,13 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
                      steps={run_id: checked[run_id].num_steps for run_id in pending})
     trained = [0.0]  # seconds of training and evaluation (the runs' own clocks) in this command
 
-    def finished(run_id: str, result: dict, seconds: float) -> None:
-        trained[0] += float(result.get("wall_time_s") or 0.0)
+    def finished(run_id: str, result: dict, seconds: float, resumed_time_s: float) -> None:
+        trained[0] += max(0.0, float(result.get("wall_time_s") or 0.0) - resumed_time_s)
         log.info("%s: %s in %.0f s (eval top-1 %s)", run_id, result.get("status"), seconds, result.get("eval_top1"))
         progress.row_finished(run_id, result, seconds)
+        if result.get("status") != "preempted":
+            write_run_summary(os.path.join(workdir, "runs", run_id))  # TensorBoard's HParams session of this run
+            write_sweep_experiment(os.path.join(workdir, "runs"))
 
     if lanes:
         preempted = _run_lanes(rows, checked, workdir, threads, lanes, rerun_changed, progress, finished)
@@ -151,6 +195,7 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
     if preempted:
         print(f"preempted during {', '.join(preempted)}; rerun the same command to resume")
         return EXIT_PREEMPTED
+    write_sweep_experiment(os.path.join(workdir, "runs"))
     # Again, right before writing: another command may have replaced a folder since this one checked it.
     changed, stale = row_differences(all_rows, {r.run_id for r, _ in selected}, workdir, datasets)
     if changed:
@@ -165,7 +210,7 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
     results = write_results(workdir, [r for r, _ in all_rows], thresholds)
     report = write_report(workdir, command, thresholds)
     write_sweep_json(workdir, name, [r.run_id for r, _ in all_rows], command=command)
-    print(report.summary.read_text())
+    print("\n" + findings_text(report.summary.read_text()))
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
     elapsed = time.time() - float(os.environ.get(COMMAND_STARTED, time.time()))
     if trained[0] and elapsed > 0:
@@ -175,7 +220,15 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
               "report)")
     print(f"results table: {results}")
     print(f"report: {report.html}")
+    if console_log.log_path():
+        print(f"log: {console_log.log_path()}")
     return 0
+
+
+def findings_text(summary: str) -> str:
+    """summary.md without its opening paragraph (date, machine, command: in the report and summary.md)."""
+    head, _, rest = summary.strip().partition("\n\n")
+    return rest if head.startswith("Generated") and rest else summary.strip()
 
 
 def lane_plan(rows: Sequence[tuple[SweepRow, ml_collections.ConfigDict]], pending: Sequence[str],
@@ -223,7 +276,7 @@ def _run_here(rows, checked, workdir, rerun_changed, progress, finished, compile
         begin = time.perf_counter()
         result = train_and_evaluate(config, run_dir)
         finished(row.run_id, result.result or {"status": result.status, "steps": result.steps},
-                 time.perf_counter() - begin)
+                 time.perf_counter() - begin, result.resumed_time_s)
         if result.status == "preempted":
             return [row.run_id]
     return []
@@ -256,7 +309,8 @@ def _run_lanes(rows, checked, workdir, threads, lanes, rerun_changed, progress, 
                         workdir=workdir,
                         setup_config=rows[0][1], claim=claim, cache_shared=bool(runtime.compilation_cache_dir()),
                         started=lambda task, lane: progress.row_started(task.run_id, task.run_dir, lane),
-                        skipped=skipped, ended=lambda end: finished(end.run_id, end.result, end.seconds))
+                        skipped=skipped,
+                        ended=lambda end: finished(end.run_id, end.result, end.seconds, end.resumed_time_s))
 
 
 def write_sweep_json(workdir: str, name: str, run_ids: Sequence[str], *, command: str | None) -> None:
@@ -294,39 +348,11 @@ def _with_row(config: ml_collections.ConfigDict, row: SweepRow, name: str,
 
 def write_results(workdir: str, rows: Sequence[SweepRow], thresholds: Sequence[float]) -> str:
     """results.csv: one line per run folder present, with its overrides, final metrics, steps (and seconds) to
-    the accuracy thresholds (analysis's rule), verdict and wall time."""
-    import pandas as pd
+    the accuracy thresholds (analysis's rule), verdict and wall time (analysis.frames.load_sweep's columns)."""
+    from analysis.frames import load_sweep
 
-    from analysis.runs import Run, load_run
-    from analysis.tables import SOURCE_EVAL, SOURCE_TRAIN, run_crossings
-
-    records = []
-    for row in rows:
-        run_dir = os.path.join(workdir, "runs", row.run_id)
-        if not os.path.isdir(run_dir):
-            continue
-        record = {"run_id": row.run_id, **{k: json.dumps(v) if isinstance(v, dict | tuple | list) else v
-                                           for k, v in row.overrides.items()}}
-        loaded = load_run(Path(run_dir), row.run_id)
-        result_path = os.path.join(run_dir, "result.json")
-        result = {"status": "unfinished"}
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                result = json.load(f)
-        record.update({k: result.get(k) for k in ("status", "steps", "wall_time_s", "final_train_loss",
-                                                   "final_train_accuracy", "eval_top1", "eval_top5", "ema_eval_top1",
-                                                   "verdict", "t_death")})
-        if isinstance(loaded, Run):
-            record["deepest_width"] = loaded.config.get("derived", {}).get("deepest_width")
-            record["variant"] = loaded.config.get("derived", {}).get("variant")
-            for source, tag in ((SOURCE_TRAIN, "train_acc"), (SOURCE_EVAL, "eval_top1")):
-                for t, crossing in run_crossings(loaded, source, thresholds).items():
-                    record[f"steps_to_{tag}_{t:g}"] = crossing.step
-                    record[f"seconds_to_{tag}_{t:g}"] = (None if crossing.seconds is None
-                                                         else round(crossing.seconds, 2))
-        records.append(record)
     path = os.path.join(workdir, "results.csv")
-    frame = pd.DataFrame.from_records(records)
+    frame = load_sweep(os.path.join(workdir, "runs"), thresholds=thresholds, run_ids=[row.run_id for row in rows])
     frame.to_csv(path, index=False, na_rep="")
     return path
 

@@ -11,14 +11,16 @@ import ast
 import csv
 import dataclasses
 import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError, closest_keys_hint, flatten, model_knobs, validate_static
+from inception_jax.configuration import ConfigError, flatten, model_knobs, validate_static
 from inception_jax.data.input_pipeline import DataConfig
 from inception_jax.models import model_options
+from inception_jax.validation import closest_keys_hint
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 
@@ -146,10 +148,26 @@ def validate_rows(base: ml_collections.ConfigDict, rows: Sequence[SweepRow]) -> 
     return configs
 
 
-def row_command(config_arg: str, run_id: str, workdir: str, rows_csv: str | None = None) -> str:
-    """The exact command line that reruns one row."""
-    parts = ["python -m inception_jax.main", f"--config={config_arg}", f"--workdir={workdir}"]
+def row_command(config_arg: str, run_id: str, workdir: str, rows_csv: str | None = None,
+                overrides: Sequence[str] = ()) -> str:
+    """The exact command line that reruns one row: the sweep's `--config.*` overrides included, every argument
+    shell-quoted (a workdir with a space, pasted, must write to the same folder)."""
+    parts = [f"--config={config_arg}", f"--workdir={workdir}", *overrides]
     if rows_csv:
         parts.append(f"--rows_csv={rows_csv}")
     parts.append(f"--row={run_id}")
-    return " ".join(parts)
+    return " ".join(["python -m inception_jax.main", *(shlex.quote(p) for p in parts)])
+
+
+def override_args(argv: Sequence[str]) -> list[str]:
+    """The `--config.key=value` (and `--noconfig.key`) arguments of a command line, as typed; a value given as the
+    next argument (`--config.key value`) is joined to its flag."""
+    out: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if not arg.startswith(("--config.", "--noconfig.")):
+            continue
+        if "=" not in arg and arg.startswith("--config.") and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            arg = f"{arg}={args[i + 1]}"
+        out.append(arg)
+    return out

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import logging
 import math
 import os
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +76,7 @@ class RunCheckpoints:
     def __init__(self, directory: str, *, every_steps: int, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only, self.keep = read_only, keep
+        self._in_flight: int | None = None  # the step of the async save last started, until waited for
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -82,6 +86,8 @@ class RunCheckpoints:
             create=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        if not read_only:
+            quiet_failed_saves()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -90,9 +96,14 @@ class RunCheckpoints:
         """Start an async save if the interval policy (or `force`) says so; returns whether it did."""
         if step in self.manager.all_steps():
             return False  # already saved (the interval save of the last step, then the final forced one)
+        if self._in_flight is not None and (force or self.manager.should_save(step)):
+            self.wait()  # as Orbax's save would: a failure of the previous save is named by that save's step
         with self._storage_errors(f"saving the checkpoint of step {step}"):
-            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                   meta=ocp.args.JsonSave(meta)), force=force)
+            started = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                      meta=ocp.args.JsonSave(meta)), force=force)
+        if started:
+            self._in_flight = step
+        return started
 
     def check_free_space(self, abstract_state: Any) -> None:
         """Room for the checkpoints still to come, checked before training rather than found at the first save:
@@ -171,7 +182,9 @@ class RunCheckpoints:
         return f"moved to {target}"
 
     def wait(self) -> None:
-        with self._storage_errors("finishing a checkpoint save"):  # an async save's error surfaces here
+        step, self._in_flight = self._in_flight, None
+        what = "finishing a checkpoint save" if step is None else f"saving the checkpoint of step {step}"
+        with self._storage_errors(what):  # an async save's error surfaces here
             self.manager.wait_until_finished()
 
     def close(self) -> None:
@@ -184,13 +197,57 @@ def checkpoint_bytes(abstract_state: Any) -> int:
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract_state))
 
 
-def _is_storage_error(error: BaseException) -> bool:
+_STORAGE_WORDS = ("No space left", "RESOURCE_EXHAUSTED", "Disk quota exceeded", "Read-only file system")
+
+
+def _is_storage_error(error: BaseException | None) -> bool:
     """Out of space or quota, or the file system refusing writes; TensorStore reports these as text in a bare
     Exception, so the message is read too."""
+    if error is None:
+        return False
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return True
-    return any(words in str(error) for words in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota exceeded",
-                                                  "Read-only file system"))
+    return any(words in str(error) for words in _STORAGE_WORDS)
+
+
+def _is_closed_loop_callback(error: BaseException | None) -> bool:
+    """TensorStore finishing a write for an event loop Orbax has closed: the save failed on its first error and
+    nobody awaits the others (called from C++, so the traceback starts in asyncio)."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+class _FailedSaveNoise(logging.Filter):
+    """Drops what a save failing for want of space prints besides our one line (`RunCheckpoints._storage_errors`,
+    raised at the next save or wait): Orbax's error logs with their tracebacks, one per background thread, and
+    asyncio's "exception was never retrieved" for the writes of Orbax's event loop still pending when the first
+    failed. Up to a thousand lines, all saying "No space left on device"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name == "asyncio":
+            return not ("exception was never retrieved" in record.getMessage()
+                        and (_is_storage_error(error) or _is_closed_loop_callback(error)))
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax and (_is_storage_error(error) or _is_storage_error(Exception(record.getMessage()))))
+
+
+@functools.cache
+def quiet_failed_saves() -> None:
+    """Install `_FailedSaveNoise` on the loggers Orbax (absl) and asyncio write to, and an unraisable-exception hook
+    that drops TensorStore's callbacks into Orbax's closed event loop (`_is_closed_loop_callback`). Once per
+    process; everything else passes through unchanged."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_FailedSaveNoise())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        if not (_is_closed_loop_callback(unraisable.exc_value) and frames and frames[0].name == "call_soon_threadsafe"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

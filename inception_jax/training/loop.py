@@ -130,7 +130,7 @@ def _train(run: PreparedRun, checkpoints: RunCheckpoints) -> RunResult:
             checkpoints.save(step, final, checkpoint_meta(step, clock), force=True)
     result = finish(writer, step, state, programs, inputs, clock, history, status, save=save)
     writer.close()
-    return RunResult(status, step, result)
+    return RunResult(status, step, result, resumed_time_s=clock.offset)
 
 
 def checkpoint_meta(step: int, clock: Clock) -> dict:

@@ -24,6 +24,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
+# TensorBoard groups a run's scalars by the first part of their tags: the train lines' keys go to the group a reader
+# scans for them (docs/run_folder.md "TensorBoard"). metrics.jsonl keeps the plain keys analysis reads.
+OPTIMIZER_KEYS = ("lr", "grad_norm", "update_norm", "param_norm")
+DYING_KEYS = ("prepool_zero_frac", "prepool_dead_chan_frac", "prepool_mean", "prepool_std", "prepool_max",
+              "feat_energy", "logit_std", "logit_absmax", "block_zero_frac", "block_ratio", "residual_scale")
+
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write-then-rename, so a reader (or a crash) never sees half a file. Strict JSON: a non-finite number (a
@@ -59,6 +65,18 @@ def to_python(value: Any) -> Any:
     if arr.ndim == 0:
         return float(arr) if arr.dtype.kind == "f" else arr.item()
     return [float(v) for v in arr.reshape(-1)]
+
+
+def tensorboard_tag(split: str, key: str) -> str | None:
+    """The TensorBoard tag of a metrics.jsonl value (None: not written there). Train lines split into `train/`
+    (loss, accuracy, throughput, progress), `optim/` (learning rate and norms) and `dying/` (the diagnostics of
+    docs/dying.md); eval and probe lines keep their split as the group. `time` and `epoch` are written for train
+    lines only: every split has them, and TensorBoard's own axes show them."""
+    base = key.split("/", 1)[0]
+    if split != "train":
+        return None if base in ("time", "epoch") else f"{split}/{key}"
+    group = "optim" if base in OPTIMIZER_KEYS else "dying" if base in DYING_KEYS else "train"
+    return f"{group}/{key}"
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -100,6 +118,15 @@ def scalar_batch_writer(logdir: str) -> Any:
             with self._summary_writer.as_default():
                 tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=int(step))
 
+        def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+            # The HParams session, named after the run folder (clu's names it after a hash of the values, which is
+            # what the HParams table then shows as the run's name).
+            from tensorboard.plugins.hparams import api as hp
+
+            summary = hp.hparams_pb(dict(hparams), trial_id=os.path.basename(os.path.normpath(logdir)))
+            with self._summary_writer.as_default():
+                tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
+
     return ScalarBatchWriter(logdir)
 
 
@@ -138,12 +165,13 @@ class RunWriter:
         self._file.flush()
         scalars = {}
         for key, value in row.items():
-            if key in ("step", "split"):
+            tag = None if key in ("step", "split") else tensorboard_tag(split, key)
+            if tag is None:
                 continue
             if isinstance(value, list):
-                scalars.update({f"{split}/{key}/{i}": v for i, v in enumerate(value)})
+                scalars.update({f"{tag}/{i}": v for i, v in enumerate(value) if math.isfinite(v)})
             elif isinstance(value, int | float) and math.isfinite(value):
-                scalars[f"{split}/{key}"] = value
+                scalars[tag] = value
         self._clu.write_scalars(int(step), scalars)
         return row
 
@@ -151,10 +179,10 @@ class RunWriter:
         if self.is_main:
             write_json_atomic(os.path.join(self.workdir, name), obj)
 
-    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    def flush(self) -> None:
+        """Everything written so far is in the event file (the TensorBoard writes are asynchronous)."""
         if self.is_main:
-            flat = {k: v for k, v in hparams.items() if isinstance(v, int | float | str | bool)}
-            self._clu.write_hparams(flat)
+            self._clu.flush()
 
     def close(self) -> None:
         if self.is_main:

@@ -31,6 +31,9 @@ class RunResult:
     status: str  # "finished" | "preempted" | "diverged" | "stopped_dead" | "compiled"
     steps: int
     result: dict
+    # Training seconds of the earlier commands a resumed run continues (its checkpoint's clock), included in
+    # result["wall_time_s"]: that less this is this command's training.
+    resumed_time_s: float = 0.0
 
 
 def evaluate_only(run: PreparedRun) -> RunResult:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from inception_jax.cpu.kernels import kernels_for
+from inception_jax.cpu.backend import backend_for
 from inception_jax.data import input_pipeline
 from inception_jax.data.input_pipeline import DataConfig
 from inception_jax.models import ModelOptions, build_model, program_options
@@ -92,8 +92,7 @@ def model_facts(opts: ModelOptions) -> ModelFacts:
     """Cached: the rows of a sweep ask for the same network again and again (ModelOptions is a frozen dataclass)."""
     model = nnx.eval_shape(lambda: build_model(opts))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    widths = {"a": int(model.stem.out_channels), "b": int(model.reduction_a.mixed_channels),
-              "c": int(model.reduction_b.mixed_channels)}
+    widths = model.stage_widths()
     count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
     return ModelFacts(graphdef, params, rest, count, widths, model.stacked_counts())
 
@@ -117,7 +116,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> PreparedRun:
         num_classes=opts.num_classes, label_smoothing=float(t.label_smoothing),
         aux_loss_weight=float(t.aux_loss_weight), ema_decay=float(t.ema_decay), diagnostics=bool(t.diagnostics),
         learnable_scales=opts.residual_scale_mode != "constant", log_schedule=log_schedule(t, num_steps),
-        kernels=kernels_for(config.kernels, mesh.devices.flat[0].platform, config.xla_cpu_codegen),
+        kernels=backend_for(config.kernels, mesh.devices.flat[0].platform, config.xla_cpu_codegen),
         statistics_graphdef=model_facts(statistics_opts).graphdef if t.precise_bn_batches else None)
     return PreparedRun(config=config, workdir=os.path.abspath(workdir), opts=opts, data=data, info=checked.info,
                train_stream=stream, steps_per_epoch=stream.steps_per_epoch, num_steps=num_steps,

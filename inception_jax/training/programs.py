@@ -2,7 +2,8 @@
 shared by every run of the process that needs the same program, and compiled before the run's clock starts.
 
 A sweep's rows mostly differ in values: the seed, plain or residual (a shortcut gain of 0 or 1), the residual
-scale. Those are inputs of the programs (the seed an argument, the gains and scales state), so a sweep compiles
+scale. Those are inputs of the programs (the seed and, for the init program, the gains and scales are arguments;
+the train and eval steps read the gains and scales from the state), so a sweep compiles
 once per network shape and recipe, and a later row reuses the executables without tracing anything again.
 Compiling up front (ahead of time, on the run's first real batches) keeps compile time out of the wall-time axes:
 a row that compiled and one that found its programs ready are timed alike.
@@ -22,22 +23,22 @@ from typing import Any
 import jax
 import numpy as np
 
-from inception_jax.configuration import flatten
+from inception_jax.configuration import flatten, key_in
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.cpu import host_memory
-from inception_jax.cpu.kernels import describe as describe_kernels
-from inception_jax.models import grid_17, program_options
+from inception_jax.cpu.backend import describe as describe_kernels
+from inception_jax.models import VALUE_KNOBS, ModelOptions, block_values, grid_17, program_options
 from inception_jax.training import sharding
 from inception_jax.training.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
 
 log = logging.getLogger(__name__)
 
-# Config keys no program reads: values passed to the programs or written into the state (the seed; plain or
-# residual and the scales, see models.program_options), what only the loop, the data reader or the bookkeeping
+# Config keys no program reads: values passed to the programs as arguments (the seed; plain or residual and the
+# scales, models.VALUE_KNOBS), what only the loop, the data reader or the bookkeeping
 # reads, and `kernels`, which enters as the kernels it resolves to. Every other key is part of a program's
 # identity, so a key forgotten here costs a compile, never a wrong program.
 NOT_PROGRAM_KEYS = (
-    "seed", "model.use_residual", "model.residual_scale", "model.plain_scale", "kernels",
+    "seed", *(f"model.{knob}" for knob in VALUE_KNOBS), "kernels",
     "train.eval_every_steps", "train.probe_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.stop_when_dead_windows", "data.data_dir", "data.num_threads", "data.prefetch_batches", "data.cache_mb",
     "init_from", "init_from_ema", "compilation_cache_dir", "compile_only", "eval_only", "sweep.", "report.",
@@ -57,8 +58,7 @@ def program_key(run: Any) -> str:
 def program_config(config: Any) -> dict[str, Any]:
     """The config keys a run's programs depend on (all but NOT_PROGRAM_KEYS): runs whose program_config agree
     share their programs (a sweep's lanes group rows by it without preparing them)."""
-    return {key: value for key, value in flatten(config.to_dict()).items()
-            if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_PROGRAM_KEYS)}
+    return {key: value for key, value in flatten(config.to_dict()).items() if not key_in(key, NOT_PROGRAM_KEYS)}
 
 
 def compile_steps(run: Any, shardings: Any) -> tuple[LeafStep, Any]:
@@ -80,7 +80,7 @@ def compiler_options(run: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Programs:
-    """One program family. `init(seed)` builds a fresh state (no EMA; block values at program_options' values);
+    """One program family. `init(seed, opts)` builds a fresh state of the variant `opts` (no EMA);
     `train` is the step; `evaluate(params, rest, batch)` the eval sums; `statistics(params, rest, batch)` one
     batch's BatchNorm statistics (None without precise BN). Train, evaluate and statistics compile on the first
     `prepare` and are executables from then on."""
@@ -136,15 +136,19 @@ def forget_programs() -> None:
         _PROGRAMS.clear()
 
 
-def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any], TrainState]:
+def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any, ModelOptions], TrainState]:
     """init_state of the program's network, compiled once (on CPU without LLVM's optimisations:
-    cpu_codegen.init_compiler_options)."""
+    cpu_codegen.init_compiler_options). `init(seed, opts)` creates the state of the variant `opts` at once: its
+    shortcut gains and scales (network.block_values) are arguments of the program, not constants of it, so every
+    variant of the shape runs this one executable."""
     opts = program_options(run.opts)
     tx = run.step_cfg.tx
     no_ema = shardings.replace(ema_params=None)
     options = cpu_codegen.init_compiler_options(run.mesh.devices.flat[0].platform)
-    init = jax.jit(lambda seed: init_state(opts, tx, seed), out_shardings=no_ema)
-    return init.lower(jax.ShapeDtypeStruct((), np.int32)).compile(compiler_options=options)
+    init = jax.jit(lambda seed, values: init_state(opts, tx, seed, values), out_shardings=no_ema)
+    values = jax.tree.map(lambda _: jax.ShapeDtypeStruct((), np.float32), block_values(opts))
+    compiled = init.lower(jax.ShapeDtypeStruct((), np.int32), values).compile(compiler_options=options)
+    return lambda seed, variant: compiled(seed, jax.tree.map(np.float32, block_values(variant)))
 
 
 def release_compiler_memory(what: str) -> None:

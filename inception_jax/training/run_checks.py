@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from inception_jax.configuration import ConfigError, num_train_steps, resolve_model_options, validate_static
 from inception_jax.data import input_pipeline
 from inception_jax.data.input_pipeline import DataConfig
-from inception_jax.data.sources import open_split, resolve_data_dir
+from inception_jax.data.sources import open_split
 from inception_jax.models import ModelOptions
 from inception_jax.training import sharding
 from inception_jax.training.warm_start import resolve_source
@@ -41,8 +41,9 @@ def check_run(config: ml_collections.ConfigDict, datasets: dict | None = None) -
     and splits (a sweep's rows mostly share one)."""
     validate_static(config)
     data = DataConfig.from_config(config.data)
-    info, train_examples, eval_examples = dataset_facts(data, {} if datasets is None else datasets)
-    opts = resolve_model_options(config, check_num_classes(config.model.num_classes, info))
+    # First what the config and the devices decide alone: a dataset is prepared (minutes, for a large one) only
+    # for a config that passes them.
+    opts = resolve_model_options(config, config.model.num_classes or 1)  # the knobs; the class count comes later
     if data.image_size < opts.min_image_size:
         raise ConfigError(f"data.image_size={data.image_size} is below {opts.min_image_size}, the smallest input "
                           f"{opts.name} accepts{' with the aux head' if opts.aux_head else ''}")
@@ -51,21 +52,31 @@ def check_run(config: ml_collections.ConfigDict, datasets: dict | None = None) -
     sharding.check_batch_divisible("train.batch_size", t.batch_size, mesh)
     eval_batch_size = t.eval_batch_size or t.batch_size
     sharding.check_batch_divisible("train.eval_batch_size", eval_batch_size, mesh)
-    check_batch_fits("train.batch_size", "", t.batch_size, data, "train_split", train_examples)
+    num_train_steps(t, steps_per_epoch=1)  # exactly one length, positive; in steps it needs the dataset's size
+    if t.num_steps is not None:
+        check_eval_every_steps(t, t.num_steps)
+    if config.init_from:
+        resolve_source(config.init_from)
+    info, train_examples, eval_examples = dataset_facts(data, {} if datasets is None else datasets)
+    opts = resolve_model_options(config, check_num_classes(config.model.num_classes, info))
+    input_pipeline.check_batch_fits(f"train.batch_size={t.batch_size}", t.batch_size,
+                                    f"data.train_split={data.train_split!r}", data, train_examples, error=ConfigError)
     # The eval stream is opened at the first evaluation, long after training started: check its split now.
-    check_batch_fits(*(("train.eval_batch_size", "") if t.eval_batch_size else
-                       ("train.batch_size", " (the eval batch too, as train.eval_batch_size is None)")),
-                     eval_batch_size, data, "eval_split", eval_examples)
+    eval_batch = (f"train.eval_batch_size={eval_batch_size}" if t.eval_batch_size else
+                  f"train.batch_size={eval_batch_size} (the eval batch too, as train.eval_batch_size is None)")
+    input_pipeline.check_batch_fits(eval_batch, eval_batch_size, f"data.eval_split={data.eval_split!r}", data,
+                                    eval_examples, error=ConfigError)
     steps_per_epoch = train_examples // t.batch_size
     num_steps = num_train_steps(t, steps_per_epoch)
+    check_eval_every_steps(t, num_steps)
+    return CheckedRun(data=data, info=info, opts=opts, mesh=mesh, steps_per_epoch=steps_per_epoch,
+                      num_steps=num_steps, eval_batch_size=eval_batch_size)
+
+
+def check_eval_every_steps(t: Any, num_steps: int) -> None:
     if t.eval_every_steps is not None and t.eval_every_steps > num_steps:
         raise ConfigError(f"train.eval_every_steps={t.eval_every_steps} is larger than the run ({num_steps} steps); "
                           f"use at most {num_steps}, or None to evaluate only at the end")
-    if config.init_from:
-
-        resolve_source(config.init_from)
-    return CheckedRun(data=data, info=info, opts=opts, mesh=mesh, steps_per_epoch=steps_per_epoch,
-                      num_steps=num_steps, eval_batch_size=eval_batch_size)
 
 
 def dataset_facts(data: DataConfig, cache: dict) -> tuple[Any, int, int]:
@@ -77,14 +88,6 @@ def dataset_facts(data: DataConfig, cache: dict) -> tuple[Any, int, int]:
                  for field, split in (("train_split", data.train_split), ("eval_split", data.eval_split))]
         cache[key] = (info, *sizes)
     return cache[key]
-
-
-def check_batch_fits(key: str, note: str, batch_size: int, data: DataConfig, split_field: str, examples: int
-                     ) -> None:
-    if batch_size > examples:
-        split = getattr(data, split_field)
-        raise ConfigError(f"{key}={batch_size}{note} is larger than data.{split_field}={split!r} of {data.name!r} "
-                          f"({examples} examples in {resolve_data_dir(data.data_dir)}); use at most {examples}")
 
 
 def check_num_classes(num_classes: Any, info: Any) -> int:

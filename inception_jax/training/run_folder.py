@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,15 +109,19 @@ def utc_stamp() -> str:
 
 
 class WorkdirLock:
-    """An exclusive lock on the workdir: a second job on the same workdir stops before writing anything."""
+    """An exclusive lock on the workdir: a second job on the same workdir stops before writing anything. A run that
+    fails before it wrote a file (a bad init_from, a failed compile) takes away the folder it created, so no
+    empty run folder is left to look like a run."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, ".lock")
         self.workdir = workdir
+        self.created = False
 
     def __enter__(self):
         if jax.process_index() != 0:
             return self
+        self.created = not os.path.exists(self.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -127,7 +132,14 @@ class WorkdirLock:
                               "wait for it or use another --workdir") from None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if jax.process_index() == 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+            if exc_type is not None and self.created and self._nothing_written():
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _nothing_written(self) -> bool:
+        """The folder holds only the lock and empty folders (checkpoints/, made when the run opened it)."""
+        return all(folder == self.workdir and name == ".lock"
+                   for folder, _, names in os.walk(self.workdir) for name in names)

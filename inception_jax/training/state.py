@@ -17,7 +17,7 @@ from inception_jax.training import sharding
 from inception_jax.training.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.training.prepared_run import PreparedRun
 from inception_jax.training.programs import programs_for
-from inception_jax.training.train_step import TrainState, split_model
+from inception_jax.training.train_step import TrainState
 from inception_jax.training.warm_start import apply_init_from
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,10 @@ def state_layout(run: PreparedRun) -> tuple[TrainState, TrainState]:
 def fresh_state(run: PreparedRun, shardings: TrainState) -> TrainState:
     """A new state created already sharded (big_vision style: the full state never sits on one device).
 
-    The initialisation is the compiled one of the run's programs (programs.py): the network with its value knobs
-    at fixed values, which draws the same random numbers as the run's own (values draw none). The run's shortcut
-    gains and scales are written in afterwards (with_block_values)."""
+    The initialisation is the compiled one of the run's programs (programs.py), shared by every variant of the
+    network's shape: the run's shortcut gains and scales are its arguments, so the blocks start with them."""
     init = programs_for(run, shardings).init
-    state = with_block_values(init(np.int32(run.config.seed)), run)
+    state = init(np.int32(run.config.seed), run.opts)
     if run.config.init_from:
 
         state = apply_init_from(state, shardings, run.opts, run.config.init_from, use_ema=run.config.init_from_ema)
@@ -50,14 +49,6 @@ def fresh_state(run: PreparedRun, shardings: TrainState) -> TrainState:
         # A real copy: aliased buffers in a donated state crash multi-device runs (docs/libraries.md T2).
         state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
     return state
-
-
-def with_block_values(state: TrainState, run: PreparedRun) -> TrainState:
-    """The state with the run's own shortcut gains and residual / plain scales in every block."""
-    model = nnx.merge(run.step_cfg.graphdef, state.params, state.rest)
-    model.set_block_values(run.opts)
-    _, params, rest = split_model(model)
-    return state.replace(params=params, rest=rest)
 
 
 def restore_or_init(run: PreparedRun, checkpoints: RunCheckpoints) -> tuple[TrainState, TrainState, dict | None]:
@@ -72,11 +63,18 @@ def restore_or_init(run: PreparedRun, checkpoints: RunCheckpoints) -> tuple[Trai
     return fresh_state(run, shardings), shardings, None
 
 
+_TABLES_LOGGED: set[str] = set()  # a sweep's rows share a few networks: each table once per process
+
+
 def log_parameter_overview(state: Any) -> None:
     if jax.process_index() != 0:
         return
     from clu import parameter_overview
-    from flax import nnx
 
-    log.info("parameters:\n%s", parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params),
-                                                                          include_stats=False))
+    table = parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
+    total = table.rstrip().rsplit("\n", 1)[-1]  # "Total: 173,068 -- 692,272 bytes"
+    if table in _TABLES_LOGGED:
+        log.info("parameters: %s (the table logged for an earlier run of this process)", total)
+        return
+    _TABLES_LOGGED.add(table)
+    log.info("parameters:\n%s", table)

@@ -20,7 +20,7 @@ from flax import nnx
 
 from inception_jax.data.preprocessing import UINT8_TO_MODEL_RANGE
 from inception_jax.models import ModelOptions, build_model
-from inception_jax.models.ops import STOCK, Kernels
+from inception_jax.models.ops import STOCK, Backend
 from inception_jax.training.diagnostics import activation_stats
 from inception_jax.training.optim import global_norm, update_ema
 
@@ -52,9 +52,9 @@ class StepConfig:
     # those steps only. The default logs every step.
     log_schedule: tuple[int, int, int] = (0, 1, 0)
     # How the models' replaceable operations are computed (models/ops.py): stock JAX, or a platform backend's
-    # forms (inception_jax/cpu: cpu.kernels.kernels_for picks them for CPU programs). Every program of the run is
+    # forms (inception_jax/cpu: cpu.backend.backend_for picks them for CPU programs). Every program of the run is
     # traced with them.
-    kernels: Kernels = STOCK
+    kernels: Backend = STOCK
     # The network with BatchNorm momentum 0 and no dropout, whose train-mode forward leaves each BatchNorm's
     # statistics of one batch in its running statistics (batch_norm_statistics); None when unused.
     statistics_graphdef: Any = None
@@ -72,11 +72,12 @@ def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
     return graphdef, params, rest
 
 
-def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array) -> TrainState:
-    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` may be traced).
-    The EMA starts as None here and is copied from the parameters by the caller: aliased buffers must not be
-    donated (T2)."""
-    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed))))
+def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array, values: Any = None
+               ) -> TrainState:
+    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` and the block
+    `values`, network.block_values' form, may be traced). The EMA starts as None here and is copied from the
+    parameters by the caller: aliased buffers must not be donated (T2)."""
+    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed)), values=values))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                       ema_params=None)
 

@@ -107,9 +107,7 @@ def apply_init_from(state: Any, shardings: Any, opts: ModelOptions, init_from: s
 
 def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, dict[str, dict]]:
     """The weights of another run's latest checkpoint as {"params", "batch_stats"} host pure dicts."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        source_cfg = ml_collections.ConfigDict(json.load(f))
-    source = prepare_source_layout(source_cfg)
+    source = prepare_source_layout(stored_config(run_dir))
     checkpoints = RunCheckpoints(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1, read_only=True)
     if checkpoints.latest_step() is None:
         raise ConfigError(f"init_from={run_dir!r}: the run has no complete checkpoint in {run_dir}/checkpoints")
@@ -121,6 +119,19 @@ def restore_run_weights(run_dir: str, *, use_ema: bool) -> tuple[ModelOptions, d
     params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
     variables = {"params": nnx.to_pure_dict(params), "batch_stats": _batch_stats(state.rest)}
     return opts, jax.tree.map(jax.device_get, variables)
+
+
+def stored_config(run_dir: str) -> ml_collections.ConfigDict:
+    """A run folder's config.json as a ConfigDict. Its `sweep` record is left out: a sweep row's overrides are keyed
+    by dotted names (`model.use_residual`), which a ConfigDict refuses, and no weight depends on them (their
+    values are in the config itself)."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        record = json.load(f)
+    record.pop("sweep", None)
+    try:
+        return ml_collections.ConfigDict(record)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"init_from={run_dir!r}: its config.json does not read as a config ({e})") from None
 
 
 def _batch_stats(rest: nnx.State) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from inception_jax.models import InceptionNet
-from inception_jax.models.ops import STOCK, Kernels
+from inception_jax.models.ops import STOCK, Backend
 
 TOLERANCE = 1e-4  # §8.5: max|a - b| <= 1e-4 * max(1, max|b|), float32
 
@@ -78,9 +78,9 @@ def format_errors(errors: list[StageError], title: str = "") -> str:
 
 
 def forward_stages(model: InceptionNet, images: np.ndarray, compiler_options: dict[str, Any] | None = None,
-                   kernels: Kernels = STOCK) -> dict[str, np.ndarray]:
+                   kernels: Backend = STOCK) -> dict[str, np.ndarray]:
     """Our stage outputs and logits on NHWC images, eval mode, float32 matmuls at full precision; traced with the
-    stock kernels and compiled with XLA's defaults unless `kernels` (cpu.kernels.kernels_for) and
+    stock kernels and compiled with XLA's defaults unless `kernels` (cpu.backend.backend_for) and
     `compiler_options` (cpu.codegen.compiler_options) say otherwise."""
     graphdef, state = nnx.split(model)
 

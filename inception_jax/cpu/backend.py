@@ -1,9 +1,9 @@
-"""The CPU backend's kernels, and which kernels a program is traced with.
+"""The CPU backend as the models see it (config key `kernels`), and which backend a program is traced with.
 
-`CpuKernels` replaces the models' replaceable operations (models/ops.py) with the forms tuned for XLA:CPU on a few
+`CpuBackend` replaces the models' replaceable operations (models/ops.py) with the forms tuned for XLA:CPU on a few
 cores: hand-written convolution, pooling and BatchNorm-ReLU backwards, the folded residual scale, the fused opening
 1x1 convolutions and the deferred ReLU mask in the scan over blocks. Elsewhere they are slower than XLA's own
-(cuDNN's and the TPU's convolution gradients), so GPUs and TPUs run stock programs: `kernels_for` picks the CPU
+(cuDNN's and the TPU's convolution gradients), so GPUs and TPUs run stock programs: `backend_for` picks the CPU
 kernels for CPU programs and stock ones for every other platform, unless `config.kernels` forces either (A/Bs).
 """
 
@@ -20,9 +20,9 @@ from inception_jax.models import batchnorm as model_batchnorm
 from inception_jax.models import blocks as model_blocks
 from inception_jax.models import layers as model_layers
 from inception_jax.models import stacking as model_stacking
-from inception_jax.models.ops import STOCK, Kernels
+from inception_jax.models.ops import STOCK, Backend
 
-KERNEL_CHOICES = ("auto", "stock", "cpu")  # config.kernels
+BACKEND_CHOICES = ("auto", "stock", "cpu")  # config.kernels
 
 REPLACEMENTS: Mapping[Callable, Callable] = {
     model_layers.conv_general_dilated: convolution.conv_general_dilated,
@@ -37,7 +37,7 @@ REPLACEMENTS: Mapping[Callable, Callable] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class CpuKernels(Kernels):
+class CpuBackend(Backend):
     """The CPU forms of every replaceable operation. `xla_kernel_gradients`: the program compiles for XLA:CPU's own
     convolution kernels (codegen "tuned"), so the convolutions outside loops take XLA's kernel gradient and the
     stride-1 ones inside the repeated blocks the canonical one (convolution.conv2d)."""
@@ -54,20 +54,20 @@ class CpuKernels(Kernels):
             yield
 
 
-def kernels_for(choice: str, platform: str, codegen: str = "tuned") -> Kernels:
+def backend_for(choice: str, platform: str, codegen: str = "tuned") -> Backend:
     """The kernels of a program compiled for `platform` ("cpu", "gpu", "cuda", "tpu", ...): `choice` "auto" is the
     CPU kernels on CPU and stock elsewhere, "stock" and "cpu" force one. `codegen` is the program's
     xla_cpu_codegen, which decides `xla_kernel_gradients` (always off for programs not compiled for CPU)."""
-    if choice not in KERNEL_CHOICES:
-        raise ValueError(f"kernels={choice!r} is not one of {list(KERNEL_CHOICES)}")
+    if choice not in BACKEND_CHOICES:
+        raise ValueError(f"kernels={choice!r} is not one of {list(BACKEND_CHOICES)}")
     if choice == "stock" or (choice == "auto" and platform != "cpu"):
         return STOCK
-    return CpuKernels(xla_kernel_gradients=xla_convolution_kernels(codegen, platform))
+    return CpuBackend(xla_kernel_gradients=xla_convolution_kernels(codegen, platform))
 
 
-def describe(kernels: Kernels, platform: str) -> str:
+def describe(kernels: Backend, platform: str) -> str:
     """One line for the run log."""
-    if isinstance(kernels, CpuKernels):
+    if isinstance(kernels, CpuBackend):
         where = "XLA's kernel gradients outside loops" if kernels.xla_kernel_gradients else "per-tap kernel gradients"
         return f"kernels: the CPU backend's (inception_jax/cpu; {where}) on {platform}"
     return f"kernels: stock JAX (XLA's own convolution, pooling and BatchNorm gradients) on {platform}"

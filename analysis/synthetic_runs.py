@@ -4,8 +4,11 @@ For tests of the analysis (and of anything else that reads run folders). Every v
 spec, so a test can state the expected table entries by hand:
 * train accuracy is 0.1 before `learn_step` and 0.8 from it on (train loss 2.0, then 0.8); with the 10-line
   trailing mean it first reaches 0.3 / 0.4 / 0.5 at learn_step + 2 / + 4 / + 5;
-* eval lines every `eval_every` steps: top-1 0.1 before learn_step, 0.75 from it on (top-5 = top-1 + 0.2);
+* eval lines every `eval_every` steps: top-1 0.1 before learn_step, `top1` (0.75) from it on (top-5 = top-1 + 0.2);
 * from `death_step` on: z = 0.999, dead-channel fraction 0.9, loss ln C, accuracy 0.1 (else z = 0.5, 0.05);
+* from `limp_step` on (after a death): z = 0.982, loss 2.255, accuracy 0.1, eval top-1 `limp_top1`: issue #30's
+  unscaled 640-filter runs, whose last window is no longer dead but which never recovered; verdict.json says
+  transient_death, as training wrote it before docs/dying.md §3's final-evaluation rule;
 * at `diverge_step` the loss is NaN and the log ends there (verdict.json says diverged; no result.json);
 * `time` = step × seconds_per_step; block_ratio = 0.3 per block (50 in the last block after death);
   learnable scales: block b (from 0) of every stage = 0.1·(b + 1) + 0.001·step.
@@ -34,7 +37,10 @@ class SyntheticRun:
     model: str = "inception_resnet_v2"
     num_steps: int = 60
     learn_step: int | None = 20  # None: never learns
+    top1: float = 0.75  # eval top-1 once learned
     death_step: int | None = None
+    limp_step: int | None = None  # after death_step: zero fraction just under 0.99, loss and accuracy at chance
+    limp_top1: float = 0.142
     diverge_step: int | None = None
     eval_every: int | None = None
     seconds_per_step: float = 0.5
@@ -49,6 +55,8 @@ class SyntheticRun:
     def verdict(self) -> str:
         if self.diverge_step is not None:
             return "diverged"
+        if self.limp_step is not None:
+            return "transient_death"
         return "died" if self.death_step is not None else "healthy"
 
     def config(self) -> dict[str, Any]:
@@ -69,19 +77,26 @@ class SyntheticRun:
         }
 
     def _dead(self, step: int) -> bool:
-        return self.death_step is not None and step >= self.death_step
+        return self.death_step is not None and step >= self.death_step and not self._limp(step)
+
+    def _limp(self, step: int) -> bool:
+        return self.limp_step is not None and step >= self.limp_step
 
     def _learned(self, step: int) -> bool:
-        return self.learn_step is not None and step >= self.learn_step and not self._dead(step)
+        return (self.learn_step is not None and step >= self.learn_step and not self._dead(step)
+                and not self._limp(step))
 
     def train_line(self, step: int) -> dict[str, Any]:
-        dead, learned = self._dead(step), self._learned(step)
+        dead, learned, limp = self._dead(step), self._learned(step), self._limp(step)
         loss = math.log(NUM_CLASSES) if dead else (0.8 if learned else 2.0)
+        if limp:
+            loss = 2.255
         if self.diverge_step is not None and step >= self.diverge_step:
             loss = math.nan
         line = {"step": step, "split": "train", "time": step * self.seconds_per_step, "epoch": step / 20,
                 "loss": loss, "accuracy": 0.8 if learned else 0.1, "lr": 0.1, "loss_finite": int(math.isfinite(loss)),
-                "prepool_zero_frac": 0.999 if dead else 0.5, "prepool_dead_chan_frac": 0.9 if dead else 0.05,
+                "prepool_zero_frac": 0.999 if dead else 0.982 if limp else 0.5,
+                "prepool_dead_chan_frac": 0.9 if dead else 0.05,
                 "grad_norm": 1.0, "images_per_sec": 128.0, "unknown_future_key": {"nested": [1, 2]}}
         for stage, blocks in STAGE_BLOCKS.items():
             line[f"block_zero_frac/{stage}"] = [0.5] * blocks
@@ -93,9 +108,9 @@ class SyntheticRun:
         return line
 
     def eval_line(self, step: int) -> dict[str, Any]:
-        top1 = 0.75 if self._learned(step) else 0.1
+        top1 = self.top1 if self._learned(step) else self.limp_top1 if self._limp(step) else 0.1
         return {"step": step, "split": "eval", "time": step * self.seconds_per_step, "epoch": step / 20,
-                "loss": 1.0 if top1 > 0.5 else 2.3, "top1": top1, "top5": top1 + 0.2, "num_examples": 1024}
+                "loss": 1.0 if self._learned(step) else 2.3, "top1": top1, "top5": top1 + 0.2, "num_examples": 1024}
 
     def lines(self) -> list[dict[str, Any]]:
         last = self.diverge_step if self.diverge_step is not None else self.num_steps
@@ -120,8 +135,8 @@ def write_run(runs_dir: Path, spec: SyntheticRun) -> Path:
     if not spec.finished:
         return folder
     last = lines[-1]["step"]
-    dead = spec.death_step is not None
-    verdict = {"verdict": spec.verdict(), "t_death": spec.death_step, "final_zero_frac": 0.999 if dead else 0.5,
+    verdict = {"verdict": spec.verdict(), "t_death": spec.death_step if spec.verdict() == "died" else None,
+               "final_zero_frac": spec.train_line(last)["prepool_zero_frac"],
                "final_loss": spec.train_line(last)["loss"], "window": 10, "definition": "docs/dying.md, K = 10"}
     if spec.write_verdict:
         (folder / "verdict.json").write_text(json.dumps(verdict))
@@ -132,7 +147,8 @@ def write_run(runs_dir: Path, spec: SyntheticRun) -> Path:
                   "final_train_loss": final["loss"], "final_train_accuracy": final["accuracy"],
                   "eval_loss": evals[-1]["loss"] if evals else None,
                   "eval_top1": evals[-1]["top1"] if evals else None, "eval_top5": evals[-1]["top5"] if evals else None,
-                  "ema_eval_top1": None, "ema_eval_top5": None, "verdict": spec.verdict(), "t_death": spec.death_step}
+                  "ema_eval_top1": None, "ema_eval_top5": None, "verdict": verdict["verdict"],
+                  "t_death": verdict["t_death"]}
         (folder / "result.json").write_text(json.dumps(result))
     return folder
 
@@ -179,3 +195,30 @@ def example_specs() -> list[SyntheticRun]:
         SyntheticRun("inet_s0.1", 512, "scale=0.1", dataset="imagenet2012", eval_every=10, learn_step=13),
     ]
     return shapes + imagenet
+
+
+def default_job_specs(seeds: Sequence[int] = (0, 1, 2, 3, 4), *, flip: bool = False) -> list[SyntheticRun]:
+    """A sweep shaped like the main job's default, with known claims (eval every 10 of 60 steps, one run per seed;
+    j = 0, +0.02, -0.01, +0.03, +0.01 by the seed's position, repeating):
+    * plain learns at step 30, top-1 0.50 + j, at 160 and 640 filters;
+    * scale=0.3 learns at 10, top-1 0.70 + j (with `flip`, 0.45 + j at 640: below plain there);
+    * scale=1.0 at 160 learns at 20, top-1 0.50 + k (k = +0.03, -0.02, +0.01, -0.03, 0.00: within plain's noise);
+      at 640 it dies at step 12 in every seed, and the first two seeds are issue #30's never-recovered runs (from
+      step 40 zero fraction 0.982, loss 2.255, eval top-1 0.142 and 0.094; verdict.json transient_death).
+    """
+    jitter, other = (0.0, 0.02, -0.01, 0.03, 0.01), (0.03, -0.02, 0.01, -0.03, 0.0)
+    specs = []
+    for i, seed in enumerate(seeds):
+        j, k = jitter[i % 5], other[i % 5]
+
+        def run(width: int, variant: str, seed: int = seed, **kw: Any) -> SyntheticRun:
+            return SyntheticRun(f"w{width}_{variant}_seed{seed}", width, variant, seed=seed, eval_every=10, **kw)
+
+        specs += [run(160, "plain", learn_step=30, top1=0.50 + j), run(640, "plain", learn_step=30, top1=0.50 + j),
+                  run(160, "scale=0.3", learn_step=10, top1=0.70 + j),
+                  run(640, "scale=0.3", learn_step=10, top1=(0.45 if flip else 0.70) + j),
+                  run(160, "scale=1.0", learn_step=20, top1=0.50 + k)]
+        limp = {0: 0.142, 1: 0.094}.get(i)
+        specs.append(run(640, "scale=1.0", learn_step=None, death_step=12, limp_step=40 if limp else None,
+                         limp_top1=limp or 0.142))
+    return specs
