@@ -176,7 +176,7 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
     pending = [row.run_id for row, _ in rows
                if not os.path.exists(os.path.join(workdir, "runs", row.run_id, "result.json"))]
     threads, lanes = lane_plan(rows, pending, parallel_rows)
-    progress.planned(name=name, rows=[r.run_id for r, _ in all_rows], pending=pending, lanes=max(lanes, 1),
+    progress.planned(name=name, rows=[r.run_id for r, _ in selected], pending=pending, lanes=max(lanes, 1),
                      steps={run_id: checked[run_id].num_steps for run_id in pending})
     trained = [0.0]  # seconds of training and evaluation (the runs' own clocks) in this command
 
