@@ -217,13 +217,14 @@ def test_sigterm_to_a_parallel_sweep_checkpoints_its_lanes_exits_75_and_a_rerun_
     os.remove(os.path.join(workdir, "results.csv"))
 
     def when_both_lanes_have_rows(proc, log_from):
-        """This command's lines of sweep.log once it has handed a row to each lane."""
+        """This command's lines of sweep.log once it has handed a row to each lane ("[2/6] w268_scale1: {...}
+        (lane 1)")."""
         seen, deadline = "", time.monotonic() + 600
-        while seen.count(") (lane ") < 2 and time.monotonic() < deadline and proc.poll() is None:
+        while len(re.findall(r"\(lane \d\)$", seen, re.M)) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
             with open(os.path.join(workdir, "sweep.log")) as f:
                 seen = f.read()[log_from:]
-        assert seen.count(") (lane ") == 2, seen[-3000:]
+        assert len(re.findall(r"\(lane \d\)$", seen, re.M)) == 2, seen[-3000:]
         return seen
 
     proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir, popen=True)
@@ -426,7 +427,7 @@ def test_the_report_names_the_command_as_the_user_typed_it():
     assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"
 
 
-def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys):
+def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys, shapes_tiny_dir):
     """A row resumed after a kill -9 reports the training of both commands in its wall_time_s; the line said "97 s
     of training in the 87 s since the command started (112 %)"."""
     from inception_jax import COMMAND_STARTED
@@ -444,6 +445,7 @@ def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_pat
     monkeypatch.setenv(COMMAND_STARTED, repr(__import__("time").time() - 87.0))
     row = SweepRow("a", {})
     config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
-    assert sweep.run_sweep([(row, config)], [row], workdir=str(tmp_path / "w"), name="t", command="c") == 0
+    config.data.data_dir, config.cpu_threads = shapes_tiny_dir, 0  # rows in this process, where the patch is
+    assert sweep.run_sweep([(row, config)], [(row, config)], workdir=str(tmp_path / "w"), name="t", command="c") == 0
     assert re.search(r"time: 37 s of training and evaluation in the 8[78] s since the command started \(4[23] %",
                      capsys.readouterr().out)
