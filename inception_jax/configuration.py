@@ -119,6 +119,12 @@ def base_config() -> ml_collections.ConfigDict:
     # How the models' ops are computed: "auto" = the CPU backend's forms on CPU, stock JAX on GPU / TPU;
     # "stock" or "cpu" forces one on any platform, for A/Bs (inception_jax/cpu/backend.py).
     c.kernels = "auto"
+    # XLA:CPU's threads for this run's computations: N pins the process to N of the cores it may use before JAX
+    # starts (XLA sizes its thread pool from them); 0: every core the process may use. Part of the run's identity:
+    # float sums split over another thread count round differently, and a short run's numbers move with them
+    # (one row: 0.754 eval top-1 on 2 threads, 0.634 on 1). A sweep with N > 0 trains rows side by side, one
+    # process per N cores (sweeps/lanes.py).
+    c.cpu_threads = 0
     c.compile_only = False  # compile the train step, report time and memory, exit
     c.eval_only = False  # evaluate this workdir's checkpoint (or init_from) on the eval split, write result.json
     c.report = ml_collections.ConfigDict()
@@ -127,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sweep.name = ""
     c.sweep.row = ""
     c.sweep.overrides_json = ""
+    c.sweep.command = ""  # the command that started the run: config.json says which command produced a folder
     return c
 
 
@@ -168,6 +175,7 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     check_choice("xla_cpu_codegen", config.xla_cpu_codegen, CODEGENS)
     check_choice("kernels", config.kernels, BACKEND_CHOICES)
+    check_positive("cpu_threads", config.cpu_threads, integer=True, allow_zero=True)
     check_positive("train.batch_size", t.batch_size, integer=True)
     check_positive("train.learning_rate", t.learning_rate, allow_zero=True)
     for key in ("grad_clip_norm", "weight_decay", "label_smoothing", "aux_loss_weight", "ema_decay", "lr_decay_rate",

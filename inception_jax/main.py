@@ -32,9 +32,13 @@ _ROW = flags.DEFINE_string("row", None, "Run only this row (run_id) of the sweep
 _ROWS_CSV = flags.DEFINE_string("rows_csv", None, "Take the sweep's rows from this CSV instead of the config.")
 _EXPORT_CSV = flags.DEFINE_string("export_csv", None, "Write the sweep's rows to this CSV and exit.")
 _PRINT_COMMANDS = flags.DEFINE_bool("print_commands", False, "Print each row's exact command line and exit.")
-_RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "Rows whose run folder holds a run of another config "
-                                   "(finished or not): move the folder to <workdir>/replaced/ and run the row again "
-                                   "(without it such a sweep is refused).")
+_RERUN_CHANGED = flags.DEFINE_bool("rerun_changed", False, "A run folder holding a run of another config (finished "
+                                   "or not, another length included): move it aside and run again (a sweep's rows "
+                                   "to <workdir>/replaced/<run_id>-<UTC>/, a single run to <workdir>/replaced/<UTC>/); "
+                                   "without it such a run is refused.")
+_PARALLEL_ROWS = flags.DEFINE_integer("parallel_rows", 0, "Rows trained side by side, each in its own process on "
+                                      "config.cpu_threads cores (0: as many as the cores allow; only on CPU with "
+                                      "cpu_threads > 0, else one row at a time).")
 _LOG_TO_CONSOLE = flags.DEFINE_bool("log_to_console", False, "Show the whole log on the console too (libraries' "
                                     "notes, each run's detail); it is always written to <workdir>/sweep.log (a sweep) "
                                     "or <workdir>/train.log (a run).")
@@ -51,6 +55,7 @@ def main(argv) -> int:
     from inception_jax.cpu import runtime
     from inception_jax.data.input_pipeline import DataError
     from inception_jax.sweeps import sweep
+    from inception_jax.sweeps.lanes import LaneCrashed
     from inception_jax.training.checkpointing import CheckpointError
 
     runtime.setup(_CONFIG.value)
@@ -61,7 +66,7 @@ def main(argv) -> int:
     except (ConfigError, DataError) as e:  # bad input: the message says what and where; no traceback needed
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CheckpointError as e:  # no checkpoint restores, or a save failed: the message says what was kept
+    except (CheckpointError, LaneCrashed) as e:  # no checkpoint restores, a save failed, a row's process died
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -77,7 +82,7 @@ def _run(sweep) -> int:
     return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
                                 workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
                                 export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value,
-                                rerun_changed=_RERUN_CHANGED.value)
+                                rerun_changed=_RERUN_CHANGED.value, parallel_rows=_PARALLEL_ROWS.value)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -52,7 +52,7 @@ def tiny_sweep(shapes_tiny_dir, tmp_path_factory):
     with open(shared / "tiny_sweep.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not saved.exists():
-            proc = main_job(workdir=str(workdir), data_dir=shapes_tiny_dir)
+            proc = main_job("--parallel_rows=2", workdir=str(workdir), data_dir=shapes_tiny_dir)  # 2 lanes
             saved.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout,
                                          "stderr": proc.stderr}))
     return str(workdir), subprocess.CompletedProcess(**json.loads(saved.read_text()))

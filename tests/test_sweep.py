@@ -20,6 +20,19 @@ from inception_jax.training.run_folder import config_record
 from tests.training_helpers import CONFIG, ROOT, main_job, read_json, read_text, tensorboard_sessions
 
 
+def run_logs(workdir, *run_ids):
+    """The rows' train.log files (a lane's process logs there, not to the sweep's log), joined."""
+    return "".join(read_text(workdir, "runs", run_id, "train.log") for run_id in run_ids)
+
+
+def final_numbers(run_dir):
+    """What a row computed: its result's numbers and every logged loss."""
+    result = read_json(run_dir, "result.json")
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        losses = [(r["split"], r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+    return {k: result[k] for k in ("eval_top1", "eval_loss", "final_train_loss")}, losses
+
+
 def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
     workdir, proc = tiny_sweep
     run_ids = [row.run_id for row in config_rows(f"{CONFIG}:preset=tiny")]
@@ -43,14 +56,19 @@ def test_the_main_job_runs_every_row_then_writes_results_and_report(tiny_sweep):
         config = json.load(f)
     assert config["run_id"] == "w1040_scale1" and config["derived"]["deepest_width"] == 1040
     assert config["sweep"]["overrides"]["model.residual_scale"] == 1.0
+    assert config["cpu_threads"] == 1 and config["sweep"]["command"].endswith("--parallel_rows=2")
+    assert read_json(workdir, "sweep.json")["command"] == config["sweep"]["command"]
     assert os.path.exists(os.path.join(workdir, "report", "report.html"))
     assert f"results table: {os.path.join(workdir, 'results.csv')}" in proc.stdout
-    # Plain or residual and the scale are values: one compiled program per filter count, not per row, both
-    # compiled ahead of the rows.
+    # Two lanes of one core; plain or residual and the scale are values: one program family per filter count,
+    # compiled by a lane before its first row of it, which the lane's later rows reuse (a lane that takes the
+    # other family later loads it from the cache another lane warmed).
     log = read_text(workdir, "sweep.log")  # the console shows none of it (tests/test_console.py)
-    assert log.count("compiled the train, eval") == 2
-    assert "compiled 2 program families ahead of their runs" in log
-    assert log.count("are an earlier run's: nothing to compile") == 6
+    assert "2 lane(s) of 1 core(s) each" in log
+    logs = run_logs(workdir, *run_ids)
+    assert 2 <= logs.count("program families ahead of their runs") <= 4
+    assert logs.count("are an earlier run's: nothing to compile") == 6
+    assert "compiled the train" not in log  # the lanes' lines go to the rows' train.log
 
 
 def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, shapes_tiny_dir, tmp_path):
@@ -63,25 +81,32 @@ def test_finished_rows_are_skipped_and_an_interrupted_row_resumes(tiny_sweep, sh
     main_job(workdir=workdir, data_dir=shapes_tiny_dir)
     log = read_text(workdir, "sweep.log")
     assert "w268_plain: finished earlier, skipped" in log
-    assert "resumed from" in log and os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
+    assert "resumed from" in run_logs(workdir, "w268_scale1")
+    assert os.path.exists(os.path.join(workdir, "runs", "w268_scale1", "result.json"))
     assert os.path.getmtime(metrics) == before
     # The resumed run finished again: still one HParams session (TensorBoard would list a second one twice).
     assert tensorboard_sessions(os.path.join(workdir, "runs", "w268_scale1")) == ["w268_scale1"]
 
 
-def test_one_row_rerun_alone_reproduces_the_sweeps_row(tiny_sweep, shapes_tiny_dir, tmp_path):
-    """In the sweep, w1040_scale0.1 ran the program w1040_plain compiled; alone, it compiles its own. The same
-    bits either way: the variant is in the values, not in the program."""
+def test_a_row_gives_the_same_numbers_alone_or_beside_others_whatever_the_cache_holds(tiny_sweep, shapes_tiny_dir,
+                                                                                        tmp_path):
+    """In the 2-lane sweep, w1040_scale0.1 ran beside another row, on the program w1040_plain's lane compiled.
+    Alone (--row), it runs in a lane of its own, after a 2-core run of the same row (cpu_threads=0) left its
+    compiled programs in the same compilation cache. The same bits: a row computes on its cpu_threads cores
+    wherever it runs, and a pinned process loads only programs compiled on as many threads."""
     workdir, _ = tiny_sweep
-    main_job("--row=w1040_scale0.1", workdir=str(tmp_path), data_dir=shapes_tiny_dir)
-    log = read_text(str(tmp_path), "sweep.log")
-    assert "[1/1] w1040_scale0.1" in log and "compiled the train, eval" in log
-
-    def losses(root):
-        with open(os.path.join(root, "runs", "w1040_scale0.1", "metrics.jsonl")) as f:
-            return [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
-
-    assert losses(str(tmp_path)) == losses(workdir) and len(losses(workdir)) == 4
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's (tests/conftest.py), the sweep's too
+    main_job("--row=w1040_scale0.1", "--config.cpu_threads=0", workdir=str(tmp_path / "two_cores"),
+                         data_dir=shapes_tiny_dir)
+    assert "lane(s) of" not in read_text(str(tmp_path / "two_cores"), "sweep.log")  # trained in its own process
+    main_job("--row=w1040_scale0.1", workdir=str(tmp_path / "alone"), data_dir=shapes_tiny_dir)
+    log = read_text(str(tmp_path / "alone"), "sweep.log")
+    assert "[1/1] w1040_scale0.1: " in log and "1 lane(s) of 1 core(s) each" in log
+    # The 2-core run's programs are in the cache's top folder; pinned processes keep theirs in cpu_threads-1/.
+    assert os.listdir(os.path.join(cache, "cpu_threads-1")) and len(os.listdir(cache)) > 1
+    numbers, losses = final_numbers(os.path.join(workdir, "runs", "w1040_scale0.1"))
+    assert final_numbers(str(tmp_path / "alone" / "runs" / "w1040_scale0.1")) == (numbers, losses)
+    assert len([loss for split, _, loss in losses if split == "train"]) == 4
     bad = main_job("--row=w1040_plan", workdir=workdir, data_dir=shapes_tiny_dir, check=False)
     assert bad.returncode == 2 and "--row='w1040_plan' is not a run_id of this sweep" in bad.stderr
     assert "did you mean ['w1040_plain'" in bad.stderr
@@ -162,17 +187,113 @@ def test_every_row_is_checked_against_its_data_before_the_first_trains(tmp_path,
     assert not workdir.exists()  # no sweep.json, no run folder: nothing trained
 
 
-def test_a_preempted_sweep_exits_75_and_writes_no_table(monkeypatch, tmp_path):
-    """Exit status 75 (EX_TEMPFAIL) tells a job array the sweep was preempted, not finished (0)."""
+def test_a_preempted_sweep_exits_75_and_writes_no_table(monkeypatch, tmp_path, shapes_tiny_dir):
+    """Exit status 75 (EX_TEMPFAIL) tells a job array the sweep was preempted, not finished (0). (Rows run in this
+    process with cpu_threads=0.)"""
     from inception_jax.sweeps import sweep
     from inception_jax.training.modes import RunResult
 
     monkeypatch.setattr(sweep, "train_and_evaluate", lambda config, run_dir: RunResult("preempted", 3, {}))
     config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
-    rows = [SweepRow("a", {}), SweepRow("b", {})]
-    status = sweep.run_sweep([(row, config) for row in rows], rows, workdir=str(tmp_path), name="t", command="c")
+    config.data.data_dir, config.cpu_threads = shapes_tiny_dir, 0
+    rows = [(SweepRow("a", {}), config), (SweepRow("b", {}), config)]
+    status = sweep.run_sweep(rows, rows, workdir=str(tmp_path), name="t", command="c")
     assert status == sweep.EXIT_PREEMPTED == 75
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_sigterm_to_a_parallel_sweep_checkpoints_its_lanes_exits_75_and_a_rerun_resumes(tiny_sweep, shapes_tiny_dir,
+                                                                                         tmp_path):
+    """SIGTERM to the command reaches every lane: each checkpoints its row (or, still compiling, does not start
+    it) and the command exits 75. A lane killed outright is reported (exit 1), never waited for. The same command
+    then finishes the rows."""
+    import signal
+    import time
+
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
+    for run_id in ("w268_scale1", "w1040_scale1"):  # one row of each family to train again, side by side
+        shutil.rmtree(os.path.join(workdir, "runs", run_id))
+    os.remove(os.path.join(workdir, "results.csv"))
+
+    def when_both_lanes_have_rows(proc, log_from):
+        """This command's lines of sweep.log once it has handed a row to each lane ("[2/6] w268_scale1: {...}
+        (lane 1)")."""
+        seen, deadline = "", time.monotonic() + 600
+        while len(re.findall(r"\(lane \d\)$", seen, re.M)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            with open(os.path.join(workdir, "sweep.log")) as f:
+                seen = f.read()[log_from:]
+        assert len(re.findall(r"\(lane \d\)$", seen, re.M)) == 2, seen[-3000:]
+        return seen
+
+    proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir, popen=True)
+    when_both_lanes_have_rows(proc, len(read_text(workdir, "sweep.log")))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err[-3000:]
+    assert re.search(r"preempted during w(268|1040)_scale1(, w(268|1040)_scale1)?; rerun the same command to "
+                     r"resume", out), out
+    assert not os.path.exists(os.path.join(workdir, "results.csv"))
+
+    log_from = len(read_text(workdir, "sweep.log"))
+    proc = main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir, popen=True)
+    seen = when_both_lanes_have_rows(proc, log_from)
+    pid = int(re.search(r"lane 1 on core\(s\) \[\d+\] \(pid (\d+)\)", seen).group(1))
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    assert re.search(r"error: sweep row 'w(268|1040)_scale1': its worker process \(lane 1, pid \d+\) died \(killed "
+                     r"by SIGKILL\) before the row ended; its run folder keeps its last checkpoint", err), err[-3000:]
+
+    main_job("--parallel_rows=2", workdir=workdir, data_dir=shapes_tiny_dir)
+    with open(os.path.join(workdir, "results.csv")) as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["finished"] * 6
+
+
+def test_a_row_another_command_finished_meanwhile_is_refused_when_skipped(tiny_sweep, shapes_tiny_dir, tmp_path):
+    """Issue #33's race: two sweeps started together on one workdir, lr 0.05 and 0.01. The second passed its
+    early check (run_sweep is what runs after it) while the first was still training; by the time it reaches a
+    row, the row holds the first one's finished run. Checked again under the row's lock, it is refused: no
+    results.csv, no report, and sweep.json does not name the second command."""
+    from inception_jax.sweeps import sweep
+
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)  # the first sweep's runs (lr 0.05)
+    for name in ("results.csv", "report"):
+        shutil.rmtree(os.path.join(workdir, name)) if name == "report" else os.remove(os.path.join(workdir, name))
+    sweep_json = read_text(workdir, "sweep.json")
+    rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.learning_rate": 0.01})
+    pairs = list(zip(rows, configs))
+    with pytest.raises(ConfigError) as refused:
+        sweep.run_sweep(pairs, pairs, workdir=workdir, name="ablation_scale", command="the second sweep")
+    assert str(refused.value) == (
+        f"sweep row 'w268_plain': its run folder {workdir}/runs/w268_plain now holds a run of a different config "
+        "[finished: train.learning_rate: stored 0.05, now 0.01], written after this sweep checked it (another "
+        "command on this workdir?); its numbers are not this sweep's, so results.csv and the report are not "
+        f"written. Use another --workdir, or --rerun_changed to move it to {workdir}/replaced/ and run the row "
+        "again")
+    assert not os.path.exists(os.path.join(workdir, "results.csv"))
+    assert not os.path.exists(os.path.join(workdir, "report"))
+    assert json.loads(read_text(workdir, "sweep.json"))["command"] == json.loads(sweep_json)["command"]
+
+
+def test_results_are_checked_again_right_before_they_are_written(tiny_sweep, shapes_tiny_dir, tmp_path,
+                                                                  monkeypatch):
+    """A folder replaced by another command after this one skipped or trained its row: no table, no report."""
+    from inception_jax.sweeps import sweep
+
+    workdir = str(tmp_path / "sweep")
+    shutil.copytree(tiny_sweep[0], workdir)
+    os.remove(os.path.join(workdir, "results.csv"))
+    monkeypatch.setattr(sweep, "claim_row", lambda *args, **kwargs: True)  # skipped, as if before the replacement
+    rows, configs = _tiny_rows(shapes_tiny_dir, **{"train.learning_rate": 0.01})
+    pairs = list(zip(rows, configs))
+    with pytest.raises(ConfigError, match=r"^6 row\(s\) of this sweep were replaced by another command's runs "
+                                          r"while it ran: sweep row 'w268_plain' \[finished: train.learning_rate: "
+                                          r"stored 0.05, now 0.01\]; .*results.csv and the report are not written"):
+        sweep.run_sweep(pairs, pairs, workdir=workdir, name="ablation_scale", command="c")
+    assert not os.path.exists(os.path.join(workdir, "results.csv"))
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -306,7 +427,7 @@ def test_the_report_names_the_command_as_the_user_typed_it():
     assert user_command(["tool.py", "--x=1"]) == "tool.py --x=1"
 
 
-def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys):
+def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_path, capsys, shapes_tiny_dir):
     """A row resumed after a kill -9 reports the training of both commands in its wall_time_s; the line said "97 s
     of training in the 87 s since the command started (112 %)"."""
     from inception_jax import COMMAND_STARTED
@@ -324,6 +445,7 @@ def test_the_timing_line_counts_only_this_commands_training(monkeypatch, tmp_pat
     monkeypatch.setenv(COMMAND_STARTED, repr(__import__("time").time() - 87.0))
     row = SweepRow("a", {})
     config = load_config(os.path.join(ROOT, f"{CONFIG}:preset=tiny"))
-    assert sweep.run_sweep([(row, config)], [row], workdir=str(tmp_path / "w"), name="t", command="c") == 0
+    config.data.data_dir, config.cpu_threads = shapes_tiny_dir, 0  # rows in this process, where the patch is
+    assert sweep.run_sweep([(row, config)], [(row, config)], workdir=str(tmp_path / "w"), name="t", command="c") == 0
     assert re.search(r"time: 37 s of training and evaluation in the 8[78] s since the command started \(4[23] %",
                      capsys.readouterr().out)

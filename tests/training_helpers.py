@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/ablation_scale.py"  # the main job
 
 
-def main_job(*args, workdir, data_dir, check=True):
+def main_job(*args, workdir, data_dir, check=True, popen=False):
     """`python -m inception_jax.main --config=configs/ablation_scale.py:preset=tiny ...` in a subprocess."""
     # The plain machine a user has (one device), compiling without LLVM's optimisations as the whole suite does
     # (tests/conftest.py).
@@ -24,6 +24,8 @@ def main_job(*args, workdir, data_dir, check=True):
            "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     cmd = [sys.executable, "-m", "inception_jax.main", f"--config={CONFIG}:preset=tiny", f"--workdir={workdir}",
            f"--config.data.data_dir={data_dir}", "--config.compilation_cache_dir=", *args]
+    if popen:  # started, not waited for
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -1,5 +1,7 @@
 """compile_ahead: a sweep compiles the distinct programs of the runs about to train, several at once, before
-the first of them starts."""
+the first of them starts. A sweep whose rows train side by side calls it in each lane, for one program family
+before the lane's first row of it; the lanes share the families through the persistent compilation cache
+(sweeps/lanes.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def compile_ahead(configs: Sequence[ml_collections.ConfigDict]) -> None:
                                             next(eval_batches(run)))
 
     begin = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(firsts), os.cpu_count() or 1))) as pool:
+    workers = max(1, min(len(firsts), len(os.sched_getaffinity(0))))  # a pinned process: its own cores
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(compile_family, firsts.values()))
     log.info("compiled %d program families ahead of their runs in %.1f s", len(firsts), time.perf_counter() - begin)

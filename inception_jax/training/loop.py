@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from inception_jax.cpu import runtime
 from inception_jax.training import sharding, verdicts
 from inception_jax.training.checkpointing import PreemptionWatcher, RunCheckpoints
 from inception_jax.training.clock import Clock
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     run = prepare_run(config, workdir)  # every config check, before anything compiles or is written
+    runtime.check_cpu_threads(config)
     with WorkdirLock(run.workdir):
-        check_stored_config(run)
+        check_stored_config(run)  # under the lock: the folder is this config's run at the moment it resumes
         if config.compile_only:
             return compile_only(run)
         if config.eval_only:

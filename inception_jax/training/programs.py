@@ -49,12 +49,16 @@ NOT_PROGRAM_KEYS = (
 def program_key(run: Any) -> str:
     """What identifies a run's programs: its config without NOT_PROGRAM_KEYS, the network's program options, the
     kernels the programs are traced with, the schedule's length and the devices."""
-    config = {key: value for key, value in flatten(run.config.to_dict()).items()
-              if not key_in(key, NOT_PROGRAM_KEYS)}
-    facts = {"config": config, "network": repr(program_options(run.opts)), "kernels": repr(run.step_cfg.kernels),
-             "num_steps": run.num_steps, "steps_per_epoch": run.steps_per_epoch,
+    facts = {"config": program_config(run.config), "network": repr(program_options(run.opts)),
+             "kernels": repr(run.step_cfg.kernels), "num_steps": run.num_steps, "steps_per_epoch": run.steps_per_epoch,
              "devices": [int(i) for i in run.mesh.device_ids.flat], "mesh": list(run.mesh.axis_names)}
     return json.dumps(facts, sort_keys=True, default=repr)
+
+
+def program_config(config: Any) -> dict[str, Any]:
+    """The config keys a run's programs depend on (all but NOT_PROGRAM_KEYS): runs whose program_config agree
+    share their programs (a sweep's lanes group rows by it without preparing them)."""
+    return {key: value for key, value in flatten(config.to_dict()).items() if not key_in(key, NOT_PROGRAM_KEYS)}
 
 
 def compile_steps(run: Any, shardings: Any) -> tuple[LeafStep, Any]:
