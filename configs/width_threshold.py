@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
     c.train.lr_schedule = "constant"
     c.train.warmup_steps = 0
     c.train.num_steps = 300
+    c.cpu_threads = 0  # its table (README) was computed with every core per run, one run after the other
     c.train.probe_every_steps = 25
     c.train.eval_every_steps = 150
     c.train.checkpoint_every_steps = 300
