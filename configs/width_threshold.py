@@ -9,7 +9,7 @@ The network and recipe are the main job's (configs/ablation_scale.py: the paper'
 deaths in the main job come in the first 100. The filter count is the C stage's width, set through Reduction-B's
 conv branches as the main job does: 160 (the least the B stage's 144 leave room for) to 2560, doubling. The
 paper saw residual Inception networks die past about 1000 filters unless their residuals were scaled by 0.1-0.3.
-What it showed, and how long it took, is in README.md ("The width threshold").
+What it showed, and how long it took, is in README.md ("The width threshold"); its verdict table in docs/dying.md §5.
 Arguments: seeds (default 2), seed_offset (default 0; seeds are seed_offset, seed_offset + 1, ...).
 """
 
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
     c.train.lr_schedule = "constant"
     c.train.warmup_steps = 0
     c.train.num_steps = 300
-    c.cpu_threads = 0  # its table (README) was computed with every core per run, one run after the other
+    c.cpu_threads = 0  # its table (docs/dying.md §5) was computed with every core per run, one run after the other
     c.train.probe_every_steps = 25
     c.train.eval_every_steps = 150
     c.train.checkpoint_every_steps = 300
