@@ -214,9 +214,11 @@ def _run_sweep(selected, all_rows, *, workdir, name, command, thresholds, rerun_
     print(f"sweep {name}: {len(selected)} run(s) in {os.path.abspath(workdir)}/runs")
     elapsed = time.time() - float(os.environ.get(COMMAND_STARTED, time.time()))
     if trained[0] and elapsed > 0:
-        side = f" ({lanes} rows at a time)" if lanes > 1 else ""
+        # Rows side by side: the share of the command's time each lane spent training, so 100 % is the most.
+        per_lane = trained[0] / max(lanes, 1)
+        side = f" on {lanes} lanes ({per_lane:.0f} s each)" if lanes > 1 else ""
         print(f"time: {trained[0]:.0f} s of training and evaluation{side} in the {elapsed:.0f} s since the command "
-              f"started ({100 * trained[0] / elapsed:.0f} %; the rest: starting up, preparing data, compiling, the "
+              f"started ({100 * per_lane / elapsed:.0f} %; the rest: starting up, preparing data, compiling, the "
               "report)")
     print(f"results table: {results}")
     print(f"report: {report.html}")
