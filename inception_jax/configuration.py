@@ -21,7 +21,7 @@ from inception_jax.cpu.backend import BACKEND_CHOICES
 from inception_jax.cpu.codegen import CODEGENS
 from inception_jax.data.data_config import DataConfig
 from inception_jax.models import KNOB_DEFAULTS, MODEL_NAMES, ModelOptions, model_options
-from inception_jax.validation import closest_keys_hint
+from inception_jax.validation import ConfigError, closest_keys_hint
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("staircase", "cosine", "constant")
@@ -37,10 +37,6 @@ RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.num_examples", "
                   "data.prefetch_batches", "data.cache_mb", "mesh.", "distributed.", "compilation_cache_dir",
                   "xla_cpu_codegen", "kernels", "compile_only", "eval_only", "train.precise_bn_batches",
                   "init_from", "init_from_ema", "sweep.", "report.")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -13,6 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key, the value and what is allowed (main.py
+    prints it as one line, exit status 2). Defined here, below every part, so any part can raise it."""
+
+
 def close_matches(value: Any, allowed: Sequence[Any], n: int = 3) -> list[str]:
     """The spellings in `allowed` closest to `value` (at most `n`, best first; none when nothing is close)."""
     return difflib.get_close_matches(str(value), [str(a) for a in allowed], n=n)

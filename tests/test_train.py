@@ -88,7 +88,10 @@ def test_resume_after_a_stop_in_the_middle_is_bit_exact(one_device_run, shapes_t
     workdir = str(tmp_path / "stopped")
     config = tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1, "train.num_steps": 4})
     train_and_evaluate(config, workdir)  # stops at 4 (checkpoints at 3 and 4) ...
-    # ... as if killed after logging step 5: the resumed run must drop that line and recompute it.
+    # ... as if killed after logging step 5 (so unfinished: a finished 4-step run is another result, refused): the
+    # resumed run must drop that line and recompute it.
+    for name in ("result.json", "verdict.json"):
+        os.remove(os.path.join(workdir, name))
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": 5, "split": "train", "loss": 123.0}) + "\n")
     train_and_evaluate(tiny_config(shapes_tiny_dir, **{"mesh.num_devices": 1}), workdir)

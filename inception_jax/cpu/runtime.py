@@ -30,7 +30,7 @@ def pin_cpu_threads(threads: int, cores: tuple[int, ...] | None = None) -> tuple
     threads (and the same sums) wherever it runs. Returns the cores. Refused once JAX's backends exist (their
     thread pool is already sized) unless the process is already pinned to `threads` cores."""
     global _USABLE_CORES
-    from inception_jax.configuration import ConfigError
+    from inception_jax.validation import ConfigError
 
     available = usable_cores()
     chosen = tuple(cores) if cores is not None else available[:threads]
@@ -53,7 +53,7 @@ def pin_cpu_threads(threads: int, cores: tuple[int, ...] | None = None) -> tuple
 
 def check_cpu_threads(config: Any) -> None:
     """A run whose config says `cpu_threads` = N computes on N cores, or does not run (its record would lie)."""
-    from inception_jax.configuration import ConfigError
+    from inception_jax.validation import ConfigError
 
     threads = int(config.cpu_threads)
     if threads and jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) != threads:
