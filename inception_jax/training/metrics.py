@@ -149,7 +149,7 @@ class RunWriter:
             os.replace(tmp, self.path)
             from clu import metric_writers  # imports TensorFlow: only where something is written
 
-            # TensorBoard events through clu; the human log is train.py's periodic progress line, not one INFO
+            # TensorBoard events through clu; the human log is loop.py's periodic progress line, not one INFO
             # line per scalar (clu's LoggingWriter would print ~60 scalars on every log step).
             self._clu = metric_writers.AsyncWriter(scalar_batch_writer(workdir))
         self._file = open(self.path, "a") if self.is_main else None  # noqa: SIM115 (kept open for the run)
@@ -178,11 +178,6 @@ class RunWriter:
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_main:
             write_json_atomic(os.path.join(self.workdir, name), obj)
-
-    def flush(self) -> None:
-        """Everything written so far is in the event file (the TensorBoard writes are asynchronous)."""
-        if self.is_main:
-            self._clu.flush()
 
     def close(self) -> None:
         if self.is_main:
