@@ -36,7 +36,8 @@ def build_train_step(name: str, *, size: int, batch: int, num_classes: int = 100
     from inception_jax.cpu.backend import backend_for
     from inception_jax.models import build_model, grid_17, model_options
     from inception_jax.training.optim import make_optimizer
-    from inception_jax.training.train_step import StepConfig, init_state, train_step
+    from inception_jax.training.programs import init_state
+    from inception_jax.training.train_step import StepConfig, train_step
 
     t = types.SimpleNamespace(optimizer="rmsprop", rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_eps=1.0,
                               weight_decay=weight_decay, grad_clip_norm=grad_clip_norm)

@@ -41,7 +41,7 @@ UNCACHED = {"cache_mb": 0}
 
 def main_job_size() -> tuple[dict, dict, int]:
     """(model spec, DataConfig fields, batch) of configs/ablation_scale.py's default preset."""
-    from inception_jax.configuration import load_config
+    from inception_jax.config_files import load_config
 
     c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "configs/ablation_scale.py"))

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from inception_jax.configuration import load_config
+from inception_jax.config_files import load_config
 from inception_jax.data import image_cache
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.clock import Clock

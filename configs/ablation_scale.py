@@ -25,7 +25,8 @@ Arguments: preset, seeds (an integer >= 1; default per preset), seed_offset (the
 
 import functools
 
-from inception_jax.configuration import base_config, model_knobs, parse_arg
+from inception_jax.config_files import parse_arg
+from inception_jax.configuration import base_config, model_knobs
 from inception_jax.models import model_options, stage_widths
 
 MODEL = "inception_resnet_v2_paper"

@@ -9,7 +9,8 @@ shapes_textures: about 2 minutes on 2 CPU cores (1 min 47 s measured on 2026-11-
 Override anything with --config.key=value, e.g. --config.model.residual_scale=0.1.
 """
 
-from inception_jax.configuration import base_config, parse_arg
+from inception_jax.config_files import parse_arg
+from inception_jax.configuration import base_config
 
 
 def get_config(arg: str | None = None):

@@ -23,7 +23,8 @@ images (we evaluate on all 50,000: the paper says the subset gives ~0.3 % lower 
 18.8 / 4.3, 17.8 / 3.7. The released IR-v2 checkpoint (slim / timm / Keras): 80.4 / 95.3 % top-1 / top-5.
 """
 
-from inception_jax.configuration import base_config, parse_arg
+from inception_jax.config_files import parse_arg
+from inception_jax.configuration import base_config
 from inception_jax.models import MODEL_NAMES
 
 

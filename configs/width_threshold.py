@@ -15,7 +15,7 @@ Arguments: seeds (default 2), seed_offset (default 0; seeds are seed_offset, see
 
 import os
 
-from inception_jax.configuration import config_module, parse_arg
+from inception_jax.config_files import config_module, parse_arg
 
 ABLATION = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ablation_scale.py"))
 

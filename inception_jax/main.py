@@ -90,7 +90,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     `--config` file that is missing or does not parse, a bad `:arg` (absl would load the file itself and print
     the error inside its own traceback, or defer a missing file's to the first use), and an override of a key the
     config lacks (`--config.train.nonexistent=1`: ml_collections' uncaught KeyError)."""
-    from inception_jax.configuration import ConfigError, check_override_flags, config_spec, load_config
+    from inception_jax.config_files import check_override_flags, config_spec, load_config
+    from inception_jax.configuration import ConfigError
 
     try:
         spec = config_spec(argv)

@@ -6,14 +6,8 @@ import sys
 
 import pytest
 
-from inception_jax.configuration import (
-    ConfigError,
-    base_config,
-    load_config,
-    model_knobs,
-    resume_conflicts,
-    validate_static,
-)
+from inception_jax.config_files import load_config
+from inception_jax.configuration import ConfigError, base_config, model_knobs, resume_conflicts, validate_static
 from inception_jax.models import MODEL_NAMES, model_options
 from tests.training_helpers import ROOT
 

@@ -1,6 +1,8 @@
 """The package's layout is its design: subpackages by job, and dependencies that only point one way.
 
     validation   the shared checks and error hints        imports nothing of the package (all parts may import it)
+    configuration  the config schema and its checks        imports models, cpu, data (choices, defaults)
+    config_files   loading config files, their `:arg`     imports configuration only
     models/      the networks, stock JAX / Flax           imports nothing else of the package but validation
     cpu/         the CPU backend: replaces models' ops     imports models only
     data/        TFDS sources, pipeline, preprocessing     imports models (image sizes) at most
@@ -25,8 +27,9 @@ ALLOWED = {  # subpackage -> the parts of the package it may import (besides its
     "data": {"models", "validation"},
     "pretrained": {"models", "data", "configuration", "validation"},
     "training": {"models", "cpu", "data", "pretrained", "configuration", "validation"},
-    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration", "validation"},
+    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration", "config_files", "validation"},
     "configuration": {"models", "cpu", "data", "validation"},
+    "config_files": {"configuration", "validation"},
 }
 
 

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from inception_jax.configuration import ConfigError, load_config
+from inception_jax.config_files import load_config
+from inception_jax.configuration import ConfigError
 from inception_jax.sweeps.sweep import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv

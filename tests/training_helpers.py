@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from inception_jax.configuration import load_config
+from inception_jax.config_files import load_config
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.metrics import read_metrics
 

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 from flax import nnx
 
-from inception_jax.models.network import InceptionNet
+from inception_jax.models.network import InceptionNet, build_model
 from inception_jax.models.options import ModelOptions
 from inception_jax.models.stacking import to_scanned, to_unrolled
 
@@ -22,8 +22,6 @@ def count_params(opts: ModelOptions, *, collection: type[nnx.Variable] = nnx.Par
 def _counts(opts: ModelOptions) -> dict[str, int]:
     """Scalars per variable type (Param, BatchStat, ...) of an abstract model: tracing a full network costs
     seconds, so one trace answers every collection."""
-    from inception_jax.models.registry import build_model
-
     abstract = nnx.eval_shape(lambda: build_model(opts))
     counts: dict[str, int] = {}
     for _, var in nnx.to_flat_state(nnx.state(abstract)):
@@ -34,8 +32,6 @@ def _counts(opts: ModelOptions) -> dict[str, int]:
 
 def convert_layout(model: InceptionNet, *, scan_blocks: bool) -> InceptionNet:
     """The same network with its weights in the other block layout (scanned <-> unrolled)."""
-    from inception_jax.models.registry import build_model
-
     opts = model.options
     if opts.scan_blocks == scan_blocks:
         return model

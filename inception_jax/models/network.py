@@ -1,5 +1,6 @@
 """The network every family shares: stem -> A blocks -> Reduction-A -> B blocks -> Reduction-B -> C blocks
-[-> final_conv] -> global average pool -> dropout -> Dense, built from an `Architecture` and `ModelOptions`.
+[-> final_conv] -> global average pool -> dropout -> Dense, built from an `Architecture` and `ModelOptions`; and
+its constructors (`create_model` from a model id and knobs, `build_model` from resolved options).
 
 `forward` returns, on request and at no cost otherwise, what the dying analysis needs (docs/dying.md): the pre-pool
 activation and per-block zero fractions and residual / shortcut RMS; and the stage outputs the importers compare.
@@ -18,7 +19,8 @@ from flax import nnx
 from inception_jax.models.architecture import MIN_IMAGE_SIZE, Architecture, aux_kernel_size, min_image_size
 from inception_jax.models.blocks import AuxHead, ConvBN, Head, InceptionBlock, Mixed, ResidualBlock, Stem, sub_filters
 from inception_jax.models.layers import INITIALIZERS, LayerContext, dropout, scaled_initializer
-from inception_jax.models.options import DTYPES, ModelOptions
+from inception_jax.models.options import DTYPES, ModelOptions, model_options
+from inception_jax.models.registry import get_architecture
 from inception_jax.models.stacking import scan_blocks, stack_modules
 
 STAGES = ("a", "b", "c")
@@ -219,3 +221,28 @@ class InceptionNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None) -> jax.Array:
         """Logits (float32). For training extras (aux logits, diagnostics) use `forward`."""
         return self.forward(x, train=train, dropout_key=dropout_key).logits
+
+
+def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = None, **knobs: Any) -> InceptionNet:
+    """Build model `name` (one of registry.MODEL_NAMES) with the ablation knobs of docs/architecture.md §1.10.
+
+    Knobs (all optional): use_residual, residual_scale (float, (a, b, c) or {'a':, 'b':, 'c':}),
+    residual_scale_mode ('constant' | 'learnable' | 'learnable_channel'), plain_scale, final_block_linear,
+    width_multiplier, filters ({'block_b.b1_1': 160, ...} absolute overrides), block_counts ((a, b, c)),
+    bn_scale, bn_momentum, bn_eps, bn_group_size, dropout_rate, aux_head, image_size (for the aux head),
+    scan_blocks, remat_blocks, dtype, param_dtype, conv_init, up_init, dense_init, up_init_scale.
+    """
+    return build_model(model_options(name, num_classes=num_classes, **knobs), rngs=rngs)
+
+
+def build_model(opts: ModelOptions, *, rngs: nnx.Rngs | None = None,
+                values: Mapping[str, tuple[Any, Any]] | None = None) -> InceptionNet:
+    """The network of `opts`; `values` (block_values' form) replaces its blocks' gains and scales."""
+    return InceptionNet(get_architecture(opts.name), opts, rngs=rngs if rngs is not None else nnx.Rngs(0),
+                        values=values)
+
+
+def stage_widths(opts: ModelOptions) -> dict[str, int]:
+    """Each stage's residual-stream width (InceptionNet.stage_widths), from an abstract build: nothing is
+    allocated, about a second for IR-v2."""
+    return nnx.eval_shape(lambda: build_model(opts)).stage_widths()

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from inception_jax.models.architecture import Architecture, min_image_size
 from inception_jax.models.blocks import SCALE_MODES
 from inception_jax.models.layers import INITIALIZERS
+from inception_jax.models.registry import get_architecture
 from inception_jax.validation import check_choice, did_you_mean
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -186,8 +187,10 @@ def _filters(arch: Architecture, multiplier: float, overrides: Any, aux_head: bo
     return tuple(sorted(table.items()))
 
 
-def resolve_options(arch: Architecture, num_classes: int = 1000, **knobs: Any) -> ModelOptions:
-    """Validate `knobs` against `arch` and fill in every default."""
+def model_options(name: str, *, num_classes: int = 1000, **knobs: Any) -> ModelOptions:
+    """Model `name` (registry.MODEL_NAMES) with `knobs` validated against its architecture and every default
+    filled in, without building anything: what configs and `create_model` call before a network exists."""
+    arch = get_architecture(name)
     unknown = [k for k in knobs if k not in KNOB_DEFAULTS]
     if unknown:
         k = unknown[0]

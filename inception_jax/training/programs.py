@@ -21,15 +21,24 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 from inception_jax.configuration import flatten, key_in
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.cpu import host_memory
 from inception_jax.cpu.backend import describe as describe_kernels
-from inception_jax.models import VALUE_KNOBS, ModelOptions, block_values, grid_17, program_options
+from inception_jax.models import VALUE_KNOBS, ModelOptions, block_values, build_model, grid_17, program_options
 from inception_jax.training import sharding
-from inception_jax.training.train_step import LeafStep, TrainState, batch_norm_statistics, eval_step, init_state
+from inception_jax.training.train_step import (
+    LeafStep,
+    TrainState,
+    batch_norm_statistics,
+    eval_step,
+    split_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +143,16 @@ def forget_programs() -> None:
     """Drop every compiled program this process holds (a sweep's are no use to the next one)."""
     with _PROGRAMS_LOCK:
         _PROGRAMS.clear()
+
+
+def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array, values: Any = None
+               ) -> TrainState:
+    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` and the block
+    `values`, network.block_values' form, may be traced). The EMA starts as None here and is copied from the
+    parameters by the caller: aliased buffers must not be donated (T2)."""
+    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed)), values=values))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                      ema_params=None)
 
 
 def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any, ModelOptions], TrainState]:

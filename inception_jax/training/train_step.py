@@ -19,7 +19,6 @@ import optax
 from flax import nnx
 
 from inception_jax.data.preprocessing import UINT8_TO_MODEL_RANGE
-from inception_jax.models import ModelOptions, build_model
 from inception_jax.models.ops import STOCK, Backend
 from inception_jax.training.diagnostics import activation_stats
 from inception_jax.training.optim import global_norm, update_ema
@@ -70,16 +69,6 @@ def is_log_step(step: Any, log_schedule: tuple[int, int, int]) -> Any:
 def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, params, rest
-
-
-def init_state(opts: ModelOptions, tx: optax.GradientTransformation, seed: int | jax.Array, values: Any = None
-               ) -> TrainState:
-    """A fresh state (run under `jax.jit` with out_shardings, it is created already sharded; `seed` and the block
-    `values`, network.block_values' form, may be traced). The EMA starts as None here and is copied from the
-    parameters by the caller: aliased buffers must not be donated (T2)."""
-    _, params, rest = split_model(build_model(opts, rngs=nnx.Rngs(jax.random.key(seed)), values=values))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
-                      ema_params=None)
 
 
 def model_input(images: jax.Array) -> jax.Array:

@@ -21,7 +21,8 @@ from inception_jax.models.blocks import CONSTANT_NAMES
 from inception_jax.pretrained import model_io
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.optim import learning_rate_schedule, make_optimizer
-from inception_jax.training.train_step import TrainState, init_state
+from inception_jax.training.programs import init_state
+from inception_jax.training.train_step import TrainState
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = (("head", "fc"), ("aux", "fc"))
