@@ -21,7 +21,8 @@ import jax
 import ml_collections
 
 from inception_jax import COMMAND_STARTED
-from inception_jax.configuration import ConfigError, config_module
+from inception_jax.config_files import config_module
+from inception_jax.configuration import ConfigError
 from inception_jax.cpu import runtime
 from inception_jax.sweeps import console_log
 from inception_jax.sweeps.compile_ahead import compile_ahead
