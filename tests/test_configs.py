@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from inception_jax.config_files import load_config
+from inception_jax.config_files import config_module, load_config
 from inception_jax.configuration import ConfigError, base_config, model_knobs, resume_conflicts, validate_static
-from inception_jax.models import MODEL_NAMES, model_options
+from inception_jax.models import MODEL_NAMES, model_options, stage_widths
+from inception_jax.sweeps.sweep_rows import SweepRow, validate_rows
 from tests.training_helpers import ROOT
 
 SPECS = ["configs/default.py", "configs/default.py:tiny", *(f"configs/ablation_scale.py:preset={p}" for p in
@@ -23,6 +24,23 @@ def test_config_loads_and_validates(spec):
     model_options(config.model.name, num_classes=1000, **model_knobs(config.model))
     with open(os.path.join(ROOT, spec.split(":")[0])) as f:
         assert "python -m inception_jax.main --config=" + spec.split(":")[0] in f.read()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu_long", "gpu", "imagenet", "tiny"])
+def test_every_preset_of_the_main_job_sweeps_the_filter_counts_its_rows_name(preset):
+    """Each row validates, and its network's deepest (C) stage is as wide as its run_id's `w<filters>` says."""
+    spec = os.path.join(ROOT, f"configs/ablation_scale.py:preset={preset}")
+    rows = [SweepRow(run_id, dict(overrides))
+            for run_id, overrides in config_module(spec.split(":")[0]).get_sweep(f"preset={preset}")]
+    configs = validate_rows(load_config(spec), rows)
+    built = {}
+    for row, config in zip(rows, configs, strict=True):
+        named = int(row.run_id.split("_")[0][1:])
+        if named not in built:
+            opts = model_options(config.model.name, num_classes=10, **model_knobs(config.model))
+            built[named] = stage_widths(opts)["c"]
+        assert built[named] == named, row.run_id
+    assert len(built) >= 2
 
 
 def test_the_width_threshold_sweep_keeps_its_own_recipe():
