@@ -51,6 +51,10 @@ METHODS = (
     "the log ratios. A run that never reached the threshold counts as its last logged step plus one logging "
     "interval, a lower bound, and a claim is supported only when such bounds lie on its slower side (so they can "
     "only understate the effect); pairs in which neither run reached it carry no order and are left out.",
+    "Ties: steps are counted at evaluations, so seeds can give identical values. When every per-seed value is the "
+    "same, a t interval would have width 0; the interval is then the sign test's distribution-free one for the "
+    "median, which needs at least 6 seed pairs (all agreeing) to reach 95 %, so fewer are inconclusive. Two "
+    "unpaired sides that are both without spread get no interval.",
     "Deaths: a cell's proportion of seeds whose verdict is died, with its exact (Clopper-Pearson) interval; a "
     "difference between two cells (two variants at a filter count, or one variant at two filter counts: the width "
     "effect) with Newcombe's hybrid score interval (from two Wilson intervals), unpaired.",
@@ -95,18 +99,32 @@ def _finite(values: Sequence[float]) -> np.ndarray:
 
 
 def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """(mean, low, high) of a one-sample t interval; equal values give a zero-width interval, one value none."""
+    """(mean, low, high) of a one-sample t interval; one value gives none, and values without spread the sign
+    test's interval (_median_interval) instead of a t interval of width 0."""
     if len(values) == 0:
         return math.nan, math.nan, math.nan
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, math.nan, math.nan
     if np.ptp(values) == 0:
-        return mean, mean, mean
+        return mean, *_median_interval(values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         interval = stats.ttest_1samp(values, 0.0).confidence_interval(CONFIDENCE)
     return mean, float(interval.low), float(interval.high)
+
+
+def _median_interval(values: np.ndarray) -> tuple[float, float]:
+    """The distribution-free interval for the median from order statistics (the sign test's): [x_(k), x_(n+1-k)]
+    covers it with probability 1 - 2 P(Binom(n, 1/2) < k), for the largest k that keeps that >= 95 %. Used when
+    every value is the same (steps are counted at evaluations, so ties happen): a t interval would then have width
+    0 and call 3 identical seeds certain. It exists from 6 values on (NaN below: no interval, never supported)."""
+    n = len(values)
+    k = int(stats.binom.ppf((1 - CONFIDENCE) / 2, n, 0.5))  # the largest k with P(Binom(n, 1/2) < k) < 2.5 %
+    if k < 1:
+        return math.nan, math.nan
+    ordered = np.sort(values)
+    return float(ordered[k - 1]), float(ordered[n - k])
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
@@ -137,7 +155,7 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
     low = high = math.nan
     if n >= 2:
         if np.ptp(x) == 0 and np.ptp(y) == 0:
-            low = high = effect
+            pass  # no spread on either side: Welch's interval is undefined, and no width can be inferred
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -94,6 +94,22 @@ def test_never_reaching_a_threshold_is_a_lower_bound_on_the_slower_side():
     assert (both.n, both.left_out, both.status) == (0, 1, INCONCLUSIVE)
 
 
+def test_seeds_that_tie_are_not_certainty():
+    """Steps are counted at evaluations, so seeds tie. Three pairs giving one ratio (every 75 steps: 150 against
+    a censored 262) once came out as 0.57x [0.57x, 0.57x], "supported"; a t interval of width 0 is an artefact.
+    Without spread the interval is the sign test's for the median, which needs 6 agreeing pairs for 95 %."""
+    tied = [(Steps(150), Steps(262, censored=True))] * 3
+    three = step_ratio(tied)
+    assert three.effect == pytest.approx(150 / 262) and three.status == INCONCLUSIVE
+    assert math.isnan(three.low) and math.isnan(three.high)
+    six = step_ratio(tied * 2)
+    assert six.status == SUPPORTED and six.low == pytest.approx(150 / 262) == six.high
+    same_gap = paired_difference([0.5, 0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1, 0.1])
+    assert same_gap.status == INCONCLUSIVE and math.isnan(same_gap.low)
+    constant_sides = unpaired_difference([0.5] * 5, [0.1] * 5)
+    assert constant_sides.status == INCONCLUSIVE and math.isnan(constant_sides.low)
+
+
 def test_the_statistics_need_no_random_numbers():
     a, b = [0.7, 0.4, 0.69, 0.35, 0.71], [0.4, 0.45, 0.68, 0.42, 0.41]
     assert paired_difference(a, b) == paired_difference(a, b)
