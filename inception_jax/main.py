@@ -54,7 +54,7 @@ def main(argv) -> int:
     from inception_jax.configuration import ConfigError
     from inception_jax.cpu import runtime
     from inception_jax.data.input_pipeline import DataError
-    from inception_jax.sweeps import sweep
+    from inception_jax.sweeps import main_job
     from inception_jax.sweeps.lanes import LaneCrashed
     from inception_jax.training.checkpointing import CheckpointError
 
@@ -62,7 +62,7 @@ def main(argv) -> int:
     logging.info("%s", host_memory.describe())
     logging.info("process %d of %d, %d local / %d global devices", *runtime.device_summary())
     try:
-        return _run(sweep)
+        return _run(main_job)
     except (ConfigError, DataError) as e:  # bad input: the message says what and where; no traceback needed
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -78,11 +78,11 @@ def main(argv) -> int:
         return 1
 
 
-def _run(sweep) -> int:
-    return sweep.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
-                                workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
-                                export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value,
-                                rerun_changed=_RERUN_CHANGED.value, parallel_rows=_PARALLEL_ROWS.value)
+def _run(main_job) -> int:
+    return main_job.run_from_flags(_CONFIG.value, config_arg=config_flags.get_config_filename(flags.FLAGS["config"]),
+                                   workdir=_WORKDIR.value, row=_ROW.value, rows_csv=_ROWS_CSV.value,
+                                   export_csv=_EXPORT_CSV.value, print_commands=_PRINT_COMMANDS.value,
+                                   rerun_changed=_RERUN_CHANGED.value, parallel_rows=_PARALLEL_ROWS.value)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from inception_jax.sweeps import console_log
-from inception_jax.sweeps.console import SweepConsole, format_duration, last_train_line
-from inception_jax.sweeps.eta import EtaCheck, SweepEstimate
+from inception_jax.sweeps.console import SweepConsole, last_train_line
+from inception_jax.sweeps.eta import EtaCheck, SweepEstimate, format_duration
 
 
 class FakeClock:

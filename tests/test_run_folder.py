@@ -40,7 +40,7 @@ def test_a_finished_run_asked_for_another_length_is_refused_then_rerun_on_reques
     """Issue #33: a finished run asked for fewer steps re-reported its old result; asked for more, it resumed
     and its schedule jumped, config.json still giving the old length. Both are refused; --rerun_changed moves the
     old run into <workdir>/replaced/<UTC time>/ and starts again."""
-    from inception_jax.sweeps.sweep import run_from_flags
+    from inception_jax.sweeps.main_job import run_from_flags
 
     workdir = str(tmp_path / os.path.basename(one_device_run))  # the same run_id (the folder's name)
     shutil.copytree(one_device_run, workdir)  # 6 steps, finished

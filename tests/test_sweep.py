@@ -14,7 +14,7 @@ import pytest
 
 from inception_jax.config_files import load_config
 from inception_jax.configuration import ConfigError
-from inception_jax.sweeps.sweep import config_rows
+from inception_jax.sweeps.main_job import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
 from inception_jax.training.run_folder import config_record
@@ -420,7 +420,7 @@ def test_a_bad_spreadsheet_stops_the_command_before_any_run(tmp_path, shapes_tin
 
 
 def test_the_report_names_the_command_as_the_user_typed_it():
-    from inception_jax.sweeps.sweep import user_command
+    from inception_jax.sweeps.main_job import user_command
 
     main_py = os.path.join(ROOT, "inception_jax", "main.py")
     assert user_command([main_py, "--config=configs/ablation_scale.py", "--row=a b"]) == \

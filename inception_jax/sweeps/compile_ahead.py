@@ -1,7 +1,7 @@
 """compile_ahead: a sweep compiles the distinct programs of the runs about to train, several at once, before
 the first of them starts. A sweep whose rows train side by side calls it in each lane, for one program family
 before the lane's first row of it; the lanes share the families through the persistent compilation cache
-(sweeps/lanes.py)."""
+(sweeps/lanes.py; the call: lane_worker.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ row's metrics.jsonl (docs/run_folder.md) about once a second. The console only r
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from inception_jax.sweeps.eta import EtaCheck, SweepEstimate
+from inception_jax.sweeps.eta import EtaCheck, SweepEstimate, format_duration, format_eta
 from inception_jax.training.metrics import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -274,21 +273,6 @@ def last_train_line(path: str) -> dict | None:
         if row.get("split") == "train":
             return row
     return None
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def format_eta(seconds: float) -> str:
-    """`4 min 10 s (10:42)`: how long, and the local time it ends."""
-    end = datetime.datetime.now() + datetime.timedelta(seconds=seconds)
-    return f"{format_duration(seconds)} (~{end:%H:%M})"
 
 
 def _number(value: Any) -> float | None:

@@ -7,13 +7,16 @@ start take the rate of the latest rows measured (rows of one filter count run to
 busy machine changes speed over time). The rows still to start are then dealt to the lanes in order, each to the
 lane that frees first, as the runner does; the estimate is when the last lane ends.
 
-`EtaCheck` keeps the estimates made so that the sweep log can say, at the end, how close the one made half way was.
-Nothing here reads files or clocks: callers pass the times in (console.py), so tests can script a timeline.
+`EtaCheck` keeps the estimates made so that the sweep log can say, at the end, how close the one made half way was;
+`format_duration` and `format_eta` word the times for the console. Nothing here reads files, nor clocks but
+`format_eta` (the local time an estimate ends at): callers pass the times in (console.py), so tests can script a
+timeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import heapq
 from collections.abc import Mapping, Sequence
 
@@ -155,3 +158,18 @@ class EtaCheck:
 
 def _error(estimate: float, actual: float) -> str:
     return f"{100 * (estimate - actual) / actual:+.0f} %" if actual > 0 else "n/a"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def format_eta(seconds: float) -> str:
+    """`4 min 10 s (10:42)`: how long, and the local time it ends."""
+    end = datetime.datetime.now() + datetime.timedelta(seconds=seconds)
+    return f"{format_duration(seconds)} (~{end:%H:%M})"
