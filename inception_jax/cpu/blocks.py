@@ -20,11 +20,10 @@ from inception_jax.models.layers import avg_pool_3x3_same
 from inception_jax.models.stacking import scan_stacked
 
 # The blocks a stage repeats, which the scan over blocks loops over (scan_blocks), scanned or unrolled alike. Their
-# opening 1x1 convolutions are fused (scanned, each residual is a stacked buffer; v4's blocks: step temporaries at
-# 299 px, batch 8, 2261 -> 2157 MiB; the IR blocks, no pooled branch: the same memory, the step 0.986x and 0.982x
-# the time, IR-v2 at 299 px, two in-process A/Bs). IR-v2's stem module mixed5b lost memory that way (2247 -> 2256
-# MiB), so the stem's and the reductions' modules run as written; their convolutions never run in a loop, so they
-# may take XLA's own kernel gradient (convolution.conv2d, `outside_loops`).
+# opening 1x1 convolutions are fused (scanned, each residual is a stacked buffer: v4's blocks save memory, the IR
+# blocks time). IR-v2's stem module mixed5b gained memory that way, so the stem's and the reductions' modules run as
+# written (docs/performance.md §3.6); their convolutions never run in a loop, so they may take XLA's own kernel
+# gradient (convolution.conv2d, `outside_loops`).
 REPEATED_BLOCKS = (InceptionBlock, ResidualBlock)
 
 
@@ -121,8 +120,8 @@ pointwise_heads.defvjp(_pointwise_heads_fwd, _pointwise_heads_bwd)
 # `relu_unmasked` (forward ReLU, backward passes the gradient through) and the next block starts with
 # `mask_gradient(x, 0)` (forward identity, backward masks by x > 0). The first block of a stage starts with
 # `mask_gradient(x, -inf)` (nothing to mask) and the stage's output goes through `mask_gradient(y, 0)` for its last
-# block. Used only in pairs (scan_blocks): alone, `relu_unmasked`'s gradient is wrong. IR-v2 at 299 px, batch 8:
-# 87 MiB less of the train step's temporaries, and its time 0.99x; neutral at 75 px.
+# block. Used only in pairs (scan_blocks): alone, `relu_unmasked`'s gradient is wrong. It saves the stacked masks'
+# memory and a little time at 299 px (docs/performance.md §3.5).
 _DEFERRED_RELU_MASK = contextvars.ContextVar("deferred_relu_mask", default=False)
 
 

@@ -11,9 +11,8 @@ times examples per device of the B blocks' 1x1 convolutions, at least XLA_DOTS_M
 faster, and below it slower. The measurements: docs/performance.md §3.7 and §6.3.
 
 There is no fast-math choice: XLA:CPU's `xla_cpu_enable_fast_math` (even honouring NaN, inf, division and the
-math functions) made the gradients of a small IR-v2 3-13 % off XLA's defaults once a residual block multiplied its
-shortcut by a gain held as a value (the forward agreed to 1e-6), and it had not made a step measurably faster
-(0.98-1.04x).
+math functions) put the gradients of a small IR-v2 far off XLA's defaults once a residual block multiplied its
+shortcut by a gain held as a value, and it had not made a step measurably faster (docs/performance.md §3.7, §4).
 
 Every choice moves float32 results by rounding only (tests/test_cpu_codegen.py, the Keras parity test). An option
 the user set in XLA_FLAGS is left to XLA_FLAGS. The options apply only to programs compiled for CPU.
@@ -88,8 +87,8 @@ def xla_convolution_kernels(codegen: str, platform: str, xla_flags: str | None =
 
 def init_compiler_options(platform: str) -> dict[str, int] | None:
     """The options of a run's init program: it runs once per run, so XLA:CPU compiles it without LLVM's
-    optimisations, 4.5 s instead of 36 s for the main job's network (its ~250 random initialisers), the same
-    numbers. None off CPU."""
+    optimisations, in a fraction of the time for the main job's network (its ~250 random initialisers), the same
+    numbers (docs/performance.md §6.3). None off CPU."""
     return {"xla_backend_optimization_level": 0} if platform == "cpu" else None
 
 

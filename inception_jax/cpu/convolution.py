@@ -76,18 +76,18 @@ def _conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     """NHWC x HWIO convolution (explicit padding) whose kernel gradient XLA:CPU runs fast, in and out of loops.
 
     XLA:CPU lowers the kernel gradient of a convolution to a generic convolution that is slow everywhere (the
-    stem's 3x3 VALID convs: 3x slower than matmuls) and 20-35x slower inside a while loop (the backward of a
-    scan over stacked blocks). Here the kernel gradient is kh*kw matmuls of the (strided) shifted input windows
-    with the output gradient (`dk_mode` "taps"), and the input gradient a plain HWIO convolution with the flipped
-    kernel (benchmarks/model_compile.py, benchmarks/profile_step.py). Compiled for XLA:CPU's own convolution
-    kernels, the kernel gradient is XLA's outside loops ("xla") and, stride 1, a convolution written out in a
-    form XLA keeps on its fast path inside loops ("canonical"; see `conv2d`). Taps that only meet padding are cut
-    off first, and what is left of a 1x1 stride-1 convolution is a matmul.
+    stem's 3x3 VALID convs: slower than matmuls) and far slower inside a while loop (the backward of a scan over
+    stacked blocks; docs/performance.md §3.1). Here the kernel gradient is kh*kw matmuls of the (strided) shifted
+    input windows with the output gradient (`dk_mode` "taps"), and the input gradient a plain HWIO convolution
+    with the flipped kernel (benchmarks/model_compile.py, benchmarks/profile_step.py). Compiled for XLA:CPU's own
+    convolution kernels, the kernel gradient is XLA's outside loops ("xla") and, stride 1, a convolution written
+    out in a form XLA keeps on its fast path inside loops ("canonical"; see `conv2d`). Taps that only meet
+    padding are cut off first, and what is left of a 1x1 stride-1 convolution is a matmul.
 
     The backward keeps the kernel exactly as it came in, cut and reshaped again there: inside the scan over
     stacked blocks JAX then passes the stacked kernels to the backward as they are, where a cut or reshaped
-    kernel would be a residual of its own, copied per block into a stacked buffer (IR-v2's step temporaries at
-    75 px, batch 32: 703 MiB with those copies, 566 MiB without; the step 0.93x the time).
+    kernel would be a residual of its own, copied per block into a stacked buffer, which cost memory and time
+    (docs/performance.md §3.1).
     """
     kept, pads = crop_to_reachable_taps(kernel, x.shape[1:3], strides, padding)
     if _is_matmul(kept, strides, pads):
@@ -129,7 +129,8 @@ def input_gradient(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], s
     """d loss / d input: the output gradient (dilated by the stride) convolved with the flipped kernel.
 
     Written out because JAX's own transpose gives XLA an IO-swapped kernel layout (`01oi`), which XLA:CPU runs
-    on a generic path 3-10x slower inside while loops; here the kernel is transposed to HWIO explicitly.
+    on a generic path, far slower inside while loops (docs/performance.md §3.1); here the kernel is transposed to
+    HWIO explicitly.
     """
     if strides != (1, 1):
         return strided_input_gradient(dy, kernel, x_shape, strides, padding)
@@ -161,7 +162,8 @@ def strided_input_gradient(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int,
     """d loss / d input of a strided convolution, one stride-1 correlation per phase of the input grid.
 
     The textbook form (the output gradient dilated by the stride, then convolved) runs on XLA:CPU's generic
-    convolution path and multiplies the dilation's zeros too: 3-4x slower at the stem's 3x3 stride-2 convs.
+    convolution path and multiplies the dilation's zeros too: several times slower at the stem's 3x3 stride-2
+    convs (docs/performance.md §3.1).
     Each phase (input rows r = phase mod stride, columns likewise) is reached by a fixed subset of the taps,
     so its gradient is a plain convolution of dy with that flipped sub-kernel; the phases are then interleaved.
     """

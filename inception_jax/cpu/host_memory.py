@@ -1,16 +1,15 @@
 """Transparent huge pages for the host allocator, so CPU training does not fault its memory in every step.
 
 XLA:CPU gets each step's temporary buffers (hundreds of MiB at the CPU-ablation size) from glibc's malloc. Blocks
-that large are mmap'd on allocation and unmapped on free, so every step touches fresh memory: at 75 px, batch 32,
-IR-v2 took 187,000 page faults per step, 0.3 s of kernel time in a 0.6 s step. glibc's `glibc.malloc.hugetlb=1`
-tunable has malloc ask for transparent huge pages (madvise), which cuts the faults 100-fold and the TLB misses
-with them: the same train step ran in 0.76x the time (docs/performance.md §3.8). The pages were still handed back
-after every step (unmapped, or trimmed off the top of the heap) and zero-filled by the kernel again on the next:
-3.5-5.5 ms of kernel time per 25 ms step at the CPU-ablation size. `mmap_max=0` keeps large blocks in the heap
-and a 16 GiB trim threshold keeps the heap from shrinking under them, so each step reuses the pages of the last
-(kernel time ~1 ms, the step 0.90-0.92x the time). Memory a process frees then stays resident until
-`release_freed_memory`, which the training loop calls after each compile. glibc reads tunables only when a
-process starts, so an entry point that finds the huge-page tunable missing re-executes itself once with these set.
+that large are mmap'd on allocation and unmapped on free, so every step touches fresh memory and spends much of
+its time in the kernel faulting it in. glibc's `glibc.malloc.hugetlb=1` tunable has malloc ask for transparent
+huge pages (madvise), which cuts the faults and the TLB misses with them. The pages were still handed back after
+every step (unmapped, or trimmed off the top of the heap) and zero-filled by the kernel again on the next.
+`mmap_max=0` keeps large blocks in the heap and a 16 GiB trim threshold keeps the heap from shrinking under them,
+so each step reuses the pages of the last. Both made the step faster (docs/performance.md §3.8, §6.3). Memory a
+process frees then stays resident until `release_freed_memory`, which the training loop calls after each
+compile. glibc reads tunables only when a process starts, so an entry point that finds the huge-page tunable
+missing re-executes itself once with these set.
 
 The same churn had one more source: steps JAX dispatched asynchronously ran on a thread whose malloc arena
 freed its heaps between steps; `run_cpu_steps_inline` runs them in the calling thread instead.
@@ -112,8 +111,8 @@ def describe() -> str:
 def release_freed_memory() -> int:
     """Hand the memory malloc holds but no longer uses back to the kernel (glibc's malloc_trim); the bytes freed.
 
-    XLA's compiler frees most of what it allocates, but glibc keeps it in the heap: after compiling IR-v2's train
-    step the process held 850 MiB it had freed (docs/performance.md §3.8). Call it after compiling, not per step.
+    XLA's compiler frees most of what it allocates, but glibc keeps it in the heap, hundreds of MiB after
+    compiling IR-v2's train step (docs/performance.md §3.8). Call it after compiling, not per step.
     """
     if glibc_version() is None:
         return 0
@@ -143,11 +142,10 @@ def run_cpu_steps_inline() -> str:
     non-parallel computations only.
 
     Dispatched asynchronously, a step runs on PjRt's client thread, whose glibc arena frees its heaps when a step
-    ends, so the next step's temporaries fault fresh pages in again (IR-v2 at 75 px, batch 32: 600-800 page
-    faults and 0.13-0.16 cores of kernel time per step). Inline, they come from the caller's main-arena heap,
-    which the huge-page allocator keeps (above): 50-130 faults, 0.02-0.03 cores. Inline steps were as fast or
-    faster, and the main job's loop lost nothing by waiting for each step (its input pipeline prefetches in its
-    own threads): docs/performance.md §3.8 and §6.3.
+    ends, so the next step's temporaries fault fresh pages in again. Inline, they come from the caller's
+    main-arena heap, which the huge-page allocator keeps (above), and most of the faults and kernel time go.
+    Inline steps were as fast or faster, and the main job's loop lost nothing by waiting for each step (its input
+    pipeline prefetches in its own threads): docs/performance.md §3.8 and §6.3.
 
     Must run before JAX creates its CPU client (the first computation or device query); after that it changes
     nothing and says so.

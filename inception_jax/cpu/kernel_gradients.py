@@ -17,7 +17,7 @@ def pixel_contraction(x: jax.Array, dy: jax.Array, *, per_example: bool = False)
 
     Written as a dot of the NHWC arrays flattened to (pixels, channels), contracting their leading dimension,
     not as an einsum over b, h, w: XLA:CPU hands that transposed operand to the matmul as it is, where the
-    einsum's form made it first copy the input to channel-major, element by element (half the time of a 1x1
+    einsum's form made it first copy the input to channel-major, element by element (much of a 1x1
     kernel gradient inside the scan over blocks). Per example on small grids (IR-v2's A blocks at 75 px: 7 x 7)
     the flattened form was the slower one, so under 256 pixels the einsum stays (docs/performance.md §6.3).
     """
@@ -47,8 +47,8 @@ def tap_span(strides: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, in
 # A kernel gradient whose taps' input windows are larger than this copies them one at a time (a loop over the
 # taps): unrolled, XLA:CPU schedules every tap's window copy before the matmuls, so all are alive at once (the
 # stem's 3x3 convs at 299 px, batch 8: 9 windows of 21 MiB each). Smaller windows (the scanned blocks' convs)
-# stay unrolled: looped inside the scan they made the step slower. The loop cut the step's temporaries by a
-# quarter to a third at no cost in time (docs/performance.md §6.3).
+# stay unrolled: looped inside the scan they made the step slower. The loop cut the step's temporaries at no cost
+# in time (docs/performance.md §3.1, §6.3).
 UNROLLED_WINDOW_MAX_BYTES = 4 << 20
 
 
@@ -61,7 +61,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], 
     padded = pad_spatially(x, padding)
     out_hw = dy.shape[1:3]
     # A small (cin x cout) product over a huge contraction runs on one thread; per-example partial products
-    # parallelise it (stem convs: 1.7x faster), and cost extra for wider convs.
+    # parallelise it, which pays for the stem's convs and costs extra for wider ones (docs/performance.md §3.1).
     per_example = cin * cout <= 8192
 
     def tap_gradient(window: jax.Array) -> jax.Array:
@@ -84,7 +84,7 @@ def xla_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ..
     """d loss / d kernel as XLA computes it: the transpose of the convolution in the kernel.
 
     On XLA:CPU's own convolution kernels (codegen "tuned") and outside loops it beats `kernel_gradient`. Inside
-    a while loop it is ~200x slower, and with YNNPACK's convolutions slower at the stem: hence
+    a while loop it is far slower, and with YNNPACK's convolutions slower at the stem: hence
     `convolution.conv2d`'s two conditions (the figures: docs/performance.md §6.3).
     """
     transpose = jax.linear_transpose(
@@ -101,7 +101,7 @@ def canonical_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[i
     the input transposed to (Cin, H, W, N) as the batch-major, feature-minor "images" and the output gradient to
     (h, w, N, Cout) as an HWIO "kernel", it is a plain NHWC x HWIO VALID convolution whose (Cin, kh, kw, Cout)
     output is the gradient, transposed. XLA makes the same convolution for `xla_kernel_gradient`, but there from
-    dimension numbers it rewrites itself, which inside a while loop leaves a generic path ~100x slower; written
+    dimension numbers it rewrites itself, which inside a while loop leaves a far slower generic path; written
     out like this it is not, and it beats the per-tap matmuls of `kernel_gradient` on the blocks' convolutions.
     Outside loops XLA's own was as fast or faster, so it stays (the figures: docs/performance.md §6.3).
     """

@@ -21,10 +21,9 @@ from inception_jax.cpu.kernel_gradients import pixel_contraction
 from inception_jax.models.blocks import scaled_up_projection as stock_scaled_up_projection
 
 # Folding pays where the kernel is this many times smaller than the activations, or more: it costs passes over the
-# kernel (scaled in the forward and again in the backward) to save them over the output gradient. IR-v2 at 299 px,
-# batch 8, forward and backward of each stage of blocks, processes alternating: the A blocks (kernel 128 x 320,
-# 9,800 pixels) 0.96x the time, the B blocks (384 x 1088, 2,312 pixels) 0.98x, the C blocks (448 x 2080, 512 pixels)
-# 1.03-1.07x, so they keep the scaled output.
+# kernel (scaled in the forward and again in the backward) to save them over the output gradient. In IR-v2 at 299
+# px it paid in the A and B blocks and cost time in the C blocks, whose kernel is as large as their activations, so
+# they keep the scaled output (docs/performance.md §3.4).
 FOLD_MIN_PIXELS_PER_INPUT_CHANNEL = 4
 
 

@@ -1,6 +1,6 @@
 """Decoded, resized images kept in memory across the runs of one process (a sweep's rows, later epochs).
 
-Decoding and resizing is most of the input pipeline's CPU time: 0.18 ms of the 0.23 ms per 96 px JPEG at 75 px.
+Decoding and resizing is most of the input pipeline's CPU time (docs/performance.md §6.3).
 On a 2-core machine that time is taken from the model step (benchmarks/train_loop.py). Every run of a sweep reads
 the same examples (same seed, same permutation), and evaluation reads the same split at every interval, so from
 the second read on an image costs only its random draws (flip, colour).

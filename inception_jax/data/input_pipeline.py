@@ -87,8 +87,8 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 def flip_draws(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     """Whether the "flip" augmentation mirrors each example: a counter-based hash of (seed, epoch, dataset index),
     drawn for a whole batch at once. Like every draw of this module it depends on the example, not on the batch
-    it lands in or the process that reads it; one seeded generator per image cost 11 us each (a third of a
-    cached batch's host time at the main job's size)."""
+    it lands in or the process that reads it; one seeded generator per image was a large share of a cached
+    batch's host time at the main job's size (docs/performance.md §6.3)."""
     key = np.full(1, _FLIP_STREAM, np.uint64)
     for word in (seed, epoch):
         key = _mix64(key ^ np.uint64(word))
@@ -98,7 +98,7 @@ def flip_draws(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
 
 def mirrored(images: np.ndarray) -> np.ndarray:
     """(N, H, W, C) images mirrored left-right, as one gather of whole pixels per row: numpy's reversed view
-    copies a uint8 RGB image byte by byte, 2.4x slower."""
+    copies a uint8 RGB image byte by byte, which is slower (docs/performance.md §6.3)."""
     n, h, w, c = images.shape
     columns = (np.arange(w - 1, -1, -1)[:, None] * c + np.arange(c)).ravel()
     return np.take(images.reshape(n, h, w * c), columns, axis=2).reshape(n, h, w, c)

@@ -8,7 +8,8 @@ r"""Convert pretrained timm or Keras weights into an exported model directory (m
 Prints the tensors read / used / dropped and the parameter count next to docs/architecture.md §7.1. Any name or shape
 mismatch stops the conversion with the offending names. --check_parity runs the source network and the converted
 one on two random 299 x 299 images and prints the error of every stage (needs torch + timm for timm sources).
-The output loads with `model_io.load_model(dir)` (or a training config's init_from). Takes 10-60 s on 2 cores.
+The output loads with `model_io.load_model(dir)` (or a training config's init_from). How long it takes:
+docs/performance.md §6.3.
 """
 
 from __future__ import annotations

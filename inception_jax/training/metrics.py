@@ -4,7 +4,7 @@ docs/run_folder.md (config.json, metrics.jsonl, verdict.json, result.json). Only
 clu is frozen upstream (docs/libraries.md §5), so it stays behind this one class.
 
 Scalars reach TensorBoard as one event per log step (`ScalarBatchWriter`): clu's `SummaryWriter` runs one
-TensorFlow op per scalar, which measured 8 ms of CPU per log step of 28 scalars on the background thread. On a
+TensorFlow op per scalar, which cost CPU on the background thread per log step (docs/performance.md §3.10). On a
 2-core machine that CPU is taken from the model step (benchmarks/train_loop.py), and the main job logs every step.
 """
 

@@ -69,10 +69,11 @@ PACKED_NORM_MAX_SIZE = 1 << 16
 def global_norm(tree: Any) -> jax.Array:
     """sqrt(sum of the squares of every element of every leaf), in float32.
 
-    optax.tree.norm reduces each leaf on its own, and XLA:CPU runs each reduction as its own op (5-10 us each,
-    whatever its size): the main job's network has 237 leaves and only 0.22M parameters, so its three logged norms
-    were ~700 ops of a ~2,300-op step. Here the leaves of up to PACKED_NORM_MAX_SIZE elements are concatenated
-    and reduced once; larger ones (where a copy would cost more than the op) are reduced on their own.
+    optax.tree.norm reduces each leaf on its own, and XLA:CPU runs each reduction as its own op, at a fixed cost
+    whatever its size: the main job's network has 237 leaves and only 0.22M parameters, so its three logged norms
+    were ~700 ops of a ~2,300-op step (docs/performance.md §3.10). Here the leaves of up to PACKED_NORM_MAX_SIZE
+    elements are concatenated and reduced once; larger ones (where a copy would cost more than the op) are reduced
+    on their own.
     """
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
     small = [x.ravel() for x in leaves if x.size <= PACKED_NORM_MAX_SIZE]

@@ -171,7 +171,7 @@ def _compiled_init(run: Any, shardings: TrainState) -> Callable[[Any, ModelOptio
 
 
 def release_compiler_memory(what: str) -> None:
-    """glibc keeps what XLA's compiler freed (850 MiB after IR-v2's train step); give it back (cpu/host_memory.py)."""
+    """glibc keeps what XLA's compiler freed (docs/performance.md §3.8); give it back (cpu/host_memory.py)."""
     released = host_memory.release_freed_memory()
     if released >= 64 << 20:
         log.info("after the %s: %d MiB of freed host memory returned to the system", what, released >> 20)

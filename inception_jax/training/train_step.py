@@ -47,8 +47,8 @@ class StepConfig:
     diagnostics: bool
     learnable_scales: bool
     # (log_dense_steps, log_every_steps, num_steps): the steps whose metrics the loop fetches. The three global
-    # norms (a full read of gradients, updates and parameters: 7 % of IR-v2's step at 75 px) are computed on
-    # those steps only. The default logs every step.
+    # norms (a full read of gradients, updates and parameters, docs/performance.md §3.10) are computed on those
+    # steps only. The default logs every step.
     log_schedule: tuple[int, int, int] = (0, 1, 0)
     # How the models' replaceable operations are computed (models/ops.py): stock JAX, or a platform backend's
     # forms (inception_jax/cpu: cpu.backend.backend_for picks them for CPU programs). Every program of the run is
@@ -139,7 +139,8 @@ class MetricsLayout:
 
 def pack_metrics(metrics: dict) -> tuple[jax.Array, MetricsLayout]:
     """A step's metrics as one float32 vector, so the host fetches them in one transfer, not one per metric
-    (~60 with the diagnostics: 0.36 ms of host time against 0.01 ms, on the cores the next step runs on)."""
+    (~60 with the diagnostics), which costs host time on the cores the next step runs on
+    (docs/performance.md §3.10)."""
     leaves, treedef = jax.tree.flatten(metrics)
     for leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -161,8 +162,8 @@ def unpack_metrics(packed: np.ndarray, layout: MetricsLayout) -> dict[str, np.nd
 class LeafStep:
     """A jitted train step that takes and returns the state as its list of leaves, and its metrics packed.
 
-    A TrainState holds about 240 nnx Variables, and jit flattens and rebuilds them in Python on every call: 5 ms
-    of host time per step at the CPU-ablation size (a 25-30 ms step), on the cores the step runs on. The loop
+    A TrainState holds about 240 nnx Variables, and jit flattens and rebuilds them in Python on every call, a
+    sizeable share of a CPU-ablation step's time on the cores the step runs on (docs/performance.md §3.10). The loop
     keeps the leaves (a list, flattened in C++) and rebuilds the state only to evaluate or save. The metrics come
     back as one vector (pack_metrics); `metrics(packed)` fetches and names them. Calling it with a TrainState
     works too, at the old cost, and returns the metrics fetched (tests, benchmarks).

@@ -26,7 +26,8 @@ _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _noise_bank(size: int) -> np.ndarray:
-    """A fixed Gaussian field 2x the image size; each image reads a random window of it (5x faster than drawing)."""
+    """A fixed Gaussian field 2x the image size; each image reads a random window of it, faster than drawing
+    fresh noise (docs/performance.md §6.3)."""
     if size not in _NOISE_BANKS:
         rng = np.random.default_rng(_NOISE_BANK_SEED)
         _NOISE_BANKS[size] = rng.standard_normal((2 * size, 2 * size, 3), dtype=np.float32)

@@ -48,7 +48,7 @@ def _jax_is_running() -> bool:
 
 
 def _worker_pool_size() -> int:
-    """Worker processes for generation: 0 = generate in this process (about 2x slower on 2 cores)."""
+    """Worker processes for generation: 0 = generate in this process (slower: docs/performance.md §6.3)."""
     # fork (not spawn) so that workers start in milliseconds and never re-import the caller's __main__; they only
     # run numpy/PIL. Not after JAX has started its thread pools (JAX warns that fork may deadlock), and not off
     # Linux (fork is unsafe on macOS).
@@ -59,7 +59,8 @@ def _worker_pool_size() -> int:
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """shapes_textures: 10 balanced classes of 96x96 RGB images, generated locally (no network) in < 60 s on 2 cores.
+    """shapes_textures: 10 balanced classes of 96x96 RGB images, generated locally (no network;
+    how long: docs/performance.md §6.3).
 
     Classes: disc, ring, square, triangle, plus, star, crescent (solid shapes told apart by their outline) and
     stripes, checker, dots (a disc/square/hexagon region told apart by the pattern inside). Each image draws its
