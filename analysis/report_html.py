@@ -27,6 +27,7 @@ from analysis.runs import RunRecord
 from analysis.tables import Table, final_values
 from analysis.verdicts import DEFINITION_TEXT, SHORT_DEFINITIONS, VERDICTS, ZERO_FRACTION_DEFINITION
 from inception_jax.models.variants import display_name
+from inception_jax.wording import format_duration
 
 _STYLE = """
 :root { --ink: #1f2328; --muted: #59636e; --rule: #d8dee4; --soft: #f6f8fa; --accent: #0b5cad;
@@ -141,14 +142,6 @@ class Provenance:
     logdir: Path | None = None  # for `tensorboard --logdir`
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _verdict(name: str) -> str:
     """A verdict name with its definition as a tooltip (and a link to the glossary)."""
     definition = SHORT_DEFINITIONS.get(name)
@@ -235,7 +228,7 @@ def _title_block(provenance: Provenance, runs: Sequence[RunRecord], groups: Sequ
                 f"{escape(', '.join(map(str, widths)) or '–')}, variants {escape('; '.join(variants) or '–')}"
                 + (f"; {skipped} skipped" if skipped else "") + ".")
     commands = [str(s.get("command")) for s in provenance.sweeps if s.get("command")] or [provenance.command]
-    when = f"{_duration(provenance.train_seconds)} of training and evaluation (the runs' wall times summed)"
+    when = f"{format_duration(provenance.train_seconds)} of training and evaluation (the runs' wall times summed)"
     if provenance.run_dates:
         when += f"; runs finished {escape(provenance.run_dates)}"
     rows = [("Command", "<br>".join(f"<code>{escape(c)}</code>" for c in commands)),

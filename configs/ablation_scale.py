@@ -71,12 +71,12 @@ def get_config(arg: str | None = None):
     c.train.num_steps = 450
     c.train.ema_decay = 0.0
     c.train.eval_batch_size = 500
-    c.train.eval_every_steps = 75  # 6 evaluations, about 0.5 s each with the statistics pass
+    c.train.eval_every_steps = 75  # 6 evaluations: the curves' points, each with the statistics pass
     c.train.checkpoint_every_steps = 300
     c.train.probe_every_steps = 100
     c.train.log_dense_steps = 1000
     # One XLA:CPU thread per run: a row's numbers are then the same alone, beside other rows or resumed, and rows
-    # train side by side, one per core (1.59x the runs per minute of one after the other on 2 cores).
+    # train side by side, one per core (sweeps/lanes.py).
     c.cpu_threads = 1
     if args.preset == "tiny":  # tests: the whole sweep in about a minute of compute
         c.model.block_counts = (1, 1, 1)

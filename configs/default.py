@@ -4,7 +4,7 @@
     python -m inception_jax.main --config=configs/default.py:tiny --workdir=/tmp/tiny     # tests: seconds
 
 Trains inception_resnet_v2_paper at width 0.125, blocks (2, 2, 2), 96 px, batch 32, 300 steps on
-shapes_textures: about 2 minutes on 2 CPU cores (1 min 47 s measured on 2026-11-28, dataset prepared).
+shapes_textures: about 2 minutes on 2 CPU cores once the dataset is prepared.
 `tiny` is 20 steps of a 75 px width-0.0625 network, batch 8 (about a minute, mostly compiling).
 Override anything with --config.key=value, e.g. --config.model.residual_scale=0.1.
 """

@@ -10,7 +10,8 @@ import pytest
 
 from inception_jax.sweeps import console_log
 from inception_jax.sweeps.console import SweepConsole, last_train_line
-from inception_jax.sweeps.eta import EtaCheck, SweepEstimate, format_duration
+from inception_jax.sweeps.eta import EtaCheck, SweepEstimate
+from inception_jax.wording import format_duration
 
 
 class FakeClock:

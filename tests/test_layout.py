@@ -1,6 +1,7 @@
 """The package's layout is its design: subpackages by job, and dependencies that only point one way.
 
     validation   the shared checks and error hints        imports nothing of the package (all parts may import it)
+    wording      how a duration reads                     imports nothing of the package (all parts may import it)
     configuration  the config schema and its checks        imports models, cpu, data (choices, defaults)
     config_files   loading config files, their `:arg`     imports configuration only
     models/      the networks, stock JAX / Flax           imports nothing else of the package but validation
@@ -22,12 +23,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "inception_jax"
 
 ALLOWED = {  # subpackage -> the parts of the package it may import (besides itself)
     "validation": set(),
+    "wording": set(),
     "models": {"validation"},
     "cpu": {"models", "validation"},
     "data": {"models", "validation"},
     "pretrained": {"models", "data", "configuration", "validation"},
     "training": {"models", "cpu", "data", "pretrained", "configuration", "validation"},
-    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration", "config_files", "validation"},
+    "sweeps": {"models", "cpu", "data", "pretrained", "training", "configuration", "config_files", "validation",
+               "wording"},
     "configuration": {"models", "cpu", "data", "validation"},
     "config_files": {"configuration", "validation"},
 }
@@ -106,3 +109,13 @@ def test_the_checks_see_the_whole_package():
             "inception_jax.training.loop", "inception_jax.sweeps.sweep", "inception_jax.data.input_pipeline",
             "inception_jax.pretrained.convert"} <= set(GRAPH)
     assert "inception_jax.training.warm_start" in GRAPH["inception_jax.training.state"]
+
+
+MAX_LINES = 300  # a module a reader holds in mind at once; past it a module has grown a second job: split by job
+
+
+def test_no_module_outgrows_one_job():
+    """Issue #32: modules are split by job, so none needs more than about 300 lines. A module that passes this has
+    room to grow; one that does not is split (a new file whose opening line says its one job), not trimmed."""
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these by job: {long}"

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from inception_jax.sweeps.eta import EtaCheck, SweepEstimate, format_duration, format_eta
+from inception_jax.sweeps.eta import EtaCheck, SweepEstimate, format_eta
 from inception_jax.training.metrics import METRICS_FILE
+from inception_jax.wording import format_duration
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often the running rows' metrics.jsonl are read

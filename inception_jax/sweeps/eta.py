@@ -8,7 +8,7 @@ busy machine changes speed over time). The rows still to start are then dealt to
 lane that frees first, as the runner does; the estimate is when the last lane ends.
 
 `EtaCheck` keeps the estimates made so that the sweep log can say, at the end, how close the one made half way was;
-`format_duration` and `format_eta` word the times for the console. Nothing here reads files, nor clocks but
+`format_eta` words an estimate for the console. Nothing here reads files, nor clocks but
 `format_eta` (the local time an estimate ends at): callers pass the times in (console.py), so tests can script a
 timeline.
 """
@@ -19,6 +19,8 @@ import dataclasses
 import datetime
 import heapq
 from collections.abc import Mapping, Sequence
+
+from inception_jax.wording import format_duration
 
 RECENT = 3  # rows whose rates make the estimate for rows still to start: the latest, not the whole history
 MIN_FRACTION = 0.1  # a running row's own rate counts from this share of its steps on (its first steps are noisy)
@@ -158,15 +160,6 @@ class EtaCheck:
 
 def _error(estimate: float, actual: float) -> str:
     return f"{100 * (estimate - actual) / actual:+.0f} %" if actual > 0 else "n/a"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def format_eta(seconds: float) -> str:
