@@ -136,22 +136,33 @@ class _Reader:
                             f"truncated, re-prepare the dataset") from e
 
 
-class TrainStream:
+class _SplitStream:
+    """What both streams are: one split read in global batches, of which this process takes its slice (checked
+    here: the processes divide the batch, and the batch fits the split)."""
+
+    def __init__(self, cfg: DataConfig, source: Sequence, split: str, *, global_batch_size: int, process_index: int,
+                 process_count: int):
+        self.cfg = cfg
+        self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
+        self.global_batch_size = global_batch_size
+        self.process_index, self.process_count = process_index, process_count
+        self.num_examples = len(source)
+        check_batch_fits(f"global_batch_size={global_batch_size}", global_batch_size, f"split {split!r}", cfg,
+                         self.num_examples)
+        self._reader = _Reader(source, cfg, split)
+
+
+class TrainStream(_SplitStream):
     """This process's slice of each global training batch, by step; see the module docstring."""
 
     def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, cache_key: Hashable | None = None):
-        self.cfg = cfg
-        self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
-        self.global_batch_size = global_batch_size
-        self.num_examples = len(source)
-        check_batch_fits(f"global_batch_size={global_batch_size}", global_batch_size, f"split {cfg.train_split!r}", cfg,
-                         self.num_examples)
+        super().__init__(cfg, source, cfg.train_split, global_batch_size=global_batch_size,
+                         process_index=process_index, process_count=process_count)
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise DataError(f"seed={seed!r} must be an int >= 0 (it seeds the epoch permutations and augmentations)")
-        self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
+        self.seed = int(seed)
         self.steps_per_epoch = self.num_examples // global_batch_size
-        self._reader = _Reader(source, cfg, cfg.train_split)
         self._cache = image_cache.store_for((cache_key, cfg.train_split, cfg.image_size), cfg.cache_mb) \
             if cache_key is not None and cfg.augment != "inception" else None
         self._steps = grain.MapDataset.range(0, 2**62).map(self.batch)
@@ -208,21 +219,15 @@ class TrainStream:
         return iter(self._steps[int(start_step):].to_iter_dataset(options))
 
 
-class EvalStream:
+class EvalStream(_SplitStream):
     """The whole eval split once, in order, as (local_batch, n_crops, S, S, 3) images with a padding mask."""
 
     def __init__(self, cfg: DataConfig, source: Sequence, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1, cache_key: Hashable | None = None):
-        self.cfg = cfg
-        self.local_batch_size = _check_processes(global_batch_size, process_index, process_count)
-        self.global_batch_size = global_batch_size
-        self.num_examples = len(source)
-        check_batch_fits(f"global_batch_size={global_batch_size}", global_batch_size, f"split {cfg.eval_split!r}", cfg,
-                         self.num_examples)
-        self.process_index = process_index
+        super().__init__(cfg, source, cfg.eval_split, global_batch_size=global_batch_size,
+                         process_index=process_index, process_count=process_count)
         self.num_batches = -(-self.num_examples // global_batch_size)
         self.num_crops = cfg.num_eval_crops
-        self._reader = _Reader(source, cfg, cfg.eval_split)
         identity = (cache_key, cfg.eval_split, cfg.image_size, cfg.eval_crops, cfg.central_fraction)
         self._cache = image_cache.store_for(identity, cfg.cache_mb) if cache_key is not None else None
 
