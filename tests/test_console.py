@@ -147,15 +147,46 @@ def test_the_eta_is_within_20_percent_half_way_when_the_second_half_is_slower(la
     assert estimate_at(end) == 0.0
 
 
+def test_the_first_rows_compile_is_not_charged_to_every_row_after_them():
+    """The default sweep's shape on 2 lanes: each lane's first row compiles for 45 s before its clock starts, the
+    rows after it start in 2 s. Estimates made while the first rows train and once they have finished are within
+    20 % of the time left (charging every row the first rows' start-up doubled the first estimate)."""
+    steps, rate, lanes = 450, 0.055, 2
+    rows = [f"r{i}" for i in range(30)]
+    startups = [45.0] * lanes + [2.0] * (len(rows) - lanes)
+    spans = serial_timeline([s + steps * rate for s in startups], lanes)
+    lane_of = [i % lanes for i in range(len(rows))]  # rows of equal length alternate between the lanes
+    end = max(e for _, e in spans)
+
+    def estimate_at(now):
+        estimate = SweepEstimate(dict.fromkeys(rows, steps), rows, lanes)
+        for run_id, (start, stop), startup, lane in zip(rows, spans, startups, lane_of, strict=True):
+            if start > now:
+                continue
+            estimate.started(run_id, start, lane)
+            if stop <= now:
+                estimate.finished(run_id, stop - start, steps=steps, train_seconds=steps * rate)
+            elif now - start > startup:
+                step = int((now - start - startup) / rate)
+                estimate.progressed(run_id, step, step * rate, start + startup + step * rate)
+        return estimate.remaining(now)
+
+    first_end = min(e for _, e in spans)
+    for now in (45.0 + steps * rate / 2, first_end + 1.0, first_end + 10.0):
+        assert abs(estimate_at(now) - (end - now)) <= 0.2 * (end - now), (now, estimate_at(now), end - now)
+
+
 def test_a_running_rows_own_rate_and_the_time_since_its_last_line_count():
     estimate = SweepEstimate({"a": 100, "b": 100}, ["a", "b"], 1)
     estimate.started("a", 0.0)
-    estimate.progressed("a", 50, 50.0, 55.0)  # 1 s per step, 5 s of start-up
-    assert estimate.remaining(55.0) == pytest.approx(50 + (5 + 100))
-    assert estimate.remaining(65.0) == pytest.approx(40 + (5 + 100))
+    estimate.progressed("a", 50, 50.0, 55.0)  # 1 s per step, after 5 s of start-up (compiling, b will not)
+    assert estimate.remaining(55.0) == pytest.approx(50 + 100)
+    assert estimate.remaining(65.0) == pytest.approx(40 + 100)
     estimate.finished("a", 106.0, steps=100, train_seconds=100.0)
     estimate.started("b", 106.0)
-    assert estimate.remaining(106.0) == pytest.approx(106.0)
+    assert estimate.remaining(106.0) == pytest.approx(100.0)  # a compiled: b's start-up is known once it logs
+    estimate.progressed("b", 10, 10.0, 118.0)  # 2 s of start-up
+    assert estimate.remaining(118.0) == pytest.approx(90.0)
     estimate.skipped("b")
     assert estimate.remaining(106.0) == 0.0
 

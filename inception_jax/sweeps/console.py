@@ -88,7 +88,7 @@ class SweepConsole:
             now = self.clock()
             self.running[run_id] = _Running(run_dir, lane, now)
             if self.estimate is not None:
-                self.estimate.started(run_id, now)
+                self.estimate.started(run_id, now, lane)
             self._refresh(now)
 
     def row_skipped(self, run_id: str, why: str) -> None:

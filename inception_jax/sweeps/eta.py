@@ -34,6 +34,7 @@ class _Row:
     train_seconds: float = 0.0  # the run's clock at `step`
     seen: float | None = None  # when that step was logged
     finished: bool = False
+    first_in_lane: bool = False  # its lane's first row: its start-up included compiling the programs
 
 
 class SweepEstimate:
@@ -45,11 +46,14 @@ class SweepEstimate:
         self.order = list(pending)
         self.lanes = max(1, int(lanes))
         self.rates: list[float] = []  # seconds per step of finished rows, oldest first
-        self.startups: list[float] = []  # seconds outside the run's clock, finished rows
+        self.startups: list[float] = []  # seconds outside the run's clock, finished rows not first in their lane
+        self.lanes_seen: set[int] = set()
 
-    def started(self, run_id: str, now: float) -> None:
+    def started(self, run_id: str, now: float, lane: int = 0) -> None:
         row = self.rows.setdefault(run_id, _Row(1))
         row.started, row.step, row.seen = now, 0, None
+        row.first_in_lane = lane not in self.lanes_seen
+        self.lanes_seen.add(lane)
         if run_id not in self.order:
             self.order.append(run_id)
 
@@ -68,10 +72,10 @@ class SweepEstimate:
         steps = steps or row.steps
         if train_seconds and steps:
             self.rates.append(train_seconds / steps)
-            self.startups.append(max(0.0, seconds - train_seconds))
+            if not row.first_in_lane:
+                self.startups.append(max(0.0, seconds - train_seconds))
         elif seconds > 0 and steps:  # no clock of its own (a diverged run's result): all of it per step
             self.rates.append(seconds / steps)
-            self.startups.append(0.0)
 
     def skipped(self, run_id: str) -> None:
         self.rows.pop(run_id, None)
@@ -86,13 +90,15 @@ class SweepEstimate:
         recent = recent[-RECENT:]
         return sum(recent) / len(recent) if recent else None
 
-    def startup(self, now: float) -> float:
-        if self.startups:
-            return sum(self.startups[-RECENT:]) / len(self.startups[-RECENT:])
-        # None finished yet: a running row's wall time before its clock started.
-        seen = [(r.seen - r.started) - r.train_seconds for r in self.rows.values()
-                if not r.finished and r.seen is not None and r.started is not None]
-        return max(0.0, sum(seen) / len(seen)) if seen else 0.0
+    def startup(self) -> float:
+        """Seconds a row still to start spends outside its clock, from the latest rows that were not their lane's
+        first (finished, or running and logged): the least of them. A lane's first row compiles before its clock
+        starts and the rows after it find the programs ready, so counting it would charge that compile to every row
+        still to start; a later row of a new program family compiles too, hence the least. None seen yet: 0."""
+        running = [(r.seen - r.started) - r.train_seconds for r in self.rows.values()
+                   if not r.finished and not r.first_in_lane and r.seen is not None and r.started is not None]
+        seen = self.startups[-RECENT:] + running
+        return max(0.0, min(seen)) if seen else 0.0
 
     def remaining(self, now: float) -> float | None:
         rate = self.rate()
@@ -101,7 +107,7 @@ class SweepEstimate:
             if not any(r.seen is not None for r in running):
                 return None
             rate = min(r.train_seconds / r.step for r in running if r.seen is not None)
-        startup = self.startup(now)
+        startup = self.startup()
         lanes = []
         for r in running:
             if r.seen is not None:  # its own rate, from its last logged step
