@@ -157,7 +157,8 @@ def write_sweep(sweep_dir: Path, specs: Sequence[SyntheticRun], *, missing: Sequ
     """A sweep folder (sweep.json + runs/); `missing` run ids are listed in sweep.json but get no folder."""
     sweep_dir = Path(sweep_dir)
     (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
-    sweep = {"name": "synthetic", "command": "python -m inception_jax.sweeps.sweep --sheet=synthetic.csv",
+    command = "python -m inception_jax.main --config=configs/ablation_scale.py --rows_csv=synthetic.csv"
+    sweep = {"name": "synthetic", "command": command,
              "run_ids": [s.run_id for s in specs] + list(missing), "created": "2025-01-01T00:00:00+00:00"}
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep))
     for spec in specs:
