@@ -233,9 +233,10 @@ def _finish_dates(runs: Sequence[RunRecord]) -> str:
 def summary_markdown(provenance: Provenance, runs: Sequence[RunRecord],
                      findings: dict[str, tuple[Finding, ...]]) -> str:
     """The findings as a short text (README's main-job section quotes one): when, on what, by which command."""
+    ran = [str(s["command"]) for s in provenance.sweeps if s.get("command") and s["command"] != provenance.command]
+    by = f"`{provenance.command}`" + (f" (runs: {', '.join(f'`{c}`' for c in ran)})" if ran else "")
     lines = [f"Generated {provenance.generated} from {len(runs)} runs ({provenance.train_seconds:.0f} s of training "
-             f"and evaluation) on {'; '.join(provenance.machines) or 'an unrecorded machine'}, by "
-             f"`{provenance.command}`.", ""]
+             f"and evaluation) on {'; '.join(provenance.machines) or 'an unrecorded machine'}, by {by}.", ""]
     for label, items in findings.items():
         lines += [f"**{label}**", ""] + [f"- **{f.text}**" if f.headline else f"- {f.text}" for f in items] + [""]
     return "\n".join(lines)

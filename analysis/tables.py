@@ -70,7 +70,9 @@ def final_values(run: RunRecord) -> dict[str, Any]:
 
 
 def threshold_source(curves: Iterable[Curve]) -> str:
-    runs = [run for curve in curves for run in curve.runs]
+    """Eval top-1 when every run compared has it, else train accuracy. Diverged runs are compared on neither (the
+    findings leave them out), so one that blew up before its first evaluation does not switch the others' metric."""
+    runs = [run for curve in curves for run in curve.runs if run.verdict_name != "diverged"]
     has_eval = all(np.isfinite(run.eval.scalar("top1")).any() for run in runs)
     return SOURCE_EVAL if runs and has_eval else SOURCE_TRAIN
 

@@ -102,6 +102,19 @@ def test_steps_to_a_threshold_count_a_run_that_never_reached_it_as_a_lower_bound
     assert "residual, unscaled never reached it in 5, counted as step 70, a lower bound" in slower.text
 
 
+def test_a_run_that_diverged_before_its_first_evaluation_does_not_switch_the_width_to_train_accuracy(tmp_path):
+    """Diverged runs are left out of the comparisons; they must not decide which metric the others are compared on
+    (cpu_long once reported 1280 filters on train accuracy, 160 on eval top-1, because one run blew up at step 4)."""
+    specs = default_job_specs()
+    first = next(s for s in specs if s.run_id == "w640_scale=0.3_seed0")
+    specs[specs.index(first)] = SyntheticRun(first.run_id, 640, "scale=0.3", seed=0, eval_every=10, learn_step=None,
+                                             diverge_step=5)
+    claims = by_claim(findings_of(write_sweep(tmp_path, specs)))
+    steps = claims["steps/640/scale=0.3 vs plain"]
+    assert steps.data["source"] == claims["steps/160/scale=0.3 vs plain"].data["source"] == "eval top-1"
+    assert "eval top-1" in steps.text and steps.data["n"] == 4
+
+
 def test_deaths_between_cells_and_per_cell_with_exact_intervals(default_job):
     findings = findings_of(default_job)
     claims = by_claim(findings)
@@ -187,6 +200,9 @@ def test_the_report_opens_with_the_findings_and_writes_them_as_json_and_markdown
     assert width["status"] == SUPPORTED and width["data"]["low"] == pytest.approx(0.386, abs=1e-3)
     summary = result.summary.read_text()
     assert summary.startswith("Generated ") and "from 30 runs" in summary
+    # Regenerated away from the sweep, it names the command that ran the runs too.
+    assert "(runs: `python -m inception_jax.main --config=configs/ablation_scale.py --rows_csv=synthetic.csv`)" in (
+        summary.splitlines()[0])
     assert "- **Width effect on deaths, residual, unscaled, 640 against 160 filters: 5/5" in summary  # headline
     assert "- Deaths (verdict died) per cell" in summary
 
