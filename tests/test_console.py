@@ -107,73 +107,57 @@ def test_last_train_line_skips_eval_lines_and_a_half_written_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- the ETA
 def serial_timeline(durations, lanes=1):
-    """(start, end) of rows run in order, each on the lane that frees first."""
+    """(start, end, lane) of rows run in order, each on the lane that frees first."""
     free, spans = [0.0] * lanes, []
     for d in durations:
         lane = free.index(min(free))
-        spans.append((free[lane], free[lane] + d))
+        spans.append((free[lane], free[lane] + d, lane))
         free[lane] += d
     return spans
+
+
+def estimate_at(now, *, steps, rates, startups, lanes):
+    """(ETA, true time left) at `now` for rows run in order on `lanes` lanes: row i spends startups[i] seconds
+    before its clock starts, then steps at rates[i] seconds each, logging every step."""
+    rows = [f"r{i}" for i in range(len(rates))]
+    spans = serial_timeline([s + steps * r for s, r in zip(startups, rates, strict=True)], lanes)
+    estimate = SweepEstimate(dict.fromkeys(rows, steps), rows, lanes)
+    for run_id, (start, stop, lane), rate, startup in zip(rows, spans, rates, startups, strict=True):
+        if start > now:
+            continue
+        estimate.started(run_id, start, lane)
+        if stop <= now:
+            estimate.finished(run_id, stop - start, steps=steps, train_seconds=steps * rate)
+        elif now - start > startup:
+            step = int((now - start - startup) / rate)
+            estimate.progressed(run_id, step, step * rate, start + startup + step * rate)
+    return estimate.remaining(now), max(e for _, e, _ in spans) - now
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3])
 def test_the_eta_is_within_20_percent_half_way_when_the_second_half_is_slower(lanes):
     """The default sweep's shape: 6 rows of the narrow network, then 6 of the wide one, whose steps cost 15 %
     more; every row 600 steps after 4 s of start-up. Checked when half the rows have finished and at half time."""
-    steps, startup = 600, 4.0
-    rates = [0.061] * 6 + [0.070] * 6
-    durations = [startup + steps * r for r in rates]
-    spans = serial_timeline(durations, lanes)
-    end = max(e for _, e in spans)
-    rows = [f"r{i}" for i in range(12)]
-
-    def estimate_at(now):
-        estimate = SweepEstimate(dict.fromkeys(rows, steps), rows, lanes)
-        for run_id, (start, stop), rate in zip(rows, spans, rates, strict=True):
-            if start > now:
-                continue
-            estimate.started(run_id, start)
-            if stop <= now:
-                estimate.finished(run_id, stop - start, steps=steps, train_seconds=steps * rate)
-            elif now - start > startup:
-                step = int((now - start - startup) / rate)
-                estimate.progressed(run_id, step, step * rate, start + startup + step * rate)
-        return estimate.remaining(now)
-
-    half_rows = sorted(e for _, e in spans)[5]  # the sixth row ends
+    timeline = {"steps": 600, "rates": [0.061] * 6 + [0.070] * 6, "startups": [4.0] * 12, "lanes": lanes}
+    spans = serial_timeline([4.0 + 600 * r for r in timeline["rates"]], lanes)
+    end = max(e for _, e, _ in spans)
+    half_rows = sorted(e for _, e, _ in spans)[5]  # the sixth row ends
     for now in (half_rows, end / 2):
-        assert abs(estimate_at(now) - (end - now)) <= 0.2 * (end - now), (now, estimate_at(now), end - now)
-    assert estimate_at(0.0) is None  # nothing measured yet
-    assert estimate_at(end) == 0.0
+        eta, left = estimate_at(now, **timeline)
+        assert abs(eta - left) <= 0.2 * left, (now, eta, left)
+    assert estimate_at(0.0, **timeline)[0] is None  # nothing measured yet
+    assert estimate_at(end, **timeline)[0] == 0.0
 
 
 def test_the_first_rows_compile_is_not_charged_to_every_row_after_them():
     """The default sweep's shape on 2 lanes: each lane's first row compiles for 45 s before its clock starts, the
     rows after it start in 2 s. Estimates made while the first rows train and once they have finished are within
     20 % of the time left (charging every row the first rows' start-up doubled the first estimate)."""
-    steps, rate, lanes = 450, 0.055, 2
-    rows = [f"r{i}" for i in range(30)]
-    startups = [45.0] * lanes + [2.0] * (len(rows) - lanes)
-    spans = serial_timeline([s + steps * rate for s in startups], lanes)
-    lane_of = [i % lanes for i in range(len(rows))]  # rows of equal length alternate between the lanes
-    end = max(e for _, e in spans)
-
-    def estimate_at(now):
-        estimate = SweepEstimate(dict.fromkeys(rows, steps), rows, lanes)
-        for run_id, (start, stop), startup, lane in zip(rows, spans, startups, lane_of, strict=True):
-            if start > now:
-                continue
-            estimate.started(run_id, start, lane)
-            if stop <= now:
-                estimate.finished(run_id, stop - start, steps=steps, train_seconds=steps * rate)
-            elif now - start > startup:
-                step = int((now - start - startup) / rate)
-                estimate.progressed(run_id, step, step * rate, start + startup + step * rate)
-        return estimate.remaining(now)
-
-    first_end = min(e for _, e in spans)
-    for now in (45.0 + steps * rate / 2, first_end + 1.0, first_end + 10.0):
-        assert abs(estimate_at(now) - (end - now)) <= 0.2 * (end - now), (now, estimate_at(now), end - now)
+    timeline = {"steps": 450, "rates": [0.055] * 30, "startups": [45.0] * 2 + [2.0] * 28, "lanes": 2}
+    first_end = 45.0 + 450 * 0.055
+    for now in (45.0 + 450 * 0.055 / 2, first_end + 1.0, first_end + 10.0):
+        eta, left = estimate_at(now, **timeline)
+        assert abs(eta - left) <= 0.2 * left, (now, eta, left)
 
 
 def test_a_running_rows_own_rate_and_the_time_since_its_last_line_count():
