@@ -51,12 +51,12 @@ def main(argv) -> int:
     from inception_jax.sweeps import console_log
 
     console_log.install(to_console=_LOG_TO_CONSOLE.value)  # before anything logs: the console shows warnings only
-    from inception_jax.configuration import ConfigError
     from inception_jax.cpu import runtime
     from inception_jax.data.input_pipeline import DataError
     from inception_jax.sweeps import main_job
     from inception_jax.sweeps.lanes import LaneCrashed
     from inception_jax.training.checkpointing import CheckpointError
+    from inception_jax.validation import ConfigError
 
     runtime.setup(_CONFIG.value)
     logging.info("%s", host_memory.describe())
@@ -91,7 +91,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     the error inside its own traceback, or defer a missing file's to the first use), and an override of a key the
     config lacks (`--config.train.nonexistent=1`: ml_collections' uncaught KeyError)."""
     from inception_jax.config_files import check_override_flags, config_spec, load_config
-    from inception_jax.configuration import ConfigError
+    from inception_jax.validation import ConfigError
 
     try:
         spec = config_spec(argv)

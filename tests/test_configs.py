@@ -7,9 +7,10 @@ import sys
 import pytest
 
 from inception_jax.config_files import config_module, load_config
-from inception_jax.configuration import ConfigError, base_config, model_knobs, resume_conflicts, validate_static
+from inception_jax.configuration import base_config, model_knobs, resume_conflicts, validate_static
 from inception_jax.models import MODEL_NAMES, model_options, stage_widths
 from inception_jax.sweeps.sweep_rows import SweepRow, validate_rows
+from inception_jax.validation import ConfigError
 from tests.training_helpers import ROOT
 
 SPECS = ["configs/default.py", "configs/default.py:tiny", *(f"configs/ablation_scale.py:preset={p}" for p in

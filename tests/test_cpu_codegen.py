@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax.configuration import ConfigError, base_config, validate_static
+from inception_jax.configuration import base_config, validate_static
 from inception_jax.cpu import codegen as cpu_codegen
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.programs import compile_steps
 from inception_jax.training.sharding import global_batch
 from inception_jax.training.state import restore_or_init
+from inception_jax.validation import ConfigError
 from tests.numerics import assert_trees_close_to_scale
 from tests.training_helpers import assert_losses_agree_up_to_rounding, tiny_config
 

@@ -14,13 +14,14 @@ import optax
 import pytest
 from flax import nnx
 
-from inception_jax.configuration import ConfigError, base_config, validate_static
+from inception_jax.configuration import base_config, validate_static
 from inception_jax.cpu.backend import CpuBackend, backend_for
 from inception_jax.models import build_model, model_options
 from inception_jax.models.ops import STOCK
 from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.programs import init_state
 from inception_jax.training.train_step import StepConfig, train_step
+from inception_jax.validation import ConfigError
 from tests.training_helpers import tiny_config
 
 # The released IR-v2 has every kind of unit: a stem with max pools and a pooled branch (mixed5b), residual blocks,

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from inception_jax.configuration import ConfigError
 from inception_jax.training.loop import train_and_evaluate
+from inception_jax.validation import ConfigError
 from tests.training_helpers import ROOT, read_json, read_text, tiny_config
 
 

@@ -13,11 +13,11 @@ import sys
 import pytest
 
 from inception_jax.config_files import load_config
-from inception_jax.configuration import ConfigError
 from inception_jax.sweeps.main_job import config_rows
 from inception_jax.sweeps.sweep_checks import check_rows
 from inception_jax.sweeps.sweep_rows import SweepRow, format_cell, parse_cell, read_csv, validate_rows, write_csv
 from inception_jax.training.run_folder import config_record
+from inception_jax.validation import ConfigError
 from tests.training_helpers import CONFIG, ROOT, main_job, read_json, read_text, tensorboard_sessions
 
 

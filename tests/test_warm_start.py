@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from inception_jax.configuration import ConfigError
 from inception_jax.models import build_model, convert_layout
 from inception_jax.pretrained import model_io
 from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.prepared_run import prepare_run
 from inception_jax.training.state import restore_or_init
+from inception_jax.validation import ConfigError
 from tests.training_helpers import read_json, saved_params, tiny_config
 
 

@@ -83,9 +83,9 @@ def _output_to(path: str) -> None:
 def _portable(error: BaseException, run_id: str, index: int) -> BaseException:
     """The error as the parent raises it: the same class and message for what main.py turns into one line and an
     exit status (bad config or data, checkpoint, storage); anything else with the worker's traceback."""
-    from inception_jax.configuration import ConfigError
     from inception_jax.data.input_pipeline import DataError
     from inception_jax.training.checkpointing import CheckpointError
+    from inception_jax.validation import ConfigError
 
     if isinstance(error, ConfigError | DataError | CheckpointError | OSError):
         try:

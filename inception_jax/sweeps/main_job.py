@@ -17,7 +17,6 @@ import jax
 import ml_collections
 
 from inception_jax.config_files import config_module
-from inception_jax.configuration import ConfigError
 from inception_jax.sweeps import console_log
 from inception_jax.sweeps.console import SweepConsole
 from inception_jax.sweeps.hparams import write_run_summary
@@ -28,7 +27,7 @@ from inception_jax.sweeps.sweep_rows import SweepRow, override_args, read_csv, r
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.run_checks import check_run, check_workdir_writable
 from inception_jax.training.run_folder import config_record, replace_changed_run
-from inception_jax.validation import close_matches
+from inception_jax.validation import ConfigError, close_matches
 
 
 def default_workdir(config_arg: str) -> str:

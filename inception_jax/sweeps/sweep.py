@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError
 from inception_jax.cpu import runtime
 from inception_jax.sweeps.compile_ahead import compile_ahead
 from inception_jax.sweeps.hparams import write_run_summary, write_sweep_experiment
@@ -28,6 +27,7 @@ from inception_jax.sweeps.sweep_rows import SweepRow, describe_row
 from inception_jax.training.loop import train_and_evaluate
 from inception_jax.training.programs import program_config
 from inception_jax.training.run_checks import check_run
+from inception_jax.validation import ConfigError
 
 log = logging.getLogger(__name__)
 # Exit status of a preempted run or sweep (checkpoint saved, not finished): EX_TEMPFAIL of sysexits.h, "try again

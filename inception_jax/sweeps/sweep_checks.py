@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError
 from inception_jax.data.input_pipeline import DataError
 from inception_jax.sweeps.sweep_rows import SweepRow, describe_row
 from inception_jax.training.run_checks import CheckedRun, check_run
 from inception_jax.training.run_folder import REPLACED_DIR, WorkdirLock, config_record, stored_run_difference, utc_stamp
+from inception_jax.validation import ConfigError
 
 log = logging.getLogger(__name__)
 # <workdir>/replaced/<run_id>-<UTC time>/: run folders --rerun_changed moved aside (run_folder.REPLACED_DIR)

@@ -17,10 +17,10 @@ from typing import Any
 
 import ml_collections
 
-from inception_jax.configuration import ConfigError, flatten, model_knobs, validate_static
+from inception_jax.configuration import flatten, model_knobs, validate_static
 from inception_jax.data.input_pipeline import DataConfig
 from inception_jax.models import model_options
-from inception_jax.validation import closest_keys_hint
+from inception_jax.validation import ConfigError, closest_keys_hint
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*")
 

@@ -13,7 +13,6 @@ import time
 import jax
 import numpy as np
 
-from inception_jax.configuration import ConfigError
 from inception_jax.training.checkpointing import RunCheckpoints, abstract_with_shardings
 from inception_jax.training.clock import Clock
 from inception_jax.training.evaluation import EvalInputs, evaluate
@@ -22,6 +21,7 @@ from inception_jax.training.prepared_run import PreparedRun
 from inception_jax.training.programs import compile_steps, programs_for
 from inception_jax.training.run_folder import run_record
 from inception_jax.training.state import restore_or_init, state_layout
+from inception_jax.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

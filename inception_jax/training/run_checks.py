@@ -13,13 +13,14 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from inception_jax.configuration import ConfigError, num_train_steps, resolve_model_options, validate_static
+from inception_jax.configuration import num_train_steps, resolve_model_options, validate_static
 from inception_jax.data import input_pipeline
 from inception_jax.data.input_pipeline import DataConfig
 from inception_jax.data.sources import open_split
 from inception_jax.models import ModelOptions
 from inception_jax.training import sharding
 from inception_jax.training.warm_start import resolve_source
+from inception_jax.validation import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

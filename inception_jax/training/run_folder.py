@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from inception_jax.configuration import ConfigError, resume_conflicts
+from inception_jax.configuration import resume_conflicts
 from inception_jax.training.prepared_run import PreparedRun
+from inception_jax.validation import ConfigError
 
 log = logging.getLogger(__name__)
 REPLACED_DIR = "replaced"  # where --rerun_changed moves another config's run (docs/run_folder.md)

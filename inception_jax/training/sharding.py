@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from inception_jax.configuration import ConfigError
+from inception_jax.validation import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 

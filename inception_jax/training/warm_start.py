@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax.configuration import ConfigError, resolve_model_options
+from inception_jax.configuration import resolve_model_options
 from inception_jax.models import ModelOptions
 from inception_jax.models.blocks import CONSTANT_NAMES
 from inception_jax.pretrained import model_io
@@ -23,6 +23,7 @@ from inception_jax.training.checkpointing import RunCheckpoints
 from inception_jax.training.optim import learning_rate_schedule, make_optimizer
 from inception_jax.training.programs import init_state
 from inception_jax.training.train_step import TrainState
+from inception_jax.validation import ConfigError
 
 log = logging.getLogger(__name__)
 CLASSIFIERS = (("head", "fc"), ("aux", "fc"))
