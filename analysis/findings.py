@@ -85,6 +85,8 @@ def _verdict_words(estimate: Estimate, extra: str = "") -> str:
     why = extra
     if estimate.n < statistics.MIN_SEEDS:
         why = f"at least {statistics.MIN_SEEDS} are needed"
+    elif estimate.method == statistics.TIES and not math.isfinite(estimate.low):
+        why = f"every seed gave the same value: at least {statistics.MIN_TIED_SEEDS} are needed"
     return f"inconclusive with {_count(estimate.n, 'seed')}" + (f" ({why})" if why else "")
 
 

@@ -9,7 +9,10 @@ methods, METHODS):
   ratio); a run that never reached the threshold is censored (see step_ratio);
 * a proportion of deaths: the exact Clopper-Pearson interval (scipy.stats.binomtest(...).proportion_ci("exact"));
   a difference of two: Newcombe's hybrid score interval, built from scipy's two Wilson intervals (Newcombe 1998,
-  method 10; statsmodels' default for this).
+  method 10; statsmodels' default for this);
+* per-seed values without spread (ties: steps are counted at evaluations): the sign test's distribution-free
+  interval for the median (order statistics) instead of a t interval of width 0; it exists from MIN_TIED_SEEDS
+  agreeing seeds on.
 Status: "supported" only when at least MIN_SEEDS seeds (pairs) went in and the interval excludes no difference
 (0, or 1 for a ratio); otherwise "inconclusive". Nothing here raises on tiny samples: an interval that cannot be
 formed is NaN, and the claim is inconclusive.
@@ -33,9 +36,12 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 MIN_SEEDS = 3  # fewer seeds (or pairs) per side: the seed-to-seed spread is itself unknown, never "supported"
+# Seeds (pairs) that all give one value support a claim from this many on: the sign test's interval needs them.
+MIN_TIED_SEEDS = next(n for n in range(1, 64) if 2 * 0.5**n <= 1 - CONFIDENCE)
 SUPPORTED = "supported"
 INCONCLUSIVE = "inconclusive"
 STATUSES = (SUPPORTED, INCONCLUSIVE)
+TIES = "sign test (no spread)"  # the method of an interval formed by _median_interval
 
 METHODS = (
     "Claims: every comparison in the findings gives an effect, its 95 % interval and n (seeds, or seed pairs), and "
@@ -53,7 +59,8 @@ METHODS = (
     "only understate the effect); pairs in which neither run reached it carry no order and are left out.",
     "Ties: steps are counted at evaluations, so seeds can give identical values. When every per-seed value is the "
     "same, a t interval would have width 0; the interval is then the sign test's distribution-free one for the "
-    "median, which needs at least 6 seed pairs (all agreeing) to reach 95 %, so fewer are inconclusive. Two "
+    f"median, which needs at least {MIN_TIED_SEEDS} seed pairs (all agreeing) to reach 95 %, so fewer are "
+    "inconclusive. Two "
     "unpaired sides that are both without spread get no interval.",
     "Deaths: a cell's proportion of seeds whose verdict is died, with its exact (Clopper-Pearson) interval; a "
     "difference between two cells (two variants at a filter count, or one variant at two filter counts: the width "
@@ -98,6 +105,12 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _no_spread(values: np.ndarray) -> bool:
+    """Whether the values are all the same, up to float rounding: 0.6 - 0.2 and 0.5 - 0.1 differ in the last bit,
+    and a t interval on such "different" values is as spurious as one of width 0."""
+    return bool(np.ptp(values) <= 1e-9 * max(1.0, float(np.max(np.abs(values)))))
+
+
 def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
     """(mean, low, high) of a one-sample t interval; one value gives none, and values without spread the sign
     test's interval (_median_interval) instead of a t interval of width 0."""
@@ -106,7 +119,7 @@ def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, math.nan, math.nan
-    if np.ptp(values) == 0:
+    if _no_spread(values):
         return mean, *_median_interval(values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -118,7 +131,7 @@ def _median_interval(values: np.ndarray) -> tuple[float, float]:
     """The distribution-free interval for the median from order statistics (the sign test's): [x_(k), x_(n+1-k)]
     covers it with probability 1 - 2 P(Binom(n, 1/2) < k), for the largest k that keeps that >= 95 %. Used when
     every value is the same (steps are counted at evaluations, so ties happen): a t interval would then have width
-    0 and call 3 identical seeds certain. It exists from 6 values on (NaN below: no interval, never supported)."""
+    0 and call 3 identical seeds certain. It exists from MIN_TIED_SEEDS values on (NaN below: never supported)."""
     n = len(values)
     k = int(stats.binom.ppf((1 - CONFIDENCE) / 2, n, 0.5))  # the largest k with P(Binom(n, 1/2) < k) < 2.5 %
     if k < 1:
@@ -135,14 +148,15 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
         raise ValueError(f"paired_difference: {len(x)} values against {len(y)}; pairs need one of each")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) >= 2 and np.ptp(x - y) > 0:
+    if len(x) >= 2 and not _no_spread(x - y):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             interval = stats.ttest_rel(x, y).confidence_interval(CONFIDENCE)
         effect, low, high = float(np.mean(x - y)), float(interval.low), float(interval.high)
     else:
         effect, low, high = _t_interval(x - y)
-    return Estimate(effect, low, high, len(x), "paired t", decide(low, high, len(x)), paired=True)
+    method = TIES if len(x) >= 2 and _no_spread(x - y) else "paired t"
+    return Estimate(effect, low, high, len(x), method, decide(low, high, len(x)), paired=True)
 
 
 def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
@@ -154,7 +168,7 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
     effect = float(np.mean(x) - np.mean(y))
     low = high = math.nan
     if n >= 2:
-        if np.ptp(x) == 0 and np.ptp(y) == 0:
+        if _no_spread(x) and _no_spread(y):
             pass  # no spread on either side: Welch's interval is undefined, and no width can be inferred
         else:
             with warnings.catch_warnings():
@@ -206,7 +220,8 @@ def step_ratio(pairs: Sequence[tuple[Steps, Steps]]) -> RatioEstimate:
     status = decide(low, high, len(used), 1.0)
     if status == SUPPORTED and ((high < 1.0 and censored_a) or (low > 1.0 and censored_b)):
         status = INCONCLUSIVE  # a bound on the faster side: the true ratio may be nearer 1, or past it
-    return RatioEstimate(effect, low, high, len(used), "paired t on log ratios", status, 1.0, True,
+    method = TIES if len(logs) >= 2 and _no_spread(logs) else "paired t on log ratios"
+    return RatioEstimate(effect, low, high, len(used), method, status, 1.0, True,
                          censored_a, censored_b, left_out)
 
 

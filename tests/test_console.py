@@ -175,6 +175,21 @@ def test_a_running_rows_own_rate_and_the_time_since_its_last_line_count():
     assert estimate.remaining(106.0) == 0.0
 
 
+def test_a_resumed_row_does_not_make_the_start_up_zero():
+    """A resumed row's clock holds its earlier commands' training, so its wall time minus its clock is <= 0: not a
+    start-up. The rows still to start keep the 5 s measured on a row that was not resumed."""
+    estimate = SweepEstimate(dict.fromkeys("abcd", 100), list("abcd"), 1)
+    estimate.started("a", 0.0)
+    estimate.finished("a", 110.0, steps=100, train_seconds=100.0)  # the lane's first: compiled
+    estimate.started("b", 110.0)
+    estimate.finished("b", 105.0, steps=100, train_seconds=100.0)  # 5 s of start-up
+    estimate.started("c", 215.0)
+    estimate.progressed("c", 50, 110.0, 230.0)  # resumed at step 40: 60 s of its clock were an earlier command's
+    assert estimate.startup() == pytest.approx(5.0)
+    estimate.finished("c", 70.0, steps=100, train_seconds=160.0)
+    assert estimate.startup() == pytest.approx(5.0)
+
+
 def test_the_eta_check_reports_both_half_way_estimates():
     check = EtaCheck(total_rows=4)
     for t in range(0, 100, 5):

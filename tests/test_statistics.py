@@ -106,6 +106,8 @@ def test_seeds_that_tie_are_not_certainty():
     assert six.status == SUPPORTED and six.low == pytest.approx(150 / 262) == six.high
     same_gap = paired_difference([0.5, 0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1, 0.1])
     assert same_gap.status == INCONCLUSIVE and math.isnan(same_gap.low)
+    rounded_gap = paired_difference([0.5, 0.6, 0.7], [0.1, 0.2, 0.3])  # 0.4 each, up to the last bit
+    assert rounded_gap.status == INCONCLUSIVE and math.isnan(rounded_gap.low)
     constant_sides = unpaired_difference([0.5] * 5, [0.1] * 5)
     assert constant_sides.status == INCONCLUSIVE and math.isnan(constant_sides.low)
 

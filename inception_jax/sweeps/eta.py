@@ -72,8 +72,8 @@ class SweepEstimate:
         steps = steps or row.steps
         if train_seconds and steps:
             self.rates.append(train_seconds / steps)
-            if not row.first_in_lane:
-                self.startups.append(max(0.0, seconds - train_seconds))
+            if not row.first_in_lane and seconds > train_seconds:  # a resumed row's clock holds earlier commands
+                self.startups.append(seconds - train_seconds)
         elif seconds > 0 and steps:  # no clock of its own (a diverged run's result): all of it per step
             self.rates.append(seconds / steps)
 
@@ -97,8 +97,8 @@ class SweepEstimate:
         still to start; a later row of a new program family compiles too, hence the least. None seen yet: 0."""
         running = [(r.seen - r.started) - r.train_seconds for r in self.rows.values()
                    if not r.finished and not r.first_in_lane and r.seen is not None and r.started is not None]
-        seen = self.startups[-RECENT:] + running
-        return max(0.0, min(seen)) if seen else 0.0
+        seen = self.startups[-RECENT:] + [t for t in running if t > 0]  # <= 0: resumed, its clock holds earlier runs
+        return min(seen) if seen else 0.0
 
     def remaining(self, now: float) -> float | None:
         rate = self.rate()
