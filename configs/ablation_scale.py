@@ -76,7 +76,7 @@ def get_config(arg: str | None = None):
     c.train.probe_every_steps = 100
     c.train.log_dense_steps = 1000
     # One XLA:CPU thread per run: a row's numbers are then the same alone, beside other rows or resumed, and rows
-    # train side by side, one per core (sweeps/lanes.py).
+    # train side by side, one per core: more runs per minute (docs/performance.md §6.4).
     c.cpu_threads = 1
     if args.preset == "tiny":  # tests: the whole sweep in about a minute of compute
         c.model.block_counts = (1, 1, 1)

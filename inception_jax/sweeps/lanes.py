@@ -2,7 +2,7 @@
 per lane of that many cores, each pinned to its own cores before it starts JAX. XLA:CPU sizes its thread pool from
 the process's cores, so a row computes with the same threads, and gives the same numbers, alone, beside others,
 resumed, or via --row (which runs one lane). On 1 core each, rows side by side finish more runs per minute than
-one after the other on every core.
+one after the other on every core (docs/performance.md §6.4).
 
 The parent hands out one row at a time: a lane keeps to the rows of the program family it already holds; else it
 takes a family no lane has compiled (its compile warms the per-thread-count persistent cache, cpu/runtime.py);
