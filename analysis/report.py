@@ -233,7 +233,7 @@ def _finish_dates(runs: Sequence[RunRecord]) -> str:
 def summary_markdown(provenance: Provenance, runs: Sequence[RunRecord],
                      findings: dict[str, tuple[Finding, ...]]) -> str:
     """The findings as a short text (README's main-job section quotes one): when, on what, by which command."""
-    ran = [str(s["command"]) for s in provenance.sweeps if s.get("command") and s["command"] != provenance.command]
+    ran = [c for c in provenance.run_commands if c != provenance.command]
     by = f"`{provenance.command}`" + (f" (runs: {', '.join(f'`{c}`' for c in ran)})" if ran else "")
     lines = [f"Generated {provenance.generated} from {len(runs)} runs ({provenance.train_seconds:.0f} s of training "
              f"and evaluation) on {'; '.join(provenance.machines) or 'an unrecorded machine'}, by {by}.", ""]

@@ -141,6 +141,11 @@ class Provenance:
     run_dates: str = ""  # when the runs finished, e.g. "2026-12-07 08:10 – 08:12 UTC"
     logdir: Path | None = None  # for `tensorboard --logdir`
 
+    @property
+    def run_commands(self) -> list[str]:
+        """The commands that ran the runs (their sweeps' sweep.json), else this report's own."""
+        return [str(s["command"]) for s in self.sweeps if s.get("command")] or [self.command]
+
 
 def _verdict(name: str) -> str:
     """A verdict name with its definition as a tooltip (and a link to the glossary)."""
@@ -227,7 +232,7 @@ def _title_block(provenance: Provenance, runs: Sequence[RunRecord], groups: Sequ
     subtitle = (f"{'Sweep ' + escape(sweeps) + ': ' if sweeps else ''}{len(runs)} runs, filter counts "
                 f"{escape(', '.join(map(str, widths)) or '–')}, variants {escape('; '.join(variants) or '–')}"
                 + (f"; {skipped} skipped" if skipped else "") + ".")
-    commands = [str(s.get("command")) for s in provenance.sweeps if s.get("command")] or [provenance.command]
+    commands = provenance.run_commands
     when = f"{format_duration(provenance.train_seconds)} of training and evaluation (the runs' wall times summed)"
     if provenance.run_dates:
         when += f"; runs finished {escape(provenance.run_dates)}"

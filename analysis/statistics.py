@@ -148,14 +148,15 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
         raise ValueError(f"paired_difference: {len(x)} values against {len(y)}; pairs need one of each")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) >= 2 and not _no_spread(x - y):
+    tied = len(x) >= 2 and _no_spread(x - y)
+    if len(x) >= 2 and not tied:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             interval = stats.ttest_rel(x, y).confidence_interval(CONFIDENCE)
         effect, low, high = float(np.mean(x - y)), float(interval.low), float(interval.high)
     else:
         effect, low, high = _t_interval(x - y)
-    method = TIES if len(x) >= 2 and _no_spread(x - y) else "paired t"
+    method = TIES if tied else "paired t"
     return Estimate(effect, low, high, len(x), method, decide(low, high, len(x)), paired=True)
 
 
