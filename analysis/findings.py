@@ -31,7 +31,6 @@ from analysis.grouping import Curve, Group, run_seed
 from analysis.runs import RunRecord
 from analysis.statistics import Estimate, RatioEstimate, Steps
 from analysis.tables import SOURCE_EVAL, final_values, run_crossings, threshold_source
-from inception_jax.models.variants import display_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +64,6 @@ def _times(value: float) -> str:
 
 def _metric_name(source: str) -> str:
     return "eval top-1" if source == SOURCE_EVAL else "train accuracy"
-
-
-def shown(curve: Curve) -> str:
-    """The curve as readers see it: its variant's display name (after the model when the group has several)."""
-    name = display_name(curve.variant, curve.is_residual)
-    return name if curve.label == curve.variant else f"{curve.model} {name}"
 
 
 def _interval(estimate: Estimate, fmt) -> str:
@@ -136,7 +129,7 @@ def top1_findings(group: Group) -> list[Finding]:
             if not any(map(math.isfinite, a.values())) or not any(map(math.isfinite, b.values())):
                 continue
             estimate = statistics.difference(a, b)
-            subject = f"Filter count {width}, final eval top-1 of {shown(later)} against {shown(earlier)}"
+            subject = f"Filter count {width}, final eval top-1 of {later.name} against {earlier.name}"
             body = (f"{_points(estimate.effect)} points ({_interval(estimate, _points)}, {_n_words(estimate)}): "
                     + _verdict_words(estimate))
             findings.append(_claim("top1", f"top1/{width}/{later.label} vs {earlier.label}", subject, estimate, body,
@@ -179,8 +172,8 @@ def steps_findings(group: Group, thresholds: Sequence[float]) -> list[Finding]:
             estimate = statistics.step_ratio([(x, y) for x, y, _ in pairs])
             if estimate.n == 0:  # no pair in which either run reached it: nothing to compare
                 continue
-            notes = _censoring_notes(estimate, shown(curve), pairs)
-            subject = (f"Filter count {width}, steps to {_percent(t)} {_metric_name(source)} of {shown(curve)} "
+            notes = _censoring_notes(estimate, curve.name, pairs)
+            subject = (f"Filter count {width}, steps to {_percent(t)} {_metric_name(source)} of {curve.name} "
                        "against plain")
             blocked = ("never-reached runs on the faster side"
                        if statistics.decide(estimate.low, estimate.high, estimate.n, 1.0) == statistics.SUPPORTED
@@ -221,7 +214,7 @@ def deaths_findings(group: Group) -> list[Finding]:
             if not (k_a or k_b):
                 continue
             estimate = statistics.proportion_difference(k_a, n_a, k_b, n_b)
-            subject = f"Filter count {width}, deaths of {shown(later)} against {shown(earlier)}"
+            subject = f"Filter count {width}, deaths of {later.name} against {earlier.name}"
             body = (f"{k_a}/{n_a} vs {k_b}/{n_b}, {_points(estimate.effect)} points ({_interval(estimate, _points)}): "
                     + _verdict_words(estimate))
             findings.append(_claim("deaths", f"deaths/{width}/{later.label} vs {earlier.label}", subject, estimate,
@@ -237,7 +230,7 @@ def width_findings(group: Group) -> list[Finding]:
     for label in group.labels:
         curves = sorted((c for c in group.curves if c.label == label), key=lambda c: c.width)
         for narrow, wide in ((curves[0], c) for c in curves[1:]):
-            name, pair = shown(wide), f"{wide.width} against {narrow.width} filters"
+            name, pair = wide.name, f"{wide.width} against {narrow.width} filters"
             (k_a, n_a), (k_b, n_b) = _deaths(wide), _deaths(narrow)
             estimate = statistics.proportion_difference(k_a, n_a, k_b, n_b)
             body = (f"{k_a}/{n_a} vs {k_b}/{n_b}, {_points(estimate.effect)} points "
@@ -267,10 +260,6 @@ def _counts_by_width(group: Group, label: str, verdict: str) -> dict[int, tuple[
     return out
 
 
-def _display(group: Group, label: str) -> str:
-    return shown(next(c for c in group.curves if c.label == label))
-
-
 def dying_findings(group: Group) -> list[Finding]:
     """Per variant: seeds that died at each filter count, with exact intervals; the other verdicts likewise."""
     findings = []
@@ -281,7 +270,7 @@ def dying_findings(group: Group) -> list[Finding]:
         for width, (k, n) in sorted(counts.items()):
             _, low, high = statistics.proportion(k, n)
             cells.append(f"{k}/{n} at {width} ({_percent(low)}-{_percent(high)})")
-        parts.append(f"{_display(group, label)} {', '.join(cells)}")
+        parts.append(f"{group.name_of(label)} {', '.join(cells)}")
     findings.append(Finding("dying", "Deaths (verdict died) per cell, with exact 95 % intervals of the death rate: "
                             + "; ".join(parts) + ".",
                             {"died": {label: {str(w): list(c) for w, c in counts.items()}
@@ -293,7 +282,7 @@ def dying_findings(group: Group) -> list[Finding]:
         counts = {label: _counts_by_width(group, label, verdict) for label in group.labels}
         hit = {label: c for label, c in counts.items() if any(k for k, _ in c.values())}
         if hit:
-            parts = [f"{_display(group, label)}: {', '.join(f'{k}/{n} at {w}' for w, (k, n) in sorted(c.items()) if k)}"
+            parts = [f"{group.name_of(label)}: {', '.join(f'{k}/{n} at {w}' for w, (k, n) in sorted(c.items()) if k)}"
                      for label, c in hit.items()]
             findings.append(Finding("dying", f"{words}: " + "; ".join(parts) + ".",
                                     {verdict: {label: {str(w): list(v) for w, v in c.items()}
@@ -313,7 +302,7 @@ def ranking_findings(group: Group) -> list[Finding]:
         if len(ranked) < 2:
             continue
         ranked.sort(key=lambda r: -r[1])
-        text = ", ".join(f"{shown(curve)} {_percent(mean)} ({_percent(low)}-{_percent(high)}, {_count(n, 'seed')})"
+        text = ", ".join(f"{curve.name} {_percent(mean)} ({_percent(low)}-{_percent(high)}, {_count(n, 'seed')})"
                          for curve, mean, low, high, n in ranked)
         findings.append(Finding("ranking", f"Filter count {width}, final eval top-1 (mean, seed range): {text}.",
                                 {"width": width, "ranking": [

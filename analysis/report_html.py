@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ import pandas as pd
 from analysis.findings import Finding
 from analysis.grouping import Group
 from analysis.runs import RunRecord
-from analysis.tables import Table, final_values
+from analysis.tables import Table, final_values, format_number
 from analysis.verdicts import DEFINITION_TEXT, SHORT_DEFINITIONS, VERDICTS, ZERO_FRACTION_DEFINITION
 from inception_jax.models.variants import display_name
 from inception_jax.wording import format_duration
@@ -224,8 +223,7 @@ def _findings_html(findings: Mapping[str, Sequence[Finding]], several_groups: bo
     return "\n".join(parts) + "</section>"
 
 
-def _title_block(provenance: Provenance, runs: Sequence[RunRecord], groups: Sequence[Group],
-                 skipped: int) -> str:
+def _title_block(provenance: Provenance, runs: Sequence[RunRecord], skipped: int) -> str:
     sweeps = ", ".join(str(s.get("name")) for s in provenance.sweeps if s.get("name"))
     widths = sorted({run.deepest_width for run in runs})
     variants = list(dict.fromkeys(display_name(run.variant, run.is_residual) for run in runs))
@@ -259,10 +257,6 @@ def _toc(groups: Sequence[Group], figures: Sequence[FigureFile]) -> str:
     return f'<nav class="toc"><b>Contents</b><ol>{"".join(items)}</ol></nav>'
 
 
-def _number(value: float, pattern: str) -> str:
-    return "–" if value is None or not math.isfinite(value) else pattern.format(value)
-
-
 def _run_index(runs: Sequence[RunRecord], out_dir: Path | None, provenance: Provenance) -> str:
     """One line per run: where it sits in the sweep, what it got, and its folder."""
     head = ("<tr><th class='text'>run</th><th class='text'>row</th><th>filter count</th><th class='text'>variant"
@@ -276,9 +270,10 @@ def _run_index(runs: Sequence[RunRecord], out_dir: Path | None, provenance: Prov
             f"<tr><td>{escape(run.label)}</td><td class='text'>{escape(str(run.get('sweep.row', '–')))}</td>"
             f"<td>{run.deepest_width}</td><td class='text'>{escape(display_name(run.variant, run.is_residual))}</td>"
             f"<td>{escape(str(run.seed))}</td><td class='text'>{_verdict(finals['verdict'])}</td>"
-            f"<td>{_number(finals['steps'], '{:.0f}')}</td><td>{_number(finals['eval_top1'], '{:.3f}')}</td>"
-            f"<td>{_number(finals['final_train_loss'], '{:.4f}')}</td>"
-            f"<td>{_number(finals['wall_time_s'], '{:.1f} s')}</td>"
+            f"<td>{format_number(finals['steps'], '{:.0f}')}</td>"
+            f"<td>{format_number(finals['eval_top1'], '{:.3f}')}</td>"
+            f"<td>{format_number(finals['final_train_loss'], '{:.4f}')}</td>"
+            f"<td>{format_number(finals['wall_time_s'], '{:.1f} s')}</td>"
             f"<td class='text'><a href=\"{escape(folder)}/\">{escape(folder)}</a></td></tr>")
     logdir = escape(str(provenance.logdir or provenance.root))
     return (f"<p>Every run's curves, step by step: <code>tensorboard --logdir {logdir}</code>. Each folder holds "
@@ -318,7 +313,7 @@ def render_report(*, provenance: Provenance, groups: Sequence[Group], figures: S
              "<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>Report: residual connections and dying Inception-ResNets</title><style>{_STYLE}</style>"
              "</head><body><div class='page'>", _toc(groups, figures), "<main>",
-             _title_block(provenance, runs, groups, skipped_count),
+             _title_block(provenance, runs, skipped_count),
              _findings_html(findings or {}, len(groups) > 1)]
     number = 0
     for group in groups:

@@ -3,7 +3,7 @@
 Every comparison the findings state goes through here, so the rule is written once (and quoted by the report's
 methods, METHODS):
 * a difference of means (final eval top-1): paired by seed when the runs have twins (same seed: same data order,
-  same initial weights where shapes agree), a Student-t interval on the per-seed differences (scipy.stats.ttest_rel);
+  same initial weights where shapes agree), a Student-t interval on the per-seed differences (scipy.stats.ttest_1samp);
   unpaired otherwise, Welch's t interval (scipy.stats.ttest_ind, equal_var=False);
 * a ratio of steps to an accuracy threshold: the paired t interval on log ratios, exponentiated (a geometric mean
   ratio); a run that never reached the threshold is censored (see step_ratio);
@@ -148,15 +148,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
         raise ValueError(f"paired_difference: {len(x)} values against {len(y)}; pairs need one of each")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    tied = len(x) >= 2 and _no_spread(x - y)
-    if len(x) >= 2 and not tied:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            interval = stats.ttest_rel(x, y).confidence_interval(CONFIDENCE)
-        effect, low, high = float(np.mean(x - y)), float(interval.low), float(interval.high)
-    else:
-        effect, low, high = _t_interval(x - y)
-    method = TIES if tied else "paired t"
+    effect, low, high = _t_interval(x - y)  # a paired t interval is the one-sample t interval of the differences
+    method = TIES if len(x) >= 2 and _no_spread(x - y) else "paired t"
     return Estimate(effect, low, high, len(x), method, decide(low, high, len(x)), paired=True)
 
 

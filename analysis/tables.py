@@ -126,7 +126,8 @@ def curve_crossings(curve: Curve, source: str, thresholds: Sequence[float], wind
     return out
 
 
-def _fmt(value: float, pattern: str = "{:.3g}") -> str:
+def format_number(value: float, pattern: str = "{:.3g}") -> str:
+    """A table cell: the value in `pattern`, or a dash for a missing or non-finite one."""
     return "–" if value is None or not math.isfinite(value) else pattern.format(value)
 
 
@@ -177,9 +178,9 @@ def thresholds_table(groups: Sequence[Group], thresholds: Sequence[float],
                             f"ratio_seconds@{t:g}": ratio_seconds, f"ratio_steps_per_seed@{t:g}": per_seed}
                     count = f" ({mine.reached}/{mine.runs})" if mine.runs > 1 else ""
                     text[f"steps ≥ {t:g}"] = (f"{mine.steps:g}" if math.isfinite(mine.steps) else f">{last}") + count
-                    text[f"seconds ≥ {t:g}"] = _fmt(mine.seconds, "{:.1f}")
-                    text[f"res/plain steps ≥ {t:g}"] = _fmt(ratio_steps)
-                    text[f"res/plain s ≥ {t:g}"] = _fmt(ratio_seconds)
+                    text[f"seconds ≥ {t:g}"] = format_number(mine.seconds, "{:.1f}")
+                    text[f"res/plain steps ≥ {t:g}"] = format_number(ratio_steps)
+                    text[f"res/plain s ≥ {t:g}"] = format_number(ratio_seconds)
                     text[f"res/plain steps per seed ≥ {t:g}"] = per_seed or "–"
                 rows.append(row)
                 shown.append(text)

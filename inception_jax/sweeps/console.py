@@ -227,11 +227,11 @@ class SweepConsole:
         if self.check is not None:
             self.check.sample(now - self.t0, eta)
         if self.live:
-            self._draw(now, eta)
+            self._draw(eta)
         elif periodic and self.running and now - self.last_output >= max(self.quiet_s, (now - self.t0) / 10):
             self._print(self.progress_line(now))
 
-    def _draw(self, now: float, eta: float | None) -> None:
+    def _draw(self, eta: float | None) -> None:
         from tqdm import tqdm
 
         if -1 not in self._bars:
