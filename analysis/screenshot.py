@@ -19,8 +19,10 @@ from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 # A browser with no profile, no network chatter and no GPU: what a container or a CI machine can run.
-_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+_FLAGS = (*HEADLESS_FLAGS,
           "--run-all-compositor-stages-before-draw",  # a screenshot of the whole paint, not half of it
           "--virtual-time-budget=10000")  # virtual time: the page and its images load before the capture
 

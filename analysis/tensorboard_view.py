@@ -27,9 +27,9 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio")
+from analysis.screenshot import HEADLESS_FLAGS, find_chromium
+
+CHROMIUM_FLAGS = (*HEADLESS_FLAGS, "--mute-audio")
 # Every text node of the page but styles and scripts, shadow roots included (TensorBoard's tabs keep theirs there).
 PAGE_TEXT_JS = """(() => { const out = [];
   const walk = (node) => { if (node.shadowRoot) walk(node.shadowRoot);
@@ -49,10 +49,6 @@ def _moved_above(fd: int, lowest: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD, lowest)
     os.close(fd)
     return moved
-
-
-def chromium_path() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 class TensorBoard:
@@ -130,7 +126,7 @@ class Chromium:
     """Headless Chromium with one page, driven through the DevTools protocol over a pipe (fds 3 and 4)."""
 
     def __init__(self, *, width: int = 1400, height: int = 900, executable: str | None = None):
-        executable = executable or chromium_path()
+        executable = executable or find_chromium()
         if executable is None:
             raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
         self._profile = tempfile.mkdtemp(prefix="chromium-")

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from analysis.tensorboard_view import Chromium, TensorBoard, chromium_path
+from analysis.screenshot import find_chromium
+from analysis.tensorboard_view import Chromium, TensorBoard
 from inception_jax.sweeps import hparams
 
 RUN_IDS = ["w1040_plain", "w1040_scale0.1", "w1040_scale1", "w268_plain", "w268_scale0.1", "w268_scale1"]
@@ -65,7 +66,7 @@ def test_the_scalars_come_in_groups_a_reader_scans(board):
             "eval/top1", "probe/prepool_zero_frac", "final/eval_top1"} <= set(tags)
 
 
-@pytest.mark.skipif(chromium_path() is None and os.environ.get("CI") != "true",
+@pytest.mark.skipif(find_chromium() is None and os.environ.get("CI") != "true",
                     reason="chromium is not installed (apt-get install chromium; .ci/run installs it in CI)")
 def test_a_browser_draws_the_hparams_table_with_every_run(board):
     with Chromium() as browser:
